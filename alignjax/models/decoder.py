@@ -1,0 +1,282 @@
+"""One configurable decoder for the Llama, Mistral, Qwen2/3 and Gemma 1/2/3 families.
+
+`apply(params, cfg, tokens, positions, segment_ids)` returns final-normed hidden states;
+the LM head lives in `head.py`, so losses can chunk the vocabulary instead of building
+full logits. Every parameter dimension carries a logical axis name (see `LOGICAL_AXES`
+users in `alignjax/sharding.py`), and layers can be scanned and rematerialised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alignjax.models import rope as rope_lib
+from alignjax.models.attention import attention
+from alignjax.models.config import FULL, SLIDING, ModelConfig
+
+Params = dict[str, Any]
+
+
+class ExtraEmbeddings(NamedTuple):
+  """Soft tokens that replace the input embeddings at given row positions.
+
+  The embeddings are spliced after any embedding scaling, i.e. they live in the same
+  space as the rows of `embed * sqrt(D)` for Gemma.
+  """
+
+  embeds_BxTxD: jax.Array
+  index_BxT: jax.Array
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(module: nn.Module, name: str, shape, axes, init):
+  dtype = jnp.dtype(module.cfg.param_dtype)
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    init = nn.initializers.zeros if cfg.norm_plus_one else nn.initializers.ones
+    scale = _param(self, "scale", (x.shape[-1],), (self.axis_name,), init)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+    if cfg.norm_plus_one:
+      # Gemma multiplies by (1 + w) in float32 before casting back.
+      return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+    # Llama-style: cast first, then multiply by the weight in the compute dtype.
+    return normed.astype(x.dtype) * scale.astype(x.dtype)
+
+
+class Projection(nn.Module):
+  """A dense layer whose kernel keeps the head structure ([D, H, Dh] and friends)."""
+
+  cfg: ModelConfig
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    dtype = jnp.dtype(self.cfg.dtype)
+    kernel = _param(
+        self, "kernel", self.in_shape + self.out_shape, self.in_axes + self.out_axes, _kernel_init
+    )
+    n_in = len(self.in_shape)
+    x_axes = tuple(range(x.ndim - n_in, x.ndim))
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), ((x_axes, tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = _param(self, "bias", self.out_shape, self.out_axes, nn.initializers.zeros)
+      y = y + bias.astype(dtype)
+    return y
+
+
+def _activation(name: str, x):
+  if name == "silu":
+    return jax.nn.silu(x)
+  return jax.nn.gelu(x, approximate=name == "gelu_tanh")
+
+
+class Block(nn.Module):
+  """One pre-norm transformer layer.
+
+  `layer_type` is static when known; under a scan over layers of mixed types it is None
+  and the per-layer `is_sliding` flag selects the window and rotary table at run time.
+  """
+
+  cfg: ModelConfig
+  layer_type: str | None
+  collect: bool = False
+
+  def _record(self, name: str, x_BxLx):
+    # MaPO-style masks need a per-token summary of each activation, not the activation.
+    if self.collect:
+      flat = x_BxLx.reshape(x_BxLx.shape[:2] + (-1,)).astype(jnp.float32)
+      self.sow("intermediates", name, jnp.mean(flat, axis=-1))
+
+  @nn.compact
+  def __call__(self, x_BxLxD, is_sliding, rope_tables, positions_BxL, segment_ids_BxL):
+    cfg = self.cfg
+    d, h, k, dh, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+
+    y = RMSNorm(cfg, name="input_norm")(x_BxLxD)
+    q = Projection(cfg, (d,), (h, dh), ("embed",), ("q_heads", "head_dim"), cfg.qkv_bias, name="q")(y)
+    kk = Projection(cfg, (d,), (k, dh), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias, name="k")(y)
+    v = Projection(cfg, (d,), (k, dh), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias, name="v")(y)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
+      kk = RMSNorm(cfg, "head_dim", name="k_norm")(kk)
+    self._record("attn_q", q)
+    self._record("attn_k", kk)
+    self._record("attn_v", v)
+
+    if self.layer_type is not None:
+      cos, sin = rope_tables[self.layer_type]
+    else:
+      cos = jnp.where(is_sliding, rope_tables[SLIDING][0], rope_tables[FULL][0])
+      sin = jnp.where(is_sliding, rope_tables[SLIDING][1], rope_tables[FULL][1])
+    q = rope_lib.apply_rotary(q, cos, sin)
+    kk = rope_lib.apply_rotary(kk, cos, sin)
+
+    def attend(window):
+      return attention(
+          q, kk, v,
+          q_positions_BxL=positions_BxL, k_positions_BxS=positions_BxL,
+          q_segment_ids_BxL=segment_ids_BxL, k_segment_ids_BxS=segment_ids_BxL,
+          scale=cfg.scale, window=window, softcap=cfg.attn_logit_softcap,
+          backend=cfg.attention_backend,
+      )
+
+    if self.layer_type is not None:
+      attn = attend(cfg.sliding_window if self.layer_type == SLIDING else None)
+    else:
+      attn = jax.lax.cond(is_sliding, lambda: attend(cfg.sliding_window), lambda: attend(None))
+    attn = Projection(cfg, (h, dh), (d,), ("q_heads", "head_dim"), ("embed",), cfg.o_bias, name="o")(attn)
+    self._record("attn_out", attn)
+    if cfg.sandwich_norms:
+      attn = RMSNorm(cfg, name="post_attn_norm")(attn)
+    x_BxLxD = x_BxLxD + attn
+
+    y = RMSNorm(cfg, name="pre_mlp_norm")(x_BxLxD)
+    gate = Projection(cfg, (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias, name="gate")(y)
+    up = Projection(cfg, (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias, name="up")(y)
+    mlp = Projection(cfg, (f,), (d,), ("mlp",), ("embed",), cfg.mlp_bias, name="down")(
+        _activation(cfg.activation, gate) * up
+    )
+    self._record("mlp_out", mlp)
+    if cfg.sandwich_norms:
+      mlp = RMSNorm(cfg, name="post_mlp_norm")(mlp)
+    x_BxLxD = x_BxLxD + mlp
+    self._record("residual", x_BxLxD)
+    return x_BxLxD, (x_BxLxD if self.collect else None)
+
+
+class Decoder(nn.Module):
+  """`collect=True` also sows per-layer hidden states and activation summaries."""
+
+  cfg: ModelConfig
+  collect: bool = False
+
+  @nn.compact
+  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings=None):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    embedding_VxD = _param(
+        self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), _kernel_init
+    )
+    if not cfg.tie_embeddings:
+      # Declared here so init creates it; `head.py` uses it outside the forward pass.
+      _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), _kernel_init)
+
+    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(dtype)
+    if cfg.scale_embeddings:
+      # Gemma rounds sqrt(D) to the compute dtype before scaling, and so must we.
+      x_BxLxD = x_BxLxD * jnp.asarray(cfg.hidden_size**0.5, dtype)
+    if extra_embeddings is not None:
+      rows_Bx1 = jnp.arange(tokens_BxL.shape[0])[:, None]
+      x_BxLxD = x_BxLxD.at[rows_Bx1, extra_embeddings.index_BxT].set(
+          extra_embeddings.embeds_BxTxD.astype(dtype)
+      )
+
+    rope_tables = {
+        layer_type: rope_lib.rotary_tables(positions_BxL, rope_lib.inv_frequencies(r, cfg.head_dim))
+        for layer_type, r in cfg.rope
+    }
+    block_cls = Block
+    if cfg.remat_policy != "none":
+      block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+    if cfg.scan_layers:
+      uniform = len(set(cfg.layer_types)) == 1
+      is_sliding_N = jnp.asarray([t == SLIDING for t in cfg.layer_types])
+      scanned = nn.scan(
+          block_cls,
+          variable_axes={"params": 0, "intermediates": 0},
+          split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      x_BxLxD, hidden_NxBxLxD = scanned(
+          cfg, cfg.layer_types[0] if uniform else None, self.collect, name="layers"
+      )(x_BxLxD, is_sliding_N, rope_tables, positions_BxL, segment_ids_BxL)
+    else:
+      hidden = []
+      for i, layer_type in enumerate(cfg.layer_types):
+        x_BxLxD, _ = block_cls(cfg, layer_type, self.collect, name=f"layers_{i}")(
+            x_BxLxD, None, rope_tables, positions_BxL, segment_ids_BxL
+        )
+        hidden.append(x_BxLxD)
+      hidden_NxBxLxD = jnp.stack(hidden) if self.collect else None
+    if self.collect:
+      self.sow("intermediates", "hidden_states", hidden_NxBxLxD)
+    return RMSNorm(cfg, name="final_norm")(x_BxLxD)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
+  """Random parameters (unboxed), e.g. for `model.preset` runs and tests."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Decoder(cfg).init(rng, tokens, tokens, jnp.ones_like(tokens))
+  return nn.unbox(variables["params"])
+
+
+def logical_axes(cfg: ModelConfig):
+  """A pytree like params whose leaves are PartitionSpecs of logical axis names."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0), tokens, tokens, tokens))
+  return nn.get_partition_spec(shapes["params"])
+
+
+def apply(
+    params: Params,
+    cfg: ModelConfig,
+    tokens_BxL,
+    positions_BxL,
+    segment_ids_BxL,
+    extra_embeddings: ExtraEmbeddings | None = None,
+):
+  """Final-normed hidden states [B, L, D]."""
+  return Decoder(cfg).apply(
+      {"params": params}, tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings
+  )
+
+
+def apply_with_intermediates(
+    params: Params, cfg: ModelConfig, tokens_BxL, positions_BxL, segment_ids_BxL,
+    extra_embeddings: ExtraEmbeddings | None = None,
+):
+  """(hidden [B, L, D], per-layer hidden states [N, B, L, D], activation summaries).
+
+  Activation summaries map a kind (attn_q, attn_k, attn_v, attn_out, mlp_out, residual)
+  to per-token means over the feature dimension, stacked over layers: [N, B, L].
+  """
+  hidden_BxLxD, state = Decoder(cfg, collect=True).apply(
+      {"params": params}, tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings,
+      mutable=["intermediates"],
+  )
+  inter = state["intermediates"]
+  hidden_NxBxLxD = inter.pop("hidden_states")[0]
+  if cfg.scan_layers:
+    acts = {k: v[0] for k, v in inter["layers"].items()}
+  else:
+    per_layer = [inter[f"layers_{i}"] for i in range(cfg.num_layers)]
+    acts = {k: jnp.stack([layer[k][0] for layer in per_layer]) for k in per_layer[0]}
+  return hidden_BxLxD, hidden_NxBxLxD, acts
