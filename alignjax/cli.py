@@ -18,6 +18,32 @@ def _convert(args: argparse.Namespace) -> int:
   return 0
 
 
+def _describe(args: argparse.Namespace) -> int:
+  import jax
+  import numpy as np
+
+  from alignjax import configlib
+  from alignjax.models import decoder, head
+  from alignjax.models.loading import ModelSection, load_model
+
+  tree = configlib.load_yaml(args.config)
+  for override in args.overrides:
+    configlib.apply_override(tree, override)
+  section = configlib.from_dict(ModelSection, tree.get("model", {}), "model")
+  model = load_model(section, jax.random.key(int(tree.get("seed", 0))))
+  cfg = model.cfg
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(model.params))
+  print(f"model_type={cfg.model_type} layers={cfg.num_layers} hidden={cfg.hidden_size} "
+        f"heads={cfg.num_heads}/{cfg.num_kv_heads} vocab={cfg.vocab_size} params={n_params:,}")
+  print(f"layer types: {', '.join(sorted(set(cfg.layer_types)))}; dtype={cfg.dtype} "
+        f"scan={cfg.scan_layers} remat={cfg.remat_policy} attention={cfg.attention_backend}")
+  tokens = np.arange(16, dtype=np.int32)[None] % cfg.vocab_size
+  hidden = decoder.apply(model.params, cfg, tokens, np.arange(16)[None], np.ones((1, 16), np.int32))
+  logits = head.logits_BxLxV(model.params, cfg, hidden)
+  print(f"forward pass ok: logits {tuple(logits.shape)}, finite={bool(np.isfinite(np.asarray(logits)).all())}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="alignjax", description="Preference alignment for language models in JAX."
@@ -32,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
   convert.add_argument("--scan-layers", action="store_true", help="hf-to-orbax: store layers stacked for scan")
   convert.add_argument("--max-shard-gb", type=float, default=5.0, help="orbax-to-hf: safetensors shard size")
   convert.set_defaults(func=_convert)
+
+  describe = sub.add_parser("describe", help="build a config's model and run one forward pass")
+  describe.add_argument("config")
+  describe.add_argument("overrides", nargs="*", metavar="key=value")
+  describe.set_defaults(func=_describe)
   return parser
 
 
@@ -39,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)
-  except (ValueError, FileNotFoundError, KeyError) as e:
+  except (ValueError, FileNotFoundError, KeyError) as e:  # configlib.ConfigError is a ValueError
     print(f"alignjax {args.command}: error: {e}", file=sys.stderr)
     return 2
 

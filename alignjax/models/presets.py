@@ -56,5 +56,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
   if name not in PRESETS:
-    raise KeyError(f"model.preset={name!r} is not one of {sorted(PRESETS)}")
+    raise ValueError(f"model.preset={name!r} is not one of {sorted(PRESETS)}")
   return {**copy.deepcopy(PRESETS[name]), **overrides}
