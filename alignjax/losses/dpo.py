@@ -1,0 +1,188 @@
+"""The DPO family: one registry of named losses, summed with weights like TRL.
+
+    config = DPOConfig(loss_type=("sigmoid", "sft"), loss_weights=(1.0, 0.2))
+    state = init_dpo_state(config)          # {} unless a loss carries state (bco_pair)
+    loss, metrics, state = dpo_loss(pairs, config, state)
+
+`pairs` is a `PairLogps` of per-sequence summed log-probs (see `sequence_logps`).
+The loss is sum_k weight_k * mean_B(loss_k). Metrics use TRL's names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from alignjax.losses import dpo_family as fam
+from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.sequence import as_float
+
+
+class LossSpec(NamedTuple):
+    """One row of the registry.
+
+    fn(pairs, config, state) -> per-pair loss [B].
+    needs_reference: whether ref_*_logps must be given.
+    rewards(pairs, config) -> (chosen [B], rejected [B]) implicit rewards for the
+      rewards/* metrics, or None when the loss has no reward of its own (sft).
+    init_state() / update_state(pairs, config, state): for losses that carry state
+      across steps (bco_pair's running reward mean); None otherwise.
+    """
+
+    fn: Callable[..., jax.Array]
+    needs_reference: bool
+    rewards: Callable[..., tuple[jax.Array, jax.Array]] | None
+    init_state: Callable[[], Any] | None = None
+    update_state: Callable[..., Any] | None = None
+
+
+_REF = dict(needs_reference=True, rewards=fam.logratio_rewards)
+
+LOSSES: dict[str, LossSpec] = {
+    "sigmoid": LossSpec(fam.sigmoid_loss, **_REF),
+    "hinge": LossSpec(fam.hinge_loss, **_REF),
+    "ipo": LossSpec(fam.ipo_loss, **_REF),
+    "robust": LossSpec(fam.robust_loss, **_REF),
+    "exo_pair": LossSpec(fam.exo_pair_loss, **_REF),
+    "nca_pair": LossSpec(fam.nca_pair_loss, **_REF),
+    "bco_pair": LossSpec(fam.bco_pair_loss, **_REF, init_state=fam.bco_init_state,
+                         update_state=fam.bco_update_state),
+    "sppo_hard": LossSpec(fam.sppo_hard_loss, **_REF),
+    "aot": LossSpec(fam.aot_loss, **_REF),
+    "aot_pair": LossSpec(fam.aot_pair_loss, **_REF),
+    # Current TRL's name for aot_pair.
+    "aot_unpaired": LossSpec(fam.aot_pair_loss, **_REF),
+    "apo_zero": LossSpec(fam.apo_zero_loss, **_REF),
+    "apo_down": LossSpec(fam.apo_down_loss, **_REF),
+    "discopop": LossSpec(fam.discopop_loss, **_REF),
+    "sigmoid_norm": LossSpec(fam.sigmoid_norm_loss, **_REF),
+    "sft": LossSpec(fam.sft_loss, needs_reference=False, rewards=None),
+    "simpo": LossSpec(fam.simpo_loss, needs_reference=False, rewards=fam.simpo_rewards),
+    "orpo": LossSpec(fam.orpo_loss, needs_reference=False, rewards=fam.orpo_rewards),
+    "cpo": LossSpec(fam.cpo_loss, needs_reference=False, rewards=fam.cpo_rewards),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """Hyper-parameters with TRL's names and defaults (DPOConfig / CPOConfig / ORPOConfig).
+
+    loss_type: one name or a tuple of names from LOSSES, summed with loss_weights
+      (default all 1.0). RPO is ("sigmoid", "sft") with weights (1.0, rpo_alpha).
+    beta: DPO temperature (0.1).
+    label_smoothing: e of cDPO / robust / exo_pair / aot / simpo / cpo (0.0).
+    discopop_tau: DiscoPOP modulation temperature (0.05).
+    simpo_beta, simpo_gamma: SimPO's beta (2.0, as in the paper) and target reward
+      margin gamma in reward units (TRL's simpo_gamma, 0.5).
+    orpo_lambda: weight of ORPO's odds-ratio term (TRL's ORPOConfig.beta, 0.1).
+    """
+
+    loss_type: tuple[str, ...] = ("sigmoid",)
+    loss_weights: tuple[float, ...] | None = None
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    discopop_tau: float = 0.05
+    simpo_beta: float = 2.0
+    simpo_gamma: float = 0.5
+    orpo_lambda: float = 0.1
+
+    def __post_init__(self):
+        names = (self.loss_type,) if isinstance(self.loss_type, str) else tuple(self.loss_type)
+        object.__setattr__(self, "loss_type", names)
+        weights = (tuple(float(w) for w in self.loss_weights)
+                   if self.loss_weights is not None else (1.0,) * len(names))
+        object.__setattr__(self, "loss_weights", weights)
+        unknown = [n for n in names if n not in LOSSES]
+        if not names or unknown:
+            raise ValueError(f"DPOConfig.loss_type {names}: unknown {unknown}; "
+                             f"choose from {sorted(LOSSES)}.")
+        if len(weights) != len(names):
+            raise ValueError(f"DPOConfig.loss_weights has {len(weights)} entries for "
+                             f"{len(names)} loss types {names}; give one weight per loss.")
+        if self.beta <= 0 or self.simpo_beta <= 0 or self.discopop_tau <= 0:
+            raise ValueError("DPOConfig.beta, simpo_beta and discopop_tau must be positive.")
+        e = self.label_smoothing
+        if not 0.0 <= e < 0.5:
+            raise ValueError(f"DPOConfig.label_smoothing={e} must be in [0, 0.5).")
+        if "exo_pair" in names and e <= 0.0:
+            raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (its target "
+                             "distribution is [1-e, e]); TRL used to substitute 1e-3.")
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(LOSSES[n].needs_reference for n in self.loss_type)
+
+
+def init_dpo_state(config: DPOConfig) -> dict[str, Any]:
+    """State for the stateful losses in config ({} when there are none)."""
+    return {n: LOSSES[n].init_state() for n in dict.fromkeys(config.loss_type)
+            if LOSSES[n].init_state is not None}
+
+
+def _check_inputs(pairs: PairLogps, config: DPOConfig, state) -> None:
+    has_ref = pairs.ref_chosen_logps_B is not None and pairs.ref_rejected_logps_B is not None
+    if config.needs_reference and not has_ref:
+        needing = [n for n in config.loss_type if LOSSES[n].needs_reference]
+        raise ValueError(f"loss types {needing} need reference log-probs: set "
+                         "PairLogps.ref_chosen_logps_B and ref_rejected_logps_B (from the "
+                         "reference model or precomputed), or use a reference-free loss "
+                         "(simpo, orpo, cpo, sft).")
+    stateful = [n for n in config.loss_type if LOSSES[n].init_state is not None]
+    missing = [n for n in stateful if not state or n not in state]
+    if missing:
+        raise ValueError(f"loss types {missing} carry state across steps: pass "
+                         "state=init_dpo_state(config) on the first step and the returned "
+                         "state afterwards.")
+
+
+def _metric_rewards(pairs, config):
+    for name in config.loss_type:
+        if LOSSES[name].rewards is not None:
+            return LOSSES[name].rewards(pairs, config)
+    if pairs.ref_chosen_logps_B is not None:
+        return fam.logratio_rewards(pairs, config)
+    return fam.cpo_rewards(pairs, config)
+
+
+def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None = None):
+    """Weighted sum of the configured losses, TRL metrics, and the next state.
+
+    Returns (loss scalar, metrics dict of scalars, new state). Metrics:
+    rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
+    logps/chosen, logps/rejected (summed), loss/<name> per loss type, and
+    nll_loss / log_odds_ratio / log_odds_chosen / bco/delta where they apply.
+    """
+    _check_inputs(pairs, config, state)
+    state = dict(state or {})
+    for name in dict.fromkeys(config.loss_type):
+        if LOSSES[name].update_state is not None:
+            state[name] = LOSSES[name].update_state(pairs, config, state[name])
+
+    loss = jnp.zeros((), as_float(pairs.chosen_logps_B).dtype)
+    metrics = {}
+    for name, weight in zip(config.loss_type, config.loss_weights):
+        component = jnp.mean(LOSSES[name].fn(pairs, config, state.get(name)))
+        metrics[f"loss/{name}"] = component
+        loss = loss + weight * component
+
+    chosen_rewards_B, rejected_rewards_B = jax.lax.stop_gradient(_metric_rewards(pairs, config))
+    metrics.update({
+        "rewards/chosen": jnp.mean(chosen_rewards_B),
+        "rewards/rejected": jnp.mean(rejected_rewards_B),
+        "rewards/accuracies": jnp.mean((chosen_rewards_B > rejected_rewards_B).astype(loss.dtype)),
+        "rewards/margins": jnp.mean(chosen_rewards_B - rejected_rewards_B),
+        "logps/chosen": jnp.mean(jax.lax.stop_gradient(as_float(pairs.chosen_logps_B))),
+        "logps/rejected": jnp.mean(jax.lax.stop_gradient(as_float(pairs.rejected_logps_B))),
+    })
+    if {"sft", "orpo", "cpo"} & set(config.loss_type):
+        metrics["nll_loss"] = jax.lax.stop_gradient(fam.chosen_nll(pairs))
+    if "orpo" in config.loss_type:
+        log_odds_B = jax.lax.stop_gradient(fam.orpo_log_odds(pairs))
+        metrics["log_odds_ratio"] = jnp.mean(jax.nn.log_sigmoid(log_odds_B))
+        metrics["log_odds_chosen"] = jnp.mean(log_odds_B)
+    if "bco_pair" in state:
+        metrics["bco/delta"] = state["bco_pair"].mean
+    return loss, metrics, state
