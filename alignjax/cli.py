@@ -63,10 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
   describe.add_argument("config")
   describe.add_argument("overrides", nargs="*", metavar="key=value")
   describe.set_defaults(func=_describe)
+
+  # Parsed by alignjax.plot itself; listed here so --help shows it.
+  sub.add_parser("plot", help="draw a run's training curves to PNG (alignjax plot RUN_DIR)")
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] == "plot":
+    from alignjax import plot
+
+    return plot.main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

@@ -1,0 +1,163 @@
+"""launch/tpu_train.sh against a stand-in gcloud, including a fake worker that runs it."""
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
+WHERE = ["--zone", "us-central2-b", "--project", "my-proj", "--worker=all"]
+OVERRIDES = ["train.steps=10", "train.name=my run", "data.template=it's \"quoted\" $HOME"]
+
+
+@pytest.fixture
+def src(tmp_path):
+    """A small git checkout: committed, untracked, ignored and deleted files."""
+    src = tmp_path / "src"
+    (src / "configs").mkdir(parents=True)
+    (src / "runs").mkdir()
+    (src / "configs" / "tiny.yaml").write_text("train:\n  steps: 1\n")
+    (src / ".gitignore").write_text("runs/\n")
+    (src / "gone.py").write_text("")
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    (src / "gone.py").unlink()
+    (src / "new_module.py").write_text("# not committed yet\n")
+    (src / "runs" / "checkpoint.bin").write_text("big")
+    return src
+
+
+def ssh_command(call):
+    """The script a gcloud ssh call runs on the workers (inside its `bash -c`)."""
+    assert call[:5] == [*GCLOUD_TPU, "ssh"]
+    outer = shlex.split(call[call.index("--command") + 1])
+    assert outer[:2] == ["bash", "-c"] and len(outer) == 3
+    return outer[2]
+
+
+def tpu_args(src, *extra):
+    return ["--tpu", "my-pod", "--zone", "us-central2-b", "--project", "my-proj", "--src", str(src), *extra]
+
+
+def test_dry_run_prints_every_command_and_calls_nothing(launcher, src):
+    result = launcher.run(
+        "tpu_train.sh", *tpu_args(src, "--env", "XLA_FLAGS=--xla_a --xla_b", "--dry-run"), "configs/tiny.yaml", *OVERRIDES
+    )
+    assert result.returncode == 0, result.stderr
+    assert launcher.calls() == []
+    pack, scp, sync, install, train = launcher.commands(result.stdout)
+    assert pack[0].endswith("launch/pack_src.sh") and pack[1] == str(src)
+    tarball = pack[2]
+    assert scp == [*GCLOUD_TPU, "scp", tarball, "my-pod:alignjax-src.tar.gz", *WHERE]
+    for call in (sync, install, train):
+        assert call[5] == "my-pod" and call[6:11] == WHERE
+    assert "tar -xzf alignjax-src.tar.gz -C alignjax/src" in ssh_command(sync)
+    assert 'venv/bin/pip install --quiet -e "src[tpu]"' in ssh_command(install)
+    remote = ssh_command(train)
+    assert "export XLA_FLAGS=--xla_a\\ --xla_b;" in remote
+    assert "alignjax train configs/tiny.yaml train.steps=10 train.name=my\\ run " in remote
+    # The override with a space and quotes survives as one word through both shells.
+    train_words = shlex.split(remote[remote.index("alignjax train") : remote.index(" 2>&1")])
+    assert train_words == ["alignjax", "train", "configs/tiny.yaml", *OVERRIDES]
+    # Comments say which step is which, and the output is a script bash accepts.
+    assert [line[:5] for line in result.stdout.splitlines() if line.startswith("#")] == [
+        "# 1/4", "# 2/4", "# 3/4", "# 4/4",
+    ]  # fmt: skip
+    assert subprocess.run(["bash", "-n"], input=result.stdout, text=True).returncode == 0
+
+
+def test_run_syncs_installs_and_trains_on_all_workers(launcher, src):
+    result = launcher.run("tpu_train.sh", *tpu_args(src), "configs/tiny.yaml", *OVERRIDES)
+    assert result.returncode == 0, result.stderr
+    scp, sync, install, train = launcher.calls("gcloud")
+    assert scp[:5] == [*GCLOUD_TPU, "scp"] and scp[6:] == ["my-pod:alignjax-src.tar.gz", *WHERE]
+    assert [c[4] for c in (sync, install, train)] == ["ssh"] * 3
+    assert all(c[5:11] == ["my-pod", *WHERE] for c in (sync, install, train))
+    assert "-m venv venv" in ssh_command(install)
+    assert "alignjax train configs/tiny.yaml train.steps=10 train.name=my\\ run" in ssh_command(train)
+    assert launcher.trainings() == []  # nothing runs locally
+
+
+def test_fake_worker_receives_the_code_and_exact_arguments(launcher, src, tmp_path):
+    worker_home = tmp_path / "worker"
+    (worker_home / "alignjax" / "venv" / "bin").mkdir(parents=True)
+    (worker_home / "alignjax" / "venv" / "bin" / "activate").write_text("")
+    (worker_home / "alignjax" / "src").mkdir()
+    (worker_home / "alignjax" / "src" / "stale.py").write_text("from an older sync")
+    env = {"STANDIN_WORKER_HOME": str(worker_home)}
+
+    result = launcher.run(
+        "tpu_train.sh",
+        *tpu_args(src, "--skip-install", "--env", "TEST_SECRET", "--env", "TEST_FLAGS=a b"),
+        "configs/tiny.yaml",
+        *OVERRIDES,
+        env={**env, "TEST_SECRET": "s3cr3t"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert [c[4] for c in launcher.calls("gcloud")] == ["scp", "ssh", "ssh"]
+
+    shipped = worker_home / "alignjax" / "src"
+    files = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
+    assert files == [".gitignore", "configs/tiny.yaml", "new_module.py"]
+    (training,) = launcher.trainings()
+    assert training["argv"] == ["train", "configs/tiny.yaml", *OVERRIDES]
+    assert training["cwd"] == str(shipped)
+    assert training["env"]["TEST_SECRET"] == "s3cr3t" and training["env"]["TEST_FLAGS"] == "a b"
+    (log,) = (worker_home / "alignjax" / "logs").glob("train-*.log")
+    assert log.read_text() == "alignjax stand-in trained configs/tiny.yaml\n"
+    assert "alignjax stand-in trained configs/tiny.yaml" in result.stdout
+    assert not (worker_home / "alignjax-src.tar.gz").exists()
+
+
+def test_pasting_the_dry_run_does_what_the_run_does(launcher, src, tmp_path):
+    worker_home = tmp_path / "worker"
+    (worker_home / "alignjax" / "venv" / "bin").mkdir(parents=True)
+    (worker_home / "alignjax" / "venv" / "bin" / "activate").write_text("")
+    dry = launcher.run("tpu_train.sh", *tpu_args(src, "--skip-install", "--dry-run"), "configs/tiny.yaml", *OVERRIDES)
+    pasted = subprocess.run(
+        ["bash", "-e"], input=dry.stdout, env={**launcher.env, "STANDIN_WORKER_HOME": str(worker_home)}, text=True
+    )
+    assert pasted.returncode == 0
+    (training,) = launcher.trainings()
+    assert training["argv"] == ["train", "configs/tiny.yaml", *OVERRIDES]
+
+
+def test_ref_ships_the_commit_not_the_working_tree(launcher, src):
+    result = launcher.run("tpu_train.sh", *tpu_args(src, "--ref", "HEAD", "--dry-run"), "configs/tiny.yaml")
+    assert result.returncode == 0, result.stderr
+    pack = launcher.commands(result.stdout)[0]
+    assert pack[1:] == [str(src), pack[2], "HEAD"]
+    missing = launcher.run("tpu_train.sh", *tpu_args(src, "--ref", "HEAD", "--dry-run"), "new_module.py")
+    assert missing.returncode == 2 and "not in commit 'HEAD'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--zone", "z", "configs/tiny.yaml"], "missing --tpu NAME"),
+        (["--tpu", "my-pod", "configs/tiny.yaml"], "missing --zone ZONE"),
+        (["--tpu", "my-pod", "--zone", "z"], "missing CONFIG"),
+        (["--tpu", "--zone", "z", "configs/tiny.yaml"], "--tpu needs a value"),
+        (["--tpu", "p", "--zone", "z", "configs/nope.yaml"], "config 'configs/nope.yaml' not found"),
+        (["--tpu", "p", "--zone", "z", "configs/tiny.yaml", "--dry-run"], "'--dry-run' after CONFIG"),
+        (["--tpu", "p", "--zone", "z", "--env", "1BAD=x", "configs/tiny.yaml"], "'1BAD' is not a valid"),
+        (["--tpu", "p", "--zone", "z", "--env", "TEST_UNSET_VAR", "configs/tiny.yaml"], "TEST_UNSET_VAR is not set"),
+        (["--tpu", "p", "--zone", "z", "--bogus", "configs/tiny.yaml"], "unknown option '--bogus'"),
+    ],
+)
+def test_bad_arguments_name_what_to_fix(launcher, src, args, message):
+    result = launcher.run("tpu_train.sh", "--src", str(src), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("tpu_train.sh: error: ") and message in result.stderr
+    assert launcher.calls() == []
+
+
+def test_help_documents_every_flag(launcher):
+    result = launcher.run("tpu_train.sh", "--help")
+    assert result.returncode == 0
+    for flag in ("--tpu", "--zone", "--project", "--src", "--ref", "--skip-install", "--dry-run", "--env"):
+        assert flag in result.stdout
+    assert json.dumps(launcher.calls()) == "[]"
