@@ -44,11 +44,29 @@ def _describe(args: argparse.Namespace) -> int:
   return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+  import logging
+
+  from alignjax.train.config import load_config
+  from alignjax.train.loop import run
+
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  cfg = load_config(args.config, args.overrides)
+  summary = run(cfg)
+  print(f"finished at step {summary['step']}; run directory {cfg.run_dir}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="alignjax", description="Preference alignment for language models in JAX."
   )
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  train = sub.add_parser("train", help="train a model from a YAML config")
+  train.add_argument("config")
+  train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.steps=100 mesh.fsdp=4")
+  train.set_defaults(func=_train)
 
   convert = sub.add_parser("convert", help="convert between Hugging Face and Orbax checkpoints")
   convert.add_argument("direction", choices=["hf-to-orbax", "orbax-to-hf"])

@@ -99,18 +99,31 @@ def to_dict(obj: Any) -> Any:
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:
-  """`a.b.c=value`: value parsed as YAML; `null` unsets the key (back to its default)."""
+  """`a.b.c=value`: value parsed as YAML; `null` unsets the key (back to its default).
+
+  A number steps into a list, and the rest of the key is then one dotted key of that
+  item: `stages.1.train.steps=50` sets `train.steps` in the second stage's overrides.
+  """
   if "=" not in override:
     raise ConfigError(f"override {override!r} is not of the form key=value")
   key, raw = override.split("=", 1)
   value = yaml.safe_load(raw) if raw else ""
   parts = key.strip().split(".")
   node = tree
-  for part in parts[:-1]:
+  i = 0
+  while i < len(parts) - 1:
+    part = parts[i]
     child = node.setdefault(part, {})
+    if isinstance(child, list) and parts[i + 1].isdigit():
+      index = int(parts[i + 1])
+      if index >= len(child) or not isinstance(child[index], dict):
+        raise ConfigError(f"override {key!r}: {part} has no mapping at index {index}")
+      node, parts, i = child[index], [*parts[: i + 2], ".".join(parts[i + 2 :])], i + 2
+      continue
     if not isinstance(child, dict):
       raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
     node = child
+    i += 1
   if value is None:
     node.pop(parts[-1], None)
   else:

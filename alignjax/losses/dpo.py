@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from alignjax.losses import dpo_family as fam
 from alignjax.losses.dpo_family import PairLogps
-from alignjax.losses.sequence import as_float
+from alignjax.losses.sequence import as_float, masked_mean
 
 
 class LossSpec(NamedTuple):
@@ -147,8 +147,12 @@ def _metric_rewards(pairs, config):
     return fam.cpo_rewards(pairs, config)
 
 
-def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None = None):
+def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None = None,
+             valid_B: jax.Array | None = None):
     """Weighted sum of the configured losses, TRL metrics, and the next state.
+
+    valid_B: 1 for real pairs, 0 for the unused slots of a packed or padded batch;
+      every batch mean (losses and metrics) then runs over real pairs only.
 
     Returns (loss scalar, metrics dict of scalars, new state). Metrics:
     rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
@@ -161,28 +165,32 @@ def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None =
         if LOSSES[name].update_state is not None:
             state[name] = LOSSES[name].update_state(pairs, config, state[name])
 
+    if valid_B is None:
+        mean = jnp.mean
+    else:
+        mean = lambda x_B: masked_mean(x_B, valid_B)  # noqa: E731
     loss = jnp.zeros((), as_float(pairs.chosen_logps_B).dtype)
     metrics = {}
     for name, weight in zip(config.loss_type, config.loss_weights):
-        component = jnp.mean(LOSSES[name].fn(pairs, config, state.get(name)))
+        component = mean(LOSSES[name].fn(pairs, config, state.get(name)))
         metrics[f"loss/{name}"] = component
         loss = loss + weight * component
 
     chosen_rewards_B, rejected_rewards_B = jax.lax.stop_gradient(_metric_rewards(pairs, config))
     metrics.update({
-        "rewards/chosen": jnp.mean(chosen_rewards_B),
-        "rewards/rejected": jnp.mean(rejected_rewards_B),
-        "rewards/accuracies": jnp.mean((chosen_rewards_B > rejected_rewards_B).astype(loss.dtype)),
-        "rewards/margins": jnp.mean(chosen_rewards_B - rejected_rewards_B),
-        "logps/chosen": jnp.mean(jax.lax.stop_gradient(as_float(pairs.chosen_logps_B))),
-        "logps/rejected": jnp.mean(jax.lax.stop_gradient(as_float(pairs.rejected_logps_B))),
+        "rewards/chosen": mean(chosen_rewards_B),
+        "rewards/rejected": mean(rejected_rewards_B),
+        "rewards/accuracies": mean((chosen_rewards_B > rejected_rewards_B).astype(loss.dtype)),
+        "rewards/margins": mean(chosen_rewards_B - rejected_rewards_B),
+        "logps/chosen": mean(jax.lax.stop_gradient(as_float(pairs.chosen_logps_B))),
+        "logps/rejected": mean(jax.lax.stop_gradient(as_float(pairs.rejected_logps_B))),
     })
     if {"sft", "orpo", "cpo"} & set(config.loss_type):
         metrics["nll_loss"] = jax.lax.stop_gradient(fam.chosen_nll(pairs))
     if "orpo" in config.loss_type:
         log_odds_B = jax.lax.stop_gradient(fam.orpo_log_odds(pairs))
-        metrics["log_odds_ratio"] = jnp.mean(jax.nn.log_sigmoid(log_odds_B))
-        metrics["log_odds_chosen"] = jnp.mean(log_odds_B)
+        metrics["log_odds_ratio"] = mean(jax.nn.log_sigmoid(log_odds_B))
+        metrics["log_odds_chosen"] = mean(log_odds_B)
     if "bco_pair" in state:
         metrics["bco/delta"] = state["bco_pair"].mean
     return loss, metrics, state

@@ -21,6 +21,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
         "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": True, "dtype": "float32",
+        # The built-in byte tokenizer's special tokens (alignjax.data.byte_tokenizer).
+        "bos_token_id": 257, "eos_token_id": 258, "pad_token_id": 256,
     },
     "llama3-8b": {
         "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,

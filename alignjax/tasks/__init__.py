@@ -1,0 +1,5 @@
+"""Built-in tasks that write their own data (`data.builtin: NAME`), so recipes run offline."""
+
+from alignjax.tasks import conditioned_style
+
+BUILTIN_TASKS = {"conditioned_style": conditioned_style.write_task}

@@ -1,0 +1,78 @@
+"""Training checkpoints: the model checkpoint layout plus optimizer and loop state.
+
+`<run_dir>/checkpoints/<step>/` holds `params` and `model` exactly like a converted
+model (so `alignjax convert orbax-to-hf` exports a run directly), plus `opt_state` and
+`loop` (JSON: step, stage, every process's data-iterator state, loss state, counters).
+Saves are asynchronous and the last `keep` steps are kept; the trainer restores the
+newest step that restores cleanly and warns about any newer one that does not.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from alignjax.convert import model_checkpoint as mc
+
+OPT_ITEM = "opt_state"
+LOOP_ITEM = "loop"
+
+
+class TrainCheckpointer:
+  def __init__(self, run_dir: str, *, keep: int = 3, async_save: bool = True):
+    self.root = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    self.manager = ocp.CheckpointManager(
+        self.root,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        ),
+    )
+
+  def save(self, step: int, params: Any, opt_state: Any, loop_state: dict[str, Any],
+           model_meta: dict[str, Any], tokenizer_dir: str | None = None) -> None:
+    if tokenizer_dir is not None and jax.process_index() == 0 and mc.tokenizer_path(self.root) is None:
+      mc.copy_tokenizer(tokenizer_dir, self.root)
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            mc.PARAMS_ITEM: ocp.args.StandardSave(params),
+            OPT_ITEM: ocp.args.StandardSave(opt_state),
+            LOOP_ITEM: ocp.args.JsonSave(loop_state),
+            mc.MODEL_ITEM: ocp.args.JsonSave(model_meta),
+        }),
+        force=True,
+    )
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore_loop(self, step: int) -> dict[str, Any]:
+    """The loop state of one step (cheap: decides which stage's optimizer to build)."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()}))
+    return restored[LOOP_ITEM]
+
+  def restore_arrays(self, step: int, abstract_params: Any, abstract_opt_state: Any):
+    """(params, opt_state) of one step, placed as the abstract trees' shardings say.
+
+    `abstract_*` are trees of jax.ShapeDtypeStruct carrying the target shardings, so a
+    checkpoint written on one mesh restores onto another.
+    """
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            mc.PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+            OPT_ITEM: ocp.args.StandardRestore(abstract_opt_state),
+        }),
+    )
+    return restored[mc.PARAMS_ITEM], restored[OPT_ITEM]
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+

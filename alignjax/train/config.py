@@ -1,0 +1,199 @@
+"""The training config: one dataclass per YAML section, validated by `configlib`.
+
+`alignjax train CONFIG key=value ...` loads YAML, applies overrides and builds
+`TrainConfig`; unknown keys fail with the closest valid one. A recipe with several
+stages (MetaAlign: SFT then DPO) lists them under `stages:`, each a mapping of dotted
+overrides applied on top of the base config for that stage only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from alignjax import configlib
+from alignjax.data.config import DataConfig, SourceConfig
+from alignjax.models.loading import ModelSection
+from alignjax.sharding import MeshSection
+from alignjax.train.optim import OptimSection
+
+STAGE_KINDS = ("sft", "preference", "cut")
+
+
+def _data_section_fields():
+  """`data:` takes every DataConfig key, with `train`/`eval` in place of `sources`."""
+  import typing
+
+  hints = typing.get_type_hints(DataConfig)
+  fields = []
+  for f in dataclasses.fields(DataConfig):
+    if f.name in ("sources", "batch_size"):
+      continue
+    default = (
+        dataclasses.field(default_factory=f.default_factory)
+        if f.default_factory is not dataclasses.MISSING else dataclasses.field(default=f.default)
+    )
+    fields.append((f.name, hints[f.name], default))
+  return fields
+
+
+DataSection = dataclasses.make_dataclass(
+    "DataSection",
+    [
+        # A path, a list of paths, or a list of {path, weight, format, split, data_dir}.
+        ("train", Any, dataclasses.field(default=None)),
+        # Held-out data: the same forms, or a mapping name -> those forms for several sets.
+        ("eval", Any, dataclasses.field(default=None)),
+        # Generate a built-in task into <run_dir>/data instead of reading files.
+        ("builtin", str | None, dataclasses.field(default=None)),
+        *_data_section_fields(),
+    ],
+    frozen=False,
+)
+
+
+def sources_from(value: Any, key: str) -> list[SourceConfig]:
+  if value is None:
+    return []
+  items = value if isinstance(value, list) else [value]
+  out = []
+  for i, item in enumerate(items):
+    if isinstance(item, str):
+      out.append(SourceConfig(path=item))
+    elif isinstance(item, dict):
+      try:
+        out.append(SourceConfig(**item))
+      except TypeError as e:
+        raise configlib.ConfigError(f"{key}[{i}]: {e}") from None
+    else:
+      raise configlib.ConfigError(f"{key}[{i}]: expected a path or a mapping, got {item!r}")
+  return out
+
+
+def data_config(section, sources: list[SourceConfig], batch_size: int, **changes) -> DataConfig:
+  values = {f.name: getattr(section, f.name) for f in dataclasses.fields(DataConfig)
+            if f.name not in ("sources", "batch_size")}
+  values["templates"] = configlib.to_dict(values["templates"])
+  values.update(changes)
+  return DataConfig(sources=sources, batch_size=batch_size, **values)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSection:
+  """`type` names the objective: any DPO-family name (or a list summed with `weights`),
+  `sft`, `sparsepo` / `tdpo`, `pdpo`, or `cut`. Keys use TRL's names where TRL has them.
+  """
+
+  type: Any = "sigmoid"
+  weights: list[float] | None = None
+  beta: float = 0.1
+  label_smoothing: float = 0.0
+  discopop_tau: float = 0.05
+  simpo_beta: float = 2.0
+  simpo_gamma: float = 0.5
+  orpo_lambda: float = 0.1
+  # Where reference log-probs come from: the frozen initial model in the same step,
+  # or files written by `alignjax precompute-ref`.
+  reference: str = "model"
+  # Vocabulary chunking of log-prob computation (memory vs. speed).
+  token_chunk: int = 1024
+  vocab_chunk: int = 8192
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return (self.type,) if isinstance(self.type, str) else tuple(self.type)
+
+  @property
+  def stage_kind(self) -> str:
+    if self.names == ("sft",):
+      return "sft"
+    if self.names == ("cut",):
+      return "cut"
+    return "preference"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+  steps: int = 1000
+  batch_size: int = 8  # global: pairs (or examples / packed rows) per optimizer step
+  grad_accum: int = 1
+  log_every: int = 10
+  eval_every: int = 0  # 0: only at the end of each stage
+  eval_batches: int | None = None  # None: the whole eval set
+  save_every: int = 500
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+  # Two eval sets holding the same pairs under opposite conditions: report how often
+  # the implicit reward margin flips sign between them (preference steerability).
+  flip_eval: list[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSection:
+  tensorboard: bool = True
+  wandb: dict[str, Any] | None = None
+  progress_bar: bool = True
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  run_dir: str = "runs/default"
+  seed: int = 0
+  model: ModelSection = dataclasses.field(default_factory=ModelSection)
+  data: DataSection = dataclasses.field(default_factory=DataSection)
+  loss: LossSection = dataclasses.field(default_factory=LossSection)
+  optim: OptimSection = dataclasses.field(default_factory=OptimSection)
+  train: TrainSection = dataclasses.field(default_factory=TrainSection)
+  mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
+  logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+  # Each stage: {name: ..., <dotted key>: value, ...} applied over the sections above.
+  stages: list[dict[str, Any]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  config: TrainConfig
+  first_step: int  # global step at which the stage starts
+  last_step: int  # global step at which it ends (exclusive)
+
+
+def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
+  tree = configlib.load_yaml(path)
+  for override in overrides:
+    configlib.apply_override(tree, override)
+  try:
+    cfg = configlib.from_dict(TrainConfig, tree)
+    stages(cfg, tree)  # validate every stage up front, not when it starts
+  except (configlib.ConfigError, ValueError) as e:
+    raise configlib.ConfigError(f"{path}: {e}") from None
+  cfg._tree = tree  # stages are rebuilt from the raw tree, with their overrides
+  return cfg
+
+
+def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
+  """The run's stages with global step ranges; a config without `stages:` has one."""
+  tree = tree if tree is not None else getattr(cfg, "_tree", configlib.to_dict(cfg))
+  if not cfg.stages:
+    return [Stage("train", cfg, 0, cfg.train.steps)]
+  out, step = [], 0
+  base = {k: v for k, v in tree.items() if k != "stages"}
+  for i, stage in enumerate(cfg.stages):
+    stage = dict(stage)
+    name = str(stage.pop("name", f"stage{i}"))
+    stage_tree = configlib.to_dict(base)
+    for key, value in stage.items():
+      configlib.apply_override(stage_tree, f"{key}={_yaml_scalar(value)}")
+    try:
+      stage_cfg = configlib.from_dict(TrainConfig, stage_tree)
+    except configlib.ConfigError as e:
+      raise configlib.ConfigError(f"stages[{i}] ({name}): {e}") from None
+    out.append(Stage(name, stage_cfg, step, step + stage_cfg.train.steps))
+    step += stage_cfg.train.steps
+  return out
+
+
+def _yaml_scalar(value: Any) -> str:
+  import json
+
+  return json.dumps(value)  # JSON is YAML, so lists and mappings survive apply_override

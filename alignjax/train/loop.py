@@ -1,0 +1,411 @@
+"""`alignjax train`: stages of jitted steps over a mesh, with exact resume.
+
+Per stage: build the data pipeline and the optimizer, place parameters on the mesh by
+their logical axes, then loop: fetch a batch per micro-step, accumulate gradients,
+update, log, evaluate, checkpoint. A resumed run restores parameters, optimizer state,
+step, RNG and each process's data-iterator state, so it continues exactly where the
+uninterrupted run would have been. SIGTERM (preemption) saves the current step first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from alignjax import sharding
+from alignjax.convert import model_checkpoint as mc
+from alignjax.data.batch import PairBatch
+from alignjax.data.pipeline import make_pipeline
+from alignjax.models import decoder
+from alignjax.models.config import ModelConfig
+from alignjax.models.loading import LoadedModel, load_model
+from alignjax.train import checkpoint as ckpt_lib
+from alignjax.train import step as step_lib
+from alignjax.train.config import Stage, TrainConfig, data_config, sources_from, stages
+from alignjax.train.metrics import MetricsWriter, ProgressBar
+from alignjax.train.optim import make_optimizer, schedule
+
+log = logging.getLogger("alignjax.train")
+
+
+class Preempted(SystemExit):
+  """Raised after SIGTERM once the current step is checkpointed."""
+
+  def __init__(self, step: int):
+    super().__init__(143)
+    self.step = step
+
+
+@dataclasses.dataclass
+class RunContext:
+  cfg: TrainConfig
+  mesh: jax.sharding.Mesh
+  model_cfg: ModelConfig
+  model_meta: dict[str, Any]
+  tokenizer: Any
+  tokenizer_dir: str | None
+  param_shardings: Any
+  writer: MetricsWriter
+  checkpointer: ckpt_lib.TrainCheckpointer
+  data_dir: str | None
+
+
+def _tokenizer_for(loaded: LoadedModel, run_dir: str):
+  """The model's own tokenizer, or the built-in byte tokenizer for presets."""
+  import transformers
+
+  if loaded.tokenizer_dir is not None:
+    return transformers.AutoTokenizer.from_pretrained(loaded.tokenizer_dir), loaded.tokenizer_dir
+  from alignjax.data.byte_tokenizer import make_byte_tokenizer
+
+  path = os.path.join(run_dir, "tokenizer")
+  tokenizer = make_byte_tokenizer()
+  if jax.process_index() == 0:
+    tokenizer.save_pretrained(path)
+  return tokenizer, path
+
+
+def _builtin_data(cfg: TrainConfig) -> str | None:
+  if not cfg.data.builtin:
+    return None
+  from alignjax.tasks import BUILTIN_TASKS
+
+  if cfg.data.builtin not in BUILTIN_TASKS:
+    raise ValueError(f"data.builtin={cfg.data.builtin!r} is not one of {sorted(BUILTIN_TASKS)}")
+  out = os.path.join(cfg.run_dir, "data")
+  BUILTIN_TASKS[cfg.data.builtin](out, seed=cfg.seed)  # deterministic: every host writes the same
+  return out
+
+
+def _resolve(path_or_list, data_dir: str | None):
+  """`builtin:NAME` paths point into the generated task directory."""
+  def one(p):
+    if isinstance(p, str) and p.startswith("builtin:"):
+      if data_dir is None:
+        raise ValueError(f"{p!r} needs data.builtin to be set")
+      return os.path.join(data_dir, p.split(":", 1)[1] + ".jsonl")
+    if isinstance(p, dict) and "path" in p:
+      return dict(p, path=one(p["path"]))
+    return p
+
+  if isinstance(path_or_list, list):
+    return [one(p) for p in path_or_list]
+  return one(path_or_list)
+
+
+def _opt_shardings(opt_shapes, param_shapes, param_shardings, mesh):
+  """Optimizer leaves that mirror a parameter take its sharding; the rest replicate."""
+  by_suffix = {}
+  for (path, shape), sh in zip(jax.tree_util.tree_leaves_with_path(param_shapes),
+                               jax.tree.leaves(param_shardings)):
+    by_suffix[jax.tree_util.keystr(path)] = (shape.shape, sh)
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    for suffix, (shape, sh) in by_suffix.items():
+      if key.endswith(suffix) and tuple(leaf.shape) == tuple(shape):
+        return sh
+    return sharding.replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, opt_shapes)
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _num_conditions(pipeline) -> int:
+  vocab = pipeline.condition_vocab
+  return len(vocab) if vocab is not None else 0
+
+
+def _gather_states(state: dict) -> list[dict]:
+  """Every process's data-iterator state, so process 0's checkpoint holds them all."""
+  if jax.process_count() == 1:
+    return [state]
+  from jax.experimental import multihost_utils
+
+  blob = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  longest = int(np.max(multihost_utils.process_allgather(np.array([blob.size]))))
+  padded = np.zeros(longest, np.uint8)
+  padded[: blob.size] = blob
+  gathered = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(gathered).reshape(-1, longest)]
+
+
+class _Stopper:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    log.warning("SIGTERM received: checkpointing the current step, then exiting")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _eval_sets(stage_cfg: TrainConfig, data_dir) -> dict[str, Any]:
+  value = stage_cfg.data.eval
+  if value is None:
+    return {}
+  if isinstance(value, dict) and "path" not in value:
+    return {name: _resolve(v, data_dir) for name, v in value.items()}
+  return {"eval": _resolve(value, data_dir)}
+
+
+def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_state, num_conditions):
+  """Per-set metrics over whole eval sets (per-pair values aggregated on the host)."""
+  scfg = stage.config
+  out, margins = {}, {}
+  for name, paths in _eval_sets(scfg, ctx.data_dir).items():
+    dcfg = data_config(scfg.data, sources_from(paths, f"data.eval.{name}"), scfg.train.batch_size,
+                       shuffle=False, num_epochs=1, worker_count=0)
+    pipeline = make_pipeline(dcfg, ctx.tokenizer)
+    sums: dict[str, float] = {}
+    n_batches = 0
+    per_pair: dict[str, list] = {"margin_P": [], "valid_P": [], "condition_P": []}
+    for batch in pipeline:
+      if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
+        break
+      metrics, pairs = eval_fn(params, ref_params, sharding.global_batch(batch, ctx.mesh), loss_state)
+      for k, v in metrics.items():
+        if np.ndim(v) == 0:
+          sums[k] = sums.get(k, 0.0) + float(v)
+      for k in per_pair:
+        if k in pairs:
+          per_pair[k].append(np.asarray(jax.device_get(pairs[k])))
+      n_batches += 1
+    pipeline.close()
+    prefix = name if name != "eval" else ""
+    key = lambda k: f"{prefix}/{k}" if prefix else k  # noqa: E731
+    for k, v in sums.items():
+      out[key(k)] = v / max(n_batches, 1)
+    if per_pair["margin_P"]:
+      margin = np.concatenate(per_pair["margin_P"])
+      valid = np.concatenate(per_pair["valid_P"]) > 0
+      condition = np.concatenate(per_pair["condition_P"])
+      margins[name] = margin[valid]
+      # Exact over the set, not a mean of batch means.
+      out[key("rewards/accuracies")] = float(np.mean(margin[valid] > 0))
+      out[key("rewards/margins")] = float(np.mean(margin[valid]))
+      vocab = pipeline.condition_vocab
+      if vocab is not None:
+        for cid in sorted(set(condition[valid].tolist()) - {0}):
+          sel = valid & (condition == cid)
+          out[key(f"rewards/accuracies/{vocab.keys[cid - 1]}")] = float(np.mean(margin[sel] > 0))
+  flip = scfg.train.flip_eval
+  if flip and all(n in margins for n in flip) and len(margins[flip[0]]) == len(margins[flip[1]]):
+    a, b = margins[flip[0]], margins[flip[1]]
+    out["flip_agreement"] = float(np.mean(np.sign(a) == -np.sign(b)))
+  return out
+
+
+def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: int,
+               restored: dict | None, stopper: _Stopper):
+  scfg = stage.config
+  n_steps = stage.last_step - stage.first_step
+  process_count = jax.process_count()
+  sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
+  micro_batch = scfg.train.batch_size // scfg.train.grad_accum
+  if micro_batch * scfg.train.grad_accum != scfg.train.batch_size:
+    raise ValueError(f"train.batch_size={scfg.train.batch_size} is not divisible by train.grad_accum")
+  dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index,
+                     num_epochs=None)
+  pipeline = make_pipeline(dcfg, ctx.tokenizer)
+  num_conditions = _num_conditions(pipeline)
+
+  objective = step_lib.make_objective(ctx.model_cfg, scfg.loss, num_conditions)
+  tx = make_optimizer(scfg.optim, n_steps)
+  lr_at = schedule(scfg.optim, n_steps)
+  param_shapes = jax.eval_shape(lambda p: p, params)
+  opt_shapes = jax.eval_shape(tx.init, param_shapes)
+  opt_shardings = _opt_shardings(opt_shapes, param_shapes, ctx.param_shardings, ctx.mesh)
+
+  ref_params = None
+  if objective.needs_reference:
+    ref_params = _stage_reference(ctx, stage, params)
+
+  if restored is not None:
+    opt_state = restored["opt_state"]
+    loss_state = restored["loop"]["loss_state"]
+    loss_state = jax.tree.map(np.asarray, _loss_state_from_json(loss_state, objective.init_state()))
+    pipeline.set_state(restored["loop"]["data_state"][jax.process_index()])
+  else:
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    loss_state = objective.init_state()
+
+  grads_fn = jax.jit(step_lib.make_grads_fn(objective), out_shardings=(ctx.param_shardings, None, None))
+  update_fn = jax.jit(step_lib.make_update_fn(tx), donate_argnums=(0, 1),
+                      out_shardings=(ctx.param_shardings, opt_shardings, None))
+  add_fn = jax.jit(step_lib.add_trees, donate_argnums=(0,), out_shardings=ctx.param_shardings)
+  eval_fn = jax.jit(step_lib.make_eval_fn(objective))
+
+  def checkpoint(at_step: int):
+    loop_state = {
+        "step": at_step, "stage": stage.name, "stage_index": stage_index,
+        "data_state": _gather_states(pipeline.get_state()),
+        "loss_state": _loss_state_to_json(loss_state),
+    }
+    ctx.checkpointer.save(at_step, params, opt_state, loop_state, ctx.model_meta, ctx.tokenizer_dir)
+
+  bar = ProgressBar(stage.last_step, initial=step, is_primary=jax.process_index() == 0,
+                    enabled=None if ctx.cfg.logging.progress_bar else False)
+  window_tokens, window_start = 0, time.perf_counter()
+  skipped_total = int(restored["loop"].get("skipped_steps", 0)) if restored else 0
+  log.info("stage %s: steps %d..%d, loss %s", stage.name, stage.first_step, stage.last_step, scfg.loss.type)
+  try:
+    while step < stage.last_step:
+      grads = None
+      for _ in range(scfg.train.grad_accum):
+        local = next(pipeline)
+        window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
+        batch = sharding.global_batch(local, ctx.mesh)
+        micro_grads, metrics, loss_state = grads_fn(params, ref_params, batch, loss_state)
+        grads = micro_grads if grads is None else add_fn(grads, micro_grads)
+      if scfg.train.grad_accum > 1:
+        grads = jax.tree.map(lambda g: g / scfg.train.grad_accum, grads)
+      params, opt_state, stats = update_fn(params, opt_state, grads, metrics["loss"])
+      skipped_total += int(stats["skipped"])
+      if int(stats["skipped"]):
+        log.warning("step %d: non-finite loss or gradient; update skipped (%d so far)", step, skipped_total)
+      step += 1
+      local_step = step - stage.first_step
+
+      if step % scfg.train.log_every == 0 or step == stage.last_step:
+        elapsed = time.perf_counter() - window_start
+        record = _scalars(metrics)
+        record.update(grad_norm=float(stats["grad_norm"]), lr=float(lr_at(local_step - 1)),
+                      tokens_per_sec=window_tokens / max(elapsed, 1e-9), skipped_steps=skipped_total,
+                      stage=stage_index)
+        record.update(pipeline.metrics())
+        if "rewards/accuracies_by_condition" in metrics:
+          acc = np.asarray(metrics["rewards/accuracies_by_condition"])
+          count = np.asarray(metrics["count_by_condition"])
+          for cid in range(1, len(acc)):
+            if count[cid] > 0:
+              record[f"rewards/accuracies/{pipeline.condition_vocab.keys[cid - 1]}"] = float(acc[cid])
+        ctx.writer.write(step, record)
+        bar.update(step, record)
+        window_tokens, window_start = 0, time.perf_counter()
+
+      at_end = step == stage.last_step
+      if scfg.train.eval_every and step % scfg.train.eval_every == 0 or at_end:
+        eval_metrics = evaluate(ctx, stage, eval_fn, params, ref_params, loss_state, num_conditions)
+        if eval_metrics:
+          ctx.writer.write(step, eval_metrics, prefix="eval/")
+          log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+      if step % scfg.train.save_every == 0 or at_end or stopper.requested:
+        checkpoint(step)
+      if stopper.requested:
+        ctx.checkpointer.wait()
+        raise Preempted(step)
+  finally:
+    bar.close()
+    pipeline.close()
+  return params, step
+
+
+def _scalars(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
+
+
+def _loss_state_to_json(state) -> Any:
+  return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(state))
+
+
+def _loss_state_from_json(data, template):
+  leaves = jax.tree.leaves(data)
+  return jax.tree.unflatten(jax.tree.structure(template), [np.asarray(v) for v in leaves])
+
+
+def _stage_reference(ctx: RunContext, stage: Stage, params):
+  """The frozen reference of a stage: its starting parameters, saved once so resumes agree."""
+  root = os.path.join(ctx.cfg.run_dir, "reference", stage.name)
+  if os.path.isdir(root) and mc.resolve(root):
+    ref_root, ref_step = mc.resolve(root)
+    ref = mc.load_params(ref_root, ref_step, as_numpy=True)
+  else:
+    ref = jax.device_get(params)
+    mc.save_model(root, ref, ctx.model_meta, step=0)
+  return jax.device_put(ref, ctx.param_shardings)
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+  """Train; returns a summary (final step and the last logged eval metrics)."""
+  sharding.maybe_initialize_distributed()
+  os.makedirs(cfg.run_dir, exist_ok=True)
+  mesh = sharding.make_mesh(cfg.mesh)
+  data_dir = _builtin_data(cfg)
+  all_stages = stages(cfg)
+
+  from alignjax.data.byte_tokenizer import VOCAB_SIZE
+
+  rng = jax.random.key(cfg.seed)
+  loaded = load_model(cfg.model, rng, vocab_size=VOCAB_SIZE if cfg.model.preset else None)
+  tokenizer, tokenizer_dir = _tokenizer_for(loaded, cfg.run_dir)
+  model_cfg = loaded.cfg
+  param_shapes = jax.eval_shape(lambda p: p, loaded.params)
+  logical = decoder.logical_axes(model_cfg)
+  param_shardings = sharding.tree_shardings(logical, param_shapes, mesh)
+
+  ctx = RunContext(
+      cfg=cfg, mesh=mesh, model_cfg=model_cfg, model_meta=loaded.meta, tokenizer=tokenizer,
+      tokenizer_dir=tokenizer_dir, param_shardings=param_shardings,
+      writer=MetricsWriter(cfg.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+                           is_primary=jax.process_index() == 0),
+      checkpointer=ckpt_lib.TrainCheckpointer(cfg.run_dir, keep=cfg.train.keep_checkpoints,
+                                              async_save=cfg.train.async_checkpointing),
+      data_dir=data_dir,
+  )
+  step, params, restored = _restore(ctx, all_stages, loaded.params)
+  if step:
+    ctx.writer.truncate_after(step)
+    log.info("resumed from %s at step %d", ctx.checkpointer.root, step)
+  stopper = _Stopper()
+  try:
+    for index, stage in enumerate(all_stages):
+      if step >= stage.last_step:
+        continue
+      stage_restored = restored if restored and restored["loop"]["stage_index"] == index and step > stage.first_step else None
+      params, step = _run_stage(ctx, stage, index, params, step, stage_restored, stopper)
+      restored = None
+  finally:
+    stopper.restore()
+    ctx.checkpointer.close()
+    ctx.writer.close()
+  return {"step": step}
+
+
+def _restore(ctx: RunContext, all_stages: list[Stage], init_params):
+  """(step, params, restored) from the newest good checkpoint, or a fresh start."""
+  for step in reversed(ctx.checkpointer.steps()):
+    try:
+      loop_state = ctx.checkpointer.restore_loop(step)
+      index = loop_state["stage_index"]
+      stage = all_stages[index]
+      tx = make_optimizer(stage.config.optim, stage.last_step - stage.first_step)
+      param_shapes = jax.eval_shape(lambda p: p, init_params)
+      opt_shapes = jax.eval_shape(tx.init, param_shapes)
+      opt_shardings = _opt_shardings(opt_shapes, param_shapes, ctx.param_shardings, ctx.mesh)
+      params, opt_state = ctx.checkpointer.restore_arrays(
+          step, _abstract(param_shapes, ctx.param_shardings), _abstract(opt_shapes, opt_shardings)
+      )
+    except Exception as e:  # a partial or corrupt step must not end the run
+      log.warning("checkpoint step %d in %s does not restore (%s: %s); trying an older one",
+                  step, ctx.checkpointer.root, type(e).__name__, e)
+      continue
+    return step, params, {"opt_state": opt_state, "loop": loop_state}
+  params = jax.device_put(init_params, ctx.param_shardings)
+  return 0, params, None
