@@ -48,11 +48,15 @@ def _train(args: argparse.Namespace) -> int:
   import logging
 
   from alignjax.train.config import load_config
-  from alignjax.train.loop import run
+  from alignjax.train.loop import Preempted, run
 
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   cfg = load_config(args.config, args.overrides)
-  summary = run(cfg)
+  try:
+    summary = run(cfg)
+  except Preempted as stop:
+    print(f"preempted: checkpointed step {stop.step} in {cfg.run_dir}/checkpoints; rerun to resume")
+    return 143
   print(f"finished at step {summary['step']}; run directory {cfg.run_dir}")
   return 0
 

@@ -123,8 +123,9 @@ class TrainSection:
   save_every: int = 500
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
-  # Two eval sets holding the same pairs under opposite conditions: report how often
-  # the implicit reward margin flips sign between them (preference steerability).
+  # Two eval sets holding the same pairs under opposite conditions (the second with
+  # chosen and rejected swapped): `flip_agreement` is how often the implicit-reward
+  # preference between the two answers reverses with the condition (steerability).
   flip_eval: list[str] | None = None
 
 

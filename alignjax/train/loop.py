@@ -56,6 +56,7 @@ class RunContext:
   writer: MetricsWriter
   checkpointer: ckpt_lib.TrainCheckpointer
   data_dir: str | None
+  pad_id: int
 
 
 def _tokenizer_for(loaded: LoadedModel, run_dir: str):
@@ -141,6 +142,25 @@ def _gather_states(state: dict) -> list[dict]:
   return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(gathered).reshape(-1, longest)]
 
 
+def _agree_on_length(local, pad_id: int):
+  """Hosts pick length buckets from their own rows; a global array needs one length."""
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils
+
+  length = local.tokens_BxL.shape[1]
+  longest = int(np.max(multihost_utils.process_allgather(np.array([length]))))
+  if longest == length:
+    return local
+  changes = {}
+  for f in dataclasses.fields(local):
+    value = getattr(local, f.name)
+    if f.name.endswith("_BxL") and value is not None:
+      fill = pad_id if f.name == "tokens_BxL" else 0
+      changes[f.name] = np.pad(value, ((0, 0), (0, longest - length)), constant_values=fill)
+  return dataclasses.replace(local, **changes)
+
+
 class _Stopper:
   """Turns SIGTERM into a flag the loop checks between steps."""
 
@@ -177,6 +197,7 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
     n_batches = 0
     per_pair: dict[str, list] = {"margin_P": [], "valid_P": [], "condition_P": []}
     for batch in pipeline:
+      batch = _agree_on_length(batch, ctx.pad_id)
       if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
         break
       metrics, pairs = eval_fn(params, ref_params, sharding.global_batch(batch, ctx.mesh), loss_state)
@@ -207,8 +228,11 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
           out[key(f"rewards/accuracies/{vocab.keys[cid - 1]}")] = float(np.mean(margin[sel] > 0))
   flip = scfg.train.flip_eval
   if flip and all(n in margins for n in flip) and len(margins[flip[0]]) == len(margins[flip[1]]):
+    # The second set holds the same (A, B) under the opposite condition with the labels
+    # swapped, so its margin is r(B) - r(A): the preference between A and B reverses with
+    # the condition exactly when both margins are positive or both negative.
     a, b = margins[flip[0]], margins[flip[1]]
-    out["flip_agreement"] = float(np.mean(np.sign(a) == -np.sign(b)))
+    out["flip_agreement"] = float(np.mean(np.sign(a) * np.sign(b) > 0))
   return out
 
 
@@ -269,7 +293,7 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
     while step < stage.last_step:
       grads = None
       for _ in range(scfg.train.grad_accum):
-        local = next(pipeline)
+        local = _agree_on_length(next(pipeline), ctx.pad_id)
         window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
         batch = sharding.global_batch(local, ctx.mesh)
         micro_grads, metrics, loss_state = grads_fn(params, ref_params, batch, loss_state)
@@ -368,6 +392,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
       checkpointer=ckpt_lib.TrainCheckpointer(cfg.run_dir, keep=cfg.train.keep_checkpoints,
                                               async_save=cfg.train.async_checkpointing),
       data_dir=data_dir,
+      pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
   )
   step, params, restored = _restore(ctx, all_stages, loaded.params)
   if step:

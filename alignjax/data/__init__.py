@@ -1,0 +1,34 @@
+"""The data pipeline: files -> validated, conditioned, tokenized, batched arrays (Grain).
+
+Entry point: `make_pipeline(cfg, tokenizer, process_index=..., process_count=...)`.
+`alignjax.data.ops` (pair_sums, remove_user_slots) imports JAX; the rest is NumPy
+so worker processes start fast.
+"""
+
+from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch
+from alignjax.data.byte_tokenizer import make_byte_tokenizer
+from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
+from alignjax.data.load_tokenizer import load_tokenizer
+from alignjax.data.pipeline import Pipeline, load_state, make_pipeline, save_state
+from alignjax.data.records import DataError
+from alignjax.data.sources import write_array_record
+from alignjax.data.vocab import Vocab
+
+__all__ = [
+    "CutBatch",
+    "DataConfig",
+    "DataError",
+    "PairBatch",
+    "Pipeline",
+    "PromptBatch",
+    "SftBatch",
+    "SourceConfig",
+    "TemplateConfig",
+    "Vocab",
+    "load_state",
+    "load_tokenizer",
+    "make_byte_tokenizer",
+    "make_pipeline",
+    "save_state",
+    "write_array_record",
+]

@@ -1,0 +1,200 @@
+"""`DataConfig`: everything the data pipeline needs, nested under `data:` in YAML.
+
+Errors name the config key (`data.<key>`) so a user knows what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from typing import Any
+
+RECORD_TYPES = ("preference", "sft", "prompt", "cut")
+SOURCE_FORMATS = ("auto", "jsonl", "parquet", "hf", "array_record", "tfds")
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """One source. `path` is a file, a directory, a glob, or (format tfds) a TFDS name.
+
+    `weight` is a per-record rate: each record of this source is seen `weight`
+    times per epoch on average (2.0 = twice, 0.5 = a fresh random half each
+    epoch). With the default 1.0 everywhere an epoch is every record once; the
+    mixture proportions follow from `len(source) * weight` and are logged.
+    """
+
+    path: str
+    weight: float = 1.0
+    format: str = "auto"
+    split: str = "train"  # for a saved DatasetDict and for TFDS
+    data_dir: str | None = None  # TFDS data_dir
+
+
+@dataclasses.dataclass
+class TemplateConfig:
+    """Text templates that turn conditioning fields into prompt text (str.format)."""
+
+    # MetaAlign tier 1: goes into the system message.
+    system: str = "{system}"
+    # MetaAlign tier 2 + 3: replaces the (first) user message.
+    user_info: str = "User information:\n{user_info}\n\nQuery:\n{prompt}"
+    # MO-ODPO: its field names are the objectives, e.g.
+    # "Answer so that your response is {helpful:.0%} helpful, {harmless:.0%} harmless".
+    weights: str | None = None
+    # CUT Align-N: replaces the last user message (or the plain prompt).
+    judgment: str = "{prompt}\n\nThe response should match this judgment: {judgment}"
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """Objective names in the order they appear in the `weights` template."""
+        if self.weights is None:
+            return ()
+        names = []
+        for _, field, _, _ in string.Formatter().parse(self.weights):
+            if field and field not in names:
+                names.append(field)
+        return tuple(names)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The data pipeline's configuration (YAML: the `data:` section)."""
+
+    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    # preference: prompt/chosen/rejected; sft: prompt/response|completion or
+    # messages; prompt: prompt only (online MO-ODPO); cut: prompt/response/judgment.
+    record_type: str = "preference"
+    # Per sequence (prompt + one response), in tokens, BOS/EOS/user slots included.
+    max_length: int = 1024
+    max_prompt_length: int | None = 512
+    # Which end of an over-long prompt survives; responses always keep their start.
+    truncation_mode: str = "keep_end"
+    packing: bool = False
+    # Packed row length; default 2 * max_length for pairs, max_length otherwise.
+    pack_length: int | None = None
+    # Static number of sequences a packed row may hold (sizes the pair arrays).
+    max_sequences_per_row: int = 16
+    # Padded mode: pad each batch to the smallest bucket that fits (bounded
+    # recompiles). Default: powers of two from 64 up to max_length, and max_length.
+    buckets: list[int] | None = None
+    # Global batch size: pairs (or examples) per step, or packed rows per step,
+    # over all processes; each process gets batch_size / process_count.
+    batch_size: int = 8
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = 1  # None = repeat forever (stop by step count)
+    worker_count: int = 0  # processes for parse/tokenise/batch; 0 = in-process
+    worker_buffer_size: int = 2
+    read_threads: int = 4  # threads per process for reading + tokenising records
+    on_bad_record: str = "error"
+    templates: TemplateConfig = dataclasses.field(default_factory=TemplateConfig)
+    # Overrides the tokenizer's chat template (Jinja) when set.
+    chat_template: str | None = None
+    # P-DPO: number of user soft-token slots reserved right after BOS; 0 = off.
+    n_user_tokens: int = 0
+    user_slot_token_id: int | None = None  # default: the tokenizer's pad id
+    # Where the user-id vocabulary is read from (if it exists) or built from the
+    # data; save it with the run (`Pipeline.user_vocab.save`).
+    user_vocab_path: str | None = None
+    # Record field that names a preference condition (e.g. "system", "weights",
+    # "user_info"); mapped to `condition_id` 1..C for per-condition metrics.
+    condition_field: str | None = None
+    # SparsePO given weights: emit token_weights_BxL in every batch (records
+    # without weights get default_token_weight on all response tokens).
+    token_weights: bool = False
+    default_token_weight: float = 1.0  # also: response tokens outside every span
+    # CUT: a record with a judgment is still satisfactory if score >= this.
+    cut_positive_score: float | None = None
+
+    def __post_init__(self):
+        self.sources = [s if isinstance(s, SourceConfig) else _source_from(s) for s in self.sources]
+        if isinstance(self.templates, dict):
+            self.templates = TemplateConfig(**self.templates)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) data.{', data.'.join(unknown)}; known keys: {sorted(known)}"
+            )
+        return cls(**d)
+
+    @property
+    def effective_pack_length(self) -> int:
+        if self.pack_length is not None:
+            return self.pack_length
+        return 2 * self.max_length if self.record_type == "preference" else self.max_length
+
+    @property
+    def effective_buckets(self) -> list[int]:
+        if self.buckets:
+            return sorted(set(self.buckets))
+        out, b = [], 64
+        while b < self.max_length:
+            out.append(b)
+            b *= 2
+        return out + [self.max_length]
+
+    def validate(self, process_count: int = 1) -> None:
+        """Raise ValueError naming the data.<key> that is wrong, and why."""
+
+        def bad(key, msg):
+            raise ValueError(f"data.{key}: {msg}")
+
+        if not self.sources:
+            bad("sources", "no sources given; add at least one {path: ...}")
+        for i, s in enumerate(self.sources):
+            if s.format not in SOURCE_FORMATS:
+                bad(f"sources[{i}].format", f"{s.format!r} is not one of {SOURCE_FORMATS}")
+            if not s.weight > 0:
+                bad(f"sources[{i}].weight", f"must be > 0, got {s.weight}")
+        if self.record_type not in RECORD_TYPES:
+            bad("record_type", f"{self.record_type!r} is not one of {RECORD_TYPES}")
+        if self.truncation_mode not in ("keep_end", "keep_start"):
+            bad("truncation_mode", f"{self.truncation_mode!r}: use keep_end or keep_start")
+        if self.on_bad_record not in ("error", "skip"):
+            bad("on_bad_record", f"{self.on_bad_record!r}: use error or skip")
+        fixed = 1 + self.n_user_tokens  # BOS + user slots survive truncation
+        if self.max_length <= fixed + 1:
+            bad("max_length", f"{self.max_length} leaves no room for prompt and response")
+        if self.max_prompt_length is not None and not (
+            fixed < self.max_prompt_length < self.max_length
+        ):
+            bad(
+                "max_prompt_length",
+                f"{self.max_prompt_length} must be > {fixed} (BOS + n_user_tokens) "
+                f"and < max_length={self.max_length}",
+            )
+        if self.batch_size % process_count:
+            bad(
+                "batch_size",
+                f"{self.batch_size} is not divisible by process_count={process_count}",
+            )
+        if self.packing:
+            if self.record_type not in ("preference", "sft"):
+                bad("packing", f"packing supports preference and sft, not {self.record_type}")
+            per_example = 2 if self.record_type == "preference" else 1
+            if self.effective_pack_length < per_example * self.max_length:
+                bad(
+                    "pack_length",
+                    f"{self.effective_pack_length} < {per_example} * max_length: "
+                    "an example might not fit a row",
+                )
+            if self.max_sequences_per_row < per_example:
+                bad("max_sequences_per_row", f"must be >= {per_example}")
+        elif max(self.effective_buckets) < self.max_length:
+            bad("buckets", f"largest bucket must be >= max_length={self.max_length}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            bad("num_epochs", "must be >= 1, or null to repeat forever")
+        if self.worker_count < 0:
+            bad("worker_count", "must be >= 0")
+
+
+def _source_from(s: Any) -> SourceConfig:
+    if isinstance(s, str):
+        return SourceConfig(path=s)
+    if isinstance(s, dict):
+        return SourceConfig(**s)
+    raise ValueError(f"data.sources: entry {s!r} must be a path or a mapping with 'path'")

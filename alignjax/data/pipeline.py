@@ -1,0 +1,298 @@
+"""`make_pipeline`: DataConfig + tokenizer -> an iterator of batches with saveable state.
+
+The Grain graph, per process:
+
+  sources -> MixtureMapDataset (weights) -> shuffle(seed, reshuffled per epoch)
+    -> repeat(num_epochs) -> [process_index::process_count]   (each host reads only its shard)
+    -> map(ExampleProcessor)   (decode, validate, condition, tokenize, truncate)
+    -> to_iter_dataset(read threads) -> BatchIterDataset (pad to bucket / pack)
+    -> mp_prefetch(worker_count)  (worker w batches records w, w + W, ... of the shard)
+
+Everything up to the batcher is index-based, so the order is a pure function of
+(seed, epoch, process_index, process_count, worker_count): two runs with the same
+config see the same batches, and `get_state()` / `set_state()` resume exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+
+import grain
+
+from alignjax.data.batching import make_builder
+from alignjax.data.config import DataConfig
+from alignjax.data.examples import ExampleProcessor
+from alignjax.data.formats import condition_key, decode
+from alignjax.data.grain_batcher import BatchElement, BatchIterDataset
+from alignjax.data.mixing import MixtureMapDataset, describe_mixture
+from alignjax.data.records import BadRecord
+from alignjax.data.sources import open_sources
+from alignjax.data.vocab import Vocab
+
+log = logging.getLogger("alignjax.data")
+
+STATE_VERSION = 1
+
+
+class Pipeline:
+    """Iterator of batches (`PairBatch`, `SftBatch`, `CutBatch` or `PromptBatch`).
+
+    `get_state()` returns a JSON-able dict to store with the training checkpoint;
+    `set_state()` on a fresh pipeline built from the same config resumes at the
+    next batch. `metrics()` gives cumulative `data/...` counters for logging.
+    """
+
+    def __init__(
+        self,
+        dataset: grain.IterDataset,
+        cfg: DataConfig,
+        user_vocab,
+        condition_vocab,
+        records_per_epoch: int,
+    ):
+        self.cfg = cfg
+        self.user_vocab = user_vocab
+        self.condition_vocab = condition_vocab
+        self.records_per_epoch = records_per_epoch
+        self._dataset = dataset
+        self._iterator = iter(dataset)
+        self._reset_counters()
+
+    def _reset_counters(self):
+        self._skipped_total = collections.Counter()
+        # Per-epoch counts of epochs not yet reported; bounded, so the state stays
+        # small however many epochs an infinite run goes through.
+        self._skipped_open: dict[int, collections.Counter] = {}
+        self._reported_through = 0  # every epoch < this has been reported
+        self._skip_origins: dict[str, list[str]] = {}  # a few examples per reason, for logs
+        self._examples = self._tokens = self._slots = self._batches = 0
+        self._epoch = 0
+        self.epoch_reports: list[dict] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            try:
+                element: BatchElement = next(self._iterator)
+            except StopIteration:
+                self._report_epochs_before(max([self._epoch, *self._skipped_open]) + 1)
+                raise
+            except Exception:
+                self.close()  # a bad record under on_bad_record: error; stop the workers
+                raise
+            self._account(element)
+            if element.batch is not None:
+                self._batches += 1
+                return element.batch
+
+    def _account(self, element: BatchElement) -> None:
+        for epoch, reason, n in element.skipped:
+            self._skipped_total[reason] += n
+            if epoch >= self._reported_through:
+                self._skipped_open.setdefault(epoch, collections.Counter())[reason] += n
+            else:
+                # With workers, a record of an epoch already reported can arrive a
+                # batch or two late: it is in the totals (metrics), not the report.
+                log.info("data epoch %d: %d more skipped (%s) after its report", epoch, n, reason)
+        for reason, origin in element.skipped_origins:
+            seen = self._skip_origins.setdefault(reason, [])
+            if len(seen) < 3 and origin not in seen:
+                seen.append(origin)
+        self._examples += element.n_examples
+        self._tokens += element.n_tokens
+        self._slots += element.n_slots
+        if element.epoch > self._epoch:
+            self._report_epochs_before(element.epoch)
+            self._epoch = element.epoch
+
+    def _report_epochs_before(self, end: int) -> None:
+        for epoch in range(self._reported_through, end):
+            counts = dict(sorted(self._skipped_open.pop(epoch, {}).items()))
+            self.epoch_reports.append({"epoch": epoch, "skipped": counts})
+            if counts:
+                log.warning(
+                    "data epoch %d: skipped %d records: %s",
+                    epoch,
+                    sum(counts.values()),
+                    ", ".join(
+                        f"{r}={n} (e.g. {', '.join(self._skip_origins.get(r, []))})"
+                        for r, n in counts.items()
+                    ),
+                )
+            else:
+                log.info("data epoch %d: no records skipped", epoch)
+        self._reported_through = max(self._reported_through, end)
+
+    def skipped_examples(self) -> dict[str, list[str]]:
+        """Up to 3 origins ("file:line") of skipped records per reason, to go and look at."""
+        return {r: list(o) for r, o in sorted(self._skip_origins.items())}
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Total skipped records per reason, over all epochs so far."""
+        return dict(sorted(self._skipped_total.items()))
+
+    def metrics(self) -> dict[str, float]:
+        """Cumulative counters: data/skipped/<reason>, examples, tokens, padding, epoch."""
+        out = {f"data/skipped/{r}": float(n) for r, n in self.skipped_counts().items()}
+        out["data/skipped/total"] = float(sum(self._skipped_total.values()))
+        out["data/examples"] = float(self._examples)
+        out["data/tokens"] = float(self._tokens)
+        out["data/batches"] = float(self._batches)
+        out["data/epoch"] = float(self._epoch)
+        out["data/padding_fraction"] = 1.0 - self._tokens / self._slots if self._slots else 0.0
+        return out
+
+    def get_state(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "iterator": self._iterator.get_state(),
+            "skipped_total": dict(self._skipped_total),
+            "skipped_open": {str(e): dict(c) for e, c in self._skipped_open.items()},
+            "reported_through": self._reported_through,
+            "examples": self._examples,
+            "tokens": self._tokens,
+            "slots": self._slots,
+            "batches": self._batches,
+            "epoch": self._epoch,
+        }
+
+    def set_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"data iterator state version {state.get('version')} != {STATE_VERSION}: "
+                "it was saved by another alignjax version; restart the data from scratch"
+            )
+        self._iterator.set_state(state["iterator"])
+        self._reset_counters()
+        self._skipped_total.update(state["skipped_total"])
+        for e, counts in state["skipped_open"].items():
+            self._skipped_open[int(e)] = collections.Counter(counts)
+        self._reported_through = state["reported_through"]
+        self._examples, self._tokens = state["examples"], state["tokens"]
+        self._slots, self._batches = state["slots"], state["batches"]
+        self._epoch = state["epoch"]
+
+    def close(self) -> None:
+        """Stop worker processes (if any); the pipeline cannot be iterated after."""
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_pipeline(
+    cfg: DataConfig,
+    tokenizer,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Pipeline:
+    """Build the pipeline for this process; defaults shard by `jax.process_index()`.
+
+    `cfg.batch_size` is global: this process yields batch_size / process_count
+    examples (or packed rows) per batch. With a finite `num_epochs`, processes can
+    end up one batch apart (records do not always split evenly, and skips differ
+    per shard); multi-host training should use `num_epochs: null` and stop by step.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
+    cfg.validate(process_count)
+
+    sources, weights = [], []
+    for i, s in enumerate(cfg.sources):
+        opened = open_sources(s, f"data.sources[{i}]")
+        sources += opened
+        weights += [s.weight] * len(opened)
+    user_vocab = _user_vocab(cfg, sources, process_index) if cfg.n_user_tokens > 0 else None
+    condition_vocab = (
+        Vocab(_scan_keys(sources, lambda row: condition_key(row, cfg.condition_field)), "condition")
+        if cfg.condition_field
+        else None
+    )
+
+    mixture = MixtureMapDataset(sources, weights, cfg.seed)
+    if len(mixture) == 0:
+        raise ValueError("data.sources: every source is empty")
+    log.info("data mixture: %s", describe_mixture(sources, mixture.draws_per_epoch))
+    ds: grain.MapDataset = mixture
+    if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed)
+    ds = ds.repeat(cfg.num_epochs)
+    ds = ds[process_index::process_count]
+    ds = ds.map(ExampleProcessor(cfg, tokenizer, user_vocab, condition_vocab))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads))
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    it_ds = BatchIterDataset(it_ds, make_builder(cfg, cfg.batch_size // process_count, pad_id))
+    if cfg.worker_count > 0:
+        _ensure_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+            )
+        )
+    return Pipeline(it_ds, cfg, user_vocab, condition_vocab, len(mixture))
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; a program without absl.app never parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _user_vocab(cfg: DataConfig, sources, process_index: int) -> Vocab:
+    """Load data.user_vocab_path if it exists; else build it from the data's user_ids
+    and (process 0) write it there, so the run keeps the mapping it trained with."""
+    if cfg.user_vocab_path and os.path.exists(cfg.user_vocab_path):
+        vocab = Vocab.load(cfg.user_vocab_path)
+        log.info("P-DPO users: %d loaded from %s", len(vocab), cfg.user_vocab_path)
+        return vocab
+    vocab = Vocab(_scan_keys(sources, lambda row: row.get("user_id")), "user_id")
+    log.info("P-DPO users: %d found in the data (index 0 = generic user)", len(vocab))
+    if cfg.user_vocab_path and process_index == 0:
+        vocab.save(cfg.user_vocab_path)
+    return vocab
+
+
+def _scan_keys(sources, key_fn) -> set[str]:
+    """Every key in the data (one pass). Bad records are left for the main pass to count."""
+    keys = set()
+    for source in sources:
+        for i in range(len(source)):
+            try:
+                key = key_fn(decode(source[i]))
+            except BadRecord:
+                continue
+            if isinstance(key, (str, int)) and not isinstance(key, bool):
+                keys.add(str(key))
+    return keys
+
+
+def save_state(pipeline: Pipeline, path: str) -> None:
+    """Write `pipeline.get_state()` as JSON (atomically), next to a checkpoint."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(pipeline.get_state(), f)
+    os.replace(tmp, path)
+
+
+def load_state(pipeline: Pipeline, path: str) -> None:
+    with open(path) as f:
+        pipeline.set_state(json.load(f))
