@@ -138,7 +138,8 @@ def _check_inputs(pairs: PairLogps, config: DPOConfig, state) -> None:
                          "state afterwards.")
 
 
-def _metric_rewards(pairs, config):
+def implicit_rewards(pairs, config):
+    """(chosen, rejected) implicit rewards of the first loss that defines them, [B]."""
     for name in config.loss_type:
         if LOSSES[name].rewards is not None:
             return LOSSES[name].rewards(pairs, config)
@@ -176,7 +177,7 @@ def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None =
         metrics[f"loss/{name}"] = component
         loss = loss + weight * component
 
-    chosen_rewards_B, rejected_rewards_B = jax.lax.stop_gradient(_metric_rewards(pairs, config))
+    chosen_rewards_B, rejected_rewards_B = jax.lax.stop_gradient(implicit_rewards(pairs, config))
     metrics.update({
         "rewards/chosen": mean(chosen_rewards_B),
         "rewards/rejected": mean(rejected_rewards_B),

@@ -82,9 +82,23 @@ def flip_condition(record: dict[str, Any]) -> dict[str, Any]:
   )
 
 
+def _as_user_record(record: dict[str, Any]) -> dict[str, Any]:
+  out = {k: v for k, v in record.items() if k not in ("user_info", "system")}
+  return dict(out, user_id=f"user_{record['condition']}")
+
+
+def _judged_records(record: dict[str, Any]) -> list[dict[str, Any]]:
+  base = {k: record[k] for k in ("system", "user_info", "prompt", "condition")}
+  critique = f"The user said: {record['user_info']} This answer does not do that."
+  return [dict(base, response=record["chosen"], judgment=None),
+          dict(base, response=record["rejected"], judgment=critique)]
+
+
 def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> dict[str, str]:
-  """Write train.jsonl, sft.jsonl (chosen answers as SFT rows), eval.jsonl and
-  eval_flipped.jsonl (the same held-out pairs under the opposite conditions)."""
+  """Write train.jsonl, sft.jsonl (chosen answers as SFT rows), eval.jsonl,
+  eval_flipped.jsonl (the same held-out pairs under the opposite conditions, labels
+  swapped), pdpo.jsonl / pdpo_eval.jsonl (the condition as a user id instead of text)
+  and cut.jsonl (every answer with a judgment, null when it follows the preference)."""
   topics = sorted(set(TOPICS))
   random.Random(seed).shuffle(topics)
   n_heldout = len(topics) // 5
@@ -98,6 +112,11 @@ def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int =
       "eval": eval_records,
       "eval_flipped": [flip_condition(r) for r in eval_records],
   }
+  # P-DPO: the preference is a property of the user, never stated in the prompt.
+  files["pdpo"] = [_as_user_record(r) for r in train]
+  files["pdpo_eval"] = [_as_user_record(r) for r in eval_records]
+  # CUT: each answer with a judgment of whether it follows the stated preference.
+  files["cut"] = [row for r in train for row in _judged_records(r)]
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
   for name, records in files.items():

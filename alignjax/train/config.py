@@ -17,7 +17,6 @@ from alignjax.models.loading import ModelSection
 from alignjax.sharding import MeshSection
 from alignjax.train.optim import OptimSection
 
-STAGE_KINDS = ("sft", "preference", "cut")
 
 
 def _data_section_fields():
@@ -79,6 +78,45 @@ def data_config(section, sources: list[SourceConfig], batch_size: int, **changes
 
 
 @dataclasses.dataclass(frozen=True)
+class SparsePOSection:
+  """Token-weighted DPO (METHODS.md section 1). `weights`: ones (TDPO), given (from the
+  data's token weights), activations (MaPO reference-activation masks), learned (mask head).
+  """
+
+  weights: str = "ones"
+  mask_mode: str = "common"  # learned masks: one head (m_u = m_d) or two
+  kl: bool = False  # include the token-level KL term delta
+  lam_u: float = 0.0
+  lam_d: float = 0.0
+  mask_dropout: float = 0.01
+  mask_weight_decay: float = 0.01
+
+  def __post_init__(self):
+    if self.weights not in ("ones", "given", "activations", "learned"):
+      raise ValueError(f"loss.sparsepo.weights={self.weights!r}: use ones, given, activations or learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class PDPOSection:
+  """Personalised DPO (METHODS.md section 2); the user-token count is data.n_user_tokens."""
+
+  alpha: float = 0.5
+  user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
+  num_clusters: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class CUTSection:
+  """Contrastive unlikelihood training (METHODS.md section 4)."""
+
+  lam: float = 1.1
+  a: float = 0.5
+  g: float = 0.0
+  detection: str = "ratio"  # ratio, or the paper's difference test
+  form: str = "paper"  # paper (L1 + L2) or code (the authors' (NLL + UL) / 2)
+
+
+@dataclasses.dataclass(frozen=True)
 class LossSection:
   """`type` names the objective: any DPO-family name (or a list summed with `weights`),
   `sft`, `sparsepo` / `tdpo`, `pdpo`, or `cut`. Keys use TRL's names where TRL has them.
@@ -98,6 +136,9 @@ class LossSection:
   # Vocabulary chunking of log-prob computation (memory vs. speed).
   token_chunk: int = 1024
   vocab_chunk: int = 8192
+  sparsepo: SparsePOSection = dataclasses.field(default_factory=SparsePOSection)
+  pdpo: PDPOSection = dataclasses.field(default_factory=PDPOSection)
+  cut: CUTSection = dataclasses.field(default_factory=CUTSection)
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -105,10 +146,11 @@ class LossSection:
 
   @property
   def stage_kind(self) -> str:
-    if self.names == ("sft",):
-      return "sft"
-    if self.names == ("cut",):
-      return "cut"
+    """sft, cut, sparsepo (also tdpo), pdpo, or preference (the DPO family)."""
+    if len(self.names) == 1 and self.names[0] in ("sft", "cut", "sparsepo", "pdpo"):
+      return self.names[0]
+    if self.names == ("tdpo",):
+      return "sparsepo"
     return "preference"
 
 

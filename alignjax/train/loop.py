@@ -28,6 +28,7 @@ from alignjax.models import decoder
 from alignjax.models.config import ModelConfig
 from alignjax.models.loading import LoadedModel, load_model
 from alignjax.train import checkpoint as ckpt_lib
+from alignjax.train import objectives
 from alignjax.train import step as step_lib
 from alignjax.train.config import Stage, TrainConfig, data_config, sources_from, stages
 from alignjax.train.metrics import MetricsWriter, ProgressBar
@@ -123,9 +124,45 @@ def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _num_conditions(pipeline) -> int:
-  vocab = pipeline.condition_vocab
-  return len(vocab) if vocab is not None else 0
+@dataclasses.dataclass
+class StageSetup:
+  pipeline: Any
+  objective: objectives.Objective
+  tx: Any
+  lr_at: Any
+  param_shapes: Any  # decoder params plus the objective's own trainable parts
+  param_shardings: Any
+  opt_shapes: Any
+  opt_shardings: Any
+
+
+def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shapes) -> StageSetup:
+  """Everything a stage needs that follows from its config and data."""
+  scfg = stage.config
+  n_steps = stage.last_step - stage.first_step
+  micro_batch = scfg.train.batch_size // scfg.train.grad_accum
+  if micro_batch * scfg.train.grad_accum != scfg.train.batch_size:
+    raise ValueError(f"train.batch_size={scfg.train.batch_size} is not divisible by train.grad_accum")
+  sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
+  dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index, num_epochs=None)
+  pipeline = make_pipeline(dcfg, ctx.tokenizer)
+  info = {
+      "num_conditions": len(pipeline.condition_vocab) if pipeline.condition_vocab is not None else 0,
+      "num_users": len(pipeline.user_vocab) + 1 if pipeline.user_vocab is not None else 1,
+      "n_user_tokens": scfg.data.n_user_tokens,
+  }
+  objective = objectives.make_objective(ctx.model_cfg, scfg.loss, info)
+  lr_at = schedule(scfg.optim, n_steps)
+  tx = make_optimizer(scfg.optim, n_steps)
+  if objective.wrap_optimizer is not None:
+    tx = objective.wrap_optimizer(tx, lr_at)
+  extra_shapes = jax.eval_shape(objective.init_extra, jax.random.key(0), decoder_shapes)
+  param_shapes = {**decoder_shapes, **extra_shapes}
+  # The objective's own parts are small: replicated.
+  param_shardings = {**ctx.param_shardings, **jax.tree.map(lambda _: sharding.replicated(ctx.mesh), extra_shapes)}
+  opt_shapes = jax.eval_shape(tx.init, param_shapes)
+  opt_shardings = _opt_shardings(opt_shapes, param_shapes, param_shardings, ctx.mesh)
+  return StageSetup(pipeline, objective, tx, lr_at, param_shapes, param_shardings, opt_shapes, opt_shardings)
 
 
 def _gather_states(state: dict) -> list[dict]:
@@ -185,7 +222,7 @@ def _eval_sets(stage_cfg: TrainConfig, data_dir) -> dict[str, Any]:
   return {"eval": _resolve(value, data_dir)}
 
 
-def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_state, num_conditions):
+def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_state, rng):
   """Per-set metrics over whole eval sets (per-pair values aggregated on the host)."""
   scfg = stage.config
   out, margins = {}, {}
@@ -200,7 +237,7 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
       batch = _agree_on_length(batch, ctx.pad_id)
       if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
         break
-      metrics, pairs = eval_fn(params, ref_params, sharding.global_batch(batch, ctx.mesh), loss_state)
+      metrics, pairs = eval_fn(params, ref_params, sharding.global_batch(batch, ctx.mesh), loss_state, rng)
       for k, v in metrics.items():
         if np.ndim(v) == 0:
           sums[k] = sums.get(k, 0.0) + float(v)
@@ -239,41 +276,28 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
 def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: int,
                restored: dict | None, stopper: _Stopper):
   scfg = stage.config
-  n_steps = stage.last_step - stage.first_step
   process_count = jax.process_count()
-  sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
-  micro_batch = scfg.train.batch_size // scfg.train.grad_accum
-  if micro_batch * scfg.train.grad_accum != scfg.train.batch_size:
-    raise ValueError(f"train.batch_size={scfg.train.batch_size} is not divisible by train.grad_accum")
-  dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index,
-                     num_epochs=None)
-  pipeline = make_pipeline(dcfg, ctx.tokenizer)
-  num_conditions = _num_conditions(pipeline)
+  decoder_params = {k: v for k, v in params.items() if k in ctx.param_shardings}
+  setup = _stage_setup(ctx, stage, stage_index, jax.eval_shape(lambda p: p, decoder_params))
+  pipeline, objective, tx, lr_at = setup.pipeline, setup.objective, setup.tx, setup.lr_at
+  base_rng = jax.random.fold_in(jax.random.key(ctx.cfg.seed), stage_index)
 
-  objective = step_lib.make_objective(ctx.model_cfg, scfg.loss, num_conditions)
-  tx = make_optimizer(scfg.optim, n_steps)
-  lr_at = schedule(scfg.optim, n_steps)
-  param_shapes = jax.eval_shape(lambda p: p, params)
-  opt_shapes = jax.eval_shape(tx.init, param_shapes)
-  opt_shardings = _opt_shardings(opt_shapes, param_shapes, ctx.param_shardings, ctx.mesh)
-
-  ref_params = None
-  if objective.needs_reference:
-    ref_params = _stage_reference(ctx, stage, params)
-
+  ref_params = _stage_reference(ctx, stage, decoder_params) if objective.needs_reference else None
   if restored is not None:
     opt_state = restored["opt_state"]
-    loss_state = restored["loop"]["loss_state"]
-    loss_state = jax.tree.map(np.asarray, _loss_state_from_json(loss_state, objective.init_state()))
+    loss_state = _loss_state_from_json(restored["loop"]["loss_state"], objective.init_state())
     pipeline.set_state(restored["loop"]["data_state"][jax.process_index()])
   else:
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    missing = {k: v for k, v in objective.init_extra(jax.random.fold_in(base_rng, 2**31 - 1), decoder_params).items()
+               if k not in params}
+    params = jax.device_put({**params, **missing}, setup.param_shardings)
+    opt_state = jax.jit(tx.init, out_shardings=setup.opt_shardings)(params)
     loss_state = objective.init_state()
 
-  grads_fn = jax.jit(step_lib.make_grads_fn(objective), out_shardings=(ctx.param_shardings, None, None))
+  grads_fn = jax.jit(step_lib.make_grads_fn(objective), out_shardings=(setup.param_shardings, None, None))
   update_fn = jax.jit(step_lib.make_update_fn(tx), donate_argnums=(0, 1),
-                      out_shardings=(ctx.param_shardings, opt_shardings, None))
-  add_fn = jax.jit(step_lib.add_trees, donate_argnums=(0,), out_shardings=ctx.param_shardings)
+                      out_shardings=(setup.param_shardings, setup.opt_shardings, None))
+  add_fn = jax.jit(step_lib.add_trees, donate_argnums=(0,), out_shardings=setup.param_shardings)
   eval_fn = jax.jit(step_lib.make_eval_fn(objective))
 
   def checkpoint(at_step: int):
@@ -296,7 +320,8 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
         local = _agree_on_length(next(pipeline), ctx.pad_id)
         window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
         batch = sharding.global_batch(local, ctx.mesh)
-        micro_grads, metrics, loss_state = grads_fn(params, ref_params, batch, loss_state)
+        rng = jax.random.fold_in(base_rng, step)
+        micro_grads, metrics, loss_state = grads_fn(params, ref_params, batch, loss_state, rng)
         grads = micro_grads if grads is None else add_fn(grads, micro_grads)
       if scfg.train.grad_accum > 1:
         grads = jax.tree.map(lambda g: g / scfg.train.grad_accum, grads)
@@ -326,7 +351,7 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
 
       at_end = step == stage.last_step
       if scfg.train.eval_every and step % scfg.train.eval_every == 0 or at_end:
-        eval_metrics = evaluate(ctx, stage, eval_fn, params, ref_params, loss_state, num_conditions)
+        eval_metrics = evaluate(ctx, stage, eval_fn, params, ref_params, loss_state, base_rng)
         if eval_metrics:
           ctx.writer.write(step, eval_metrics, prefix="eval/")
           log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
@@ -415,17 +440,16 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 def _restore(ctx: RunContext, all_stages: list[Stage], init_params):
   """(step, params, restored) from the newest good checkpoint, or a fresh start."""
+  decoder_shapes = jax.eval_shape(lambda p: p, init_params)
   for step in reversed(ctx.checkpointer.steps()):
     try:
       loop_state = ctx.checkpointer.restore_loop(step)
       index = loop_state["stage_index"]
-      stage = all_stages[index]
-      tx = make_optimizer(stage.config.optim, stage.last_step - stage.first_step)
-      param_shapes = jax.eval_shape(lambda p: p, init_params)
-      opt_shapes = jax.eval_shape(tx.init, param_shapes)
-      opt_shardings = _opt_shardings(opt_shapes, param_shapes, ctx.param_shardings, ctx.mesh)
+      setup = _stage_setup(ctx, all_stages[index], index, decoder_shapes)
+      setup.pipeline.close()
       params, opt_state = ctx.checkpointer.restore_arrays(
-          step, _abstract(param_shapes, ctx.param_shardings), _abstract(opt_shapes, opt_shardings)
+          step, _abstract(setup.param_shapes, setup.param_shardings),
+          _abstract(setup.opt_shapes, setup.opt_shardings),
       )
     except Exception as e:  # a partial or corrupt step must not end the run
       log.warning("checkpoint step %d in %s does not restore (%s: %s); trying an older one",
