@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from alignjax import sharding
@@ -143,6 +144,8 @@ def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shap
   micro_batch = scfg.train.batch_size // scfg.train.grad_accum
   if micro_batch * scfg.train.grad_accum != scfg.train.batch_size:
     raise ValueError(f"train.batch_size={scfg.train.batch_size} is not divisible by train.grad_accum")
+  if scfg.data.train is None:
+    raise ValueError(f"stage {stage.name}: data.train is not set (a path, a list of paths, or builtin:NAME)")
   sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
   dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index, num_epochs=None)
   pipeline = make_pipeline(dcfg, ctx.tokenizer)
@@ -315,16 +318,20 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
   log.info("stage %s: steps %d..%d, loss %s", stage.name, stage.first_step, stage.last_step, scfg.loss.type)
   try:
     while step < stage.last_step:
-      grads = None
+      grads = metric_sums = None
       for _ in range(scfg.train.grad_accum):
         local = _agree_on_length(next(pipeline), ctx.pad_id)
         window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
         batch = sharding.global_batch(local, ctx.mesh)
         rng = jax.random.fold_in(base_rng, step)
-        micro_grads, metrics, loss_state = grads_fn(params, ref_params, batch, loss_state, rng)
+        micro_grads, micro_metrics, loss_state = grads_fn(params, ref_params, batch, loss_state, rng)
         grads = micro_grads if grads is None else add_fn(grads, micro_grads)
-      if scfg.train.grad_accum > 1:
-        grads = jax.tree.map(lambda g: g / scfg.train.grad_accum, grads)
+        metric_sums = micro_metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, micro_metrics)
+      n_micro = scfg.train.grad_accum
+      # Logged values are means over the step's micro-batches, as TRL logs them.
+      metrics = {k: v if k.startswith("count_") or k.endswith("/counts") else v / n_micro for k, v in metric_sums.items()}
+      if n_micro > 1:
+        grads = jax.tree.map(lambda g: g / n_micro, grads)
       params, opt_state, stats = update_fn(params, opt_state, grads, metrics["loss"])
       skipped_total += int(stats["skipped"])
       if int(stats["skipped"]):
@@ -345,6 +352,11 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
           for cid in range(1, len(acc)):
             if count[cid] > 0:
               record[f"rewards/accuracies/{pipeline.condition_vocab.keys[cid - 1]}"] = float(acc[cid])
+        if "per_user/accuracies" in metrics and pipeline.user_vocab is not None:
+          acc = np.asarray(metrics["per_user/accuracies"])
+          count = np.asarray(metrics["per_user/counts"])
+          names = ["generic", *pipeline.user_vocab.keys]
+          record.update({f"rewards/accuracies/user/{names[u]}": float(acc[u]) for u in range(len(acc)) if count[u] > 0})
         ctx.writer.write(step, record)
         bar.update(step, record)
         window_tokens, window_start = 0, time.perf_counter()
