@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   # Parsed by alignjax.plot itself; listed here so --help shows it.
   sub.add_parser("plot", help="draw a run's training curves to PNG (alignjax plot RUN_DIR)")
+  sub.add_parser("bench", help="benchmarks: logps | data | generate | train (alignjax bench WHAT --help)")
   return parser
 
 
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     from alignjax import plot
 
     return plot.main(argv[1:])
+  if argv and argv[0] == "bench":
+    from alignjax import bench
+
+    return bench.main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

@@ -4,6 +4,10 @@
 the LM head lives in `head.py`, so losses can chunk the vocabulary instead of building
 full logits. Every parameter dimension carries a logical axis name (see `LOGICAL_AXES`
 users in `alignjax/sharding.py`), and layers can be scanned and rematerialised.
+
+`apply_with_cache` is the generation path: it runs new tokens against a `KVCache` of
+earlier keys and values (prefill, then one token per decode step) and returns the
+updated cache, with the same parameters and the same masking rule as `apply`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,35 @@ class ExtraEmbeddings(NamedTuple):
 
   embeds_BxTxD: jax.Array
   index_BxT: jax.Array
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every layer, for generation. A pytree, so decode steps are pure.
+
+  Slots [0, length) are written, in the order tokens arrived. Each slot keeps its token's
+  position and segment id, so attention over the cache applies the one masking rule of
+  `attention.py`: unwritten and padding slots have segment 0 and are never attended, and
+  sliding layers see only slots fewer than `window` positions behind the query. Keys are
+  stored after the rotary embedding. Layers are stacked on the leading axis whether or
+  not they are scanned, so a cache does not depend on the parameter layout.
+  """
+
+  k_NxBxSxKxDh: jax.Array
+  v_NxBxSxKxDh: jax.Array
+  positions_BxS: jax.Array
+  segment_ids_BxS: jax.Array
+  length: jax.Array  # int32 scalar: the next slot to write, shared by every row
+
+
+class _LayerCache(NamedTuple):
+  """What one block needs to read and update its slice of the cache."""
+
+  k_NxBxSxKxDh: jax.Array
+  v_NxBxSxKxDh: jax.Array
+  layer: jax.Array | int
+  positions_BxS: jax.Array  # already including the tokens being written
+  segment_ids_BxS: jax.Array
+  write_at: jax.Array
 
 
 _REMAT_POLICIES = {
@@ -100,6 +133,8 @@ class Block(nn.Module):
 
   `layer_type` is static when known; under a scan over layers of mixed types it is None
   and the per-layer `is_sliding` flag selects the window and rotary table at run time.
+  With a `cache`, the new keys and values are written into it, attention runs over all of
+  its slots, and the second output is the updated (k, v) stacks instead of a summary.
   """
 
   cfg: ModelConfig
@@ -113,7 +148,7 @@ class Block(nn.Module):
       self.sow("intermediates", name, jnp.mean(flat, axis=-1))
 
   @nn.compact
-  def __call__(self, x_BxLxD, is_sliding, rope_tables, positions_BxL, segment_ids_BxL):
+  def __call__(self, x_BxLxD, is_sliding, rope_tables, positions_BxL, segment_ids_BxL, cache=None):
     cfg = self.cfg
     d, h, k, dh, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
 
@@ -136,13 +171,25 @@ class Block(nn.Module):
     q = rope_lib.apply_rotary(q, cos, sin)
     kk = rope_lib.apply_rotary(kk, cos, sin)
 
+    if cache is None:
+      keys, values, k_positions, k_segment_ids = kk, v, positions_BxL, segment_ids_BxL
+      backend = cfg.attention_backend
+    else:
+      k_all, v_all = _write_layer(cache, kk, v)
+      keys, values = k_all[cache.layer], v_all[cache.layer]
+      k_positions, k_segment_ids = cache.positions_BxS, cache.segment_ids_BxS
+      # Cache slots are not in query order, so kernels that mask by index (splash) do not
+      # apply; the einsum masks by slot position and segment. At one query per row decode
+      # is bandwidth-bound anyway; prefill pays for [L, S] logits, as under backend=xla.
+      backend = "xla"
+
     def attend(window):
       return attention(
-          q, kk, v,
-          q_positions_BxL=positions_BxL, k_positions_BxS=positions_BxL,
-          q_segment_ids_BxL=segment_ids_BxL, k_segment_ids_BxS=segment_ids_BxL,
+          q, keys, values,
+          q_positions_BxL=positions_BxL, k_positions_BxS=k_positions,
+          q_segment_ids_BxL=segment_ids_BxL, k_segment_ids_BxS=k_segment_ids,
           scale=cfg.scale, window=window, softcap=cfg.attn_logit_softcap,
-          backend=cfg.attention_backend,
+          backend=backend,
       )
 
     if self.layer_type is not None:
@@ -166,7 +213,43 @@ class Block(nn.Module):
       mlp = RMSNorm(cfg, name="post_mlp_norm")(mlp)
     x_BxLxD = x_BxLxD + mlp
     self._record("residual", x_BxLxD)
+    if cache is not None:
+      return x_BxLxD, (k_all, v_all)
     return x_BxLxD, (x_BxLxD if self.collect else None)
+
+
+def _write_layer(cache: _LayerCache, k_BxLxKxDh, v_BxLxKxDh):
+  """The cache stacks with this layer's new keys and values written at `write_at`.
+
+  Updating the whole stack in place (rather than returning one layer's slice) lets XLA
+  alias the buffers inside loops, so a decode step writes L slots, not the cache.
+  """
+  start = (jnp.asarray(cache.layer, jnp.int32), 0, jnp.asarray(cache.write_at, jnp.int32), 0, 0)
+  dtype = cache.k_NxBxSxKxDh.dtype
+  k_all = jax.lax.dynamic_update_slice(cache.k_NxBxSxKxDh, k_BxLxKxDh[None].astype(dtype), start)
+  v_all = jax.lax.dynamic_update_slice(cache.v_NxBxSxKxDh, v_BxLxKxDh[None].astype(dtype), start)
+  return k_all, v_all
+
+
+def _embed(cfg: ModelConfig, embedding_VxD, tokens_BxL, extra_embeddings):
+  dtype = jnp.dtype(cfg.dtype)
+  x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(dtype)
+  if cfg.scale_embeddings:
+    # Gemma rounds sqrt(D) to the compute dtype before scaling, and so must we.
+    x_BxLxD = x_BxLxD * jnp.asarray(cfg.hidden_size**0.5, dtype)
+  if extra_embeddings is not None:
+    rows_Bx1 = jnp.arange(tokens_BxL.shape[0])[:, None]
+    x_BxLxD = x_BxLxD.at[rows_Bx1, extra_embeddings.index_BxT].set(
+        extra_embeddings.embeds_BxTxD.astype(dtype)
+    )
+  return x_BxLxD
+
+
+def _rope_tables(cfg: ModelConfig, positions_BxL):
+  return {
+      layer_type: rope_lib.rotary_tables(positions_BxL, rope_lib.inv_frequencies(r, cfg.head_dim))
+      for layer_type, r in cfg.rope
+  }
 
 
 class Decoder(nn.Module):
@@ -178,7 +261,6 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings=None):
     cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
     embedding_VxD = _param(
         self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), _kernel_init
     )
@@ -186,20 +268,8 @@ class Decoder(nn.Module):
       # Declared here so init creates it; `head.py` uses it outside the forward pass.
       _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), _kernel_init)
 
-    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(dtype)
-    if cfg.scale_embeddings:
-      # Gemma rounds sqrt(D) to the compute dtype before scaling, and so must we.
-      x_BxLxD = x_BxLxD * jnp.asarray(cfg.hidden_size**0.5, dtype)
-    if extra_embeddings is not None:
-      rows_Bx1 = jnp.arange(tokens_BxL.shape[0])[:, None]
-      x_BxLxD = x_BxLxD.at[rows_Bx1, extra_embeddings.index_BxT].set(
-          extra_embeddings.embeds_BxTxD.astype(dtype)
-      )
-
-    rope_tables = {
-        layer_type: rope_lib.rotary_tables(positions_BxL, rope_lib.inv_frequencies(r, cfg.head_dim))
-        for layer_type, r in cfg.rope
-    }
+    x_BxLxD = _embed(cfg, embedding_VxD, tokens_BxL, extra_embeddings)
+    rope_tables = _rope_tables(cfg, positions_BxL)
     block_cls = Block
     if cfg.remat_policy != "none":
       block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
@@ -280,3 +350,77 @@ def apply_with_intermediates(
     per_layer = [inter[f"layers_{i}"] for i in range(cfg.num_layers)]
     acts = {k: jnp.stack([layer[k][0] for layer in per_layer]) for k in per_layer[0]}
   return hidden_BxLxD, hidden_NxBxLxD, acts
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> KVCache:
+  """An empty cache of `max_len` slots per row, in the compute dtype."""
+  shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return KVCache(
+      k_NxBxSxKxDh=jnp.zeros(shape, cfg.dtype),
+      v_NxBxSxKxDh=jnp.zeros(shape, cfg.dtype),
+      positions_BxS=jnp.zeros((batch_size, max_len), jnp.int32),
+      segment_ids_BxS=jnp.zeros((batch_size, max_len), jnp.int32),
+      length=jnp.zeros((), jnp.int32),
+  )
+
+
+def apply_with_cache(
+    params: Params, cfg: ModelConfig, tokens_BxL, positions_BxL, segment_ids_BxL, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+  """(final-normed hidden [B, L, D], updated cache) for L new tokens after those cached.
+
+  The tokens are written to slots [cache.length, cache.length + L) and attend to every
+  slot the masking rule allows, themselves included: a left-padded prompt is one call
+  (prefill), each generated token one more (decode). The caller sizes the cache; writing
+  past its end is not detectable under jit and would overwrite the last slots.
+
+  The layers run as plain functions over the parameter tree (a Python loop, or
+  `lax.scan` over stacked layers) rather than through the `Decoder` module, so the cache
+  can be threaded through the scan's carry and updated in place.
+  """
+  b, l = tokens_BxL.shape
+  if cache.positions_BxS.shape[0] != b or l > cache.positions_BxS.shape[1]:
+    raise ValueError(
+        f"tokens [{b}, {l}] do not fit a cache of {cache.positions_BxS.shape[0]} rows x "
+        f"{cache.positions_BxS.shape[1]} slots; size it with init_cache(cfg, {b}, max_len)"
+    )
+  x_BxLxD = _embed(cfg, params["embedding"], tokens_BxL, None)
+  rope_tables = _rope_tables(cfg, positions_BxL)
+  slot_positions_BxS = jax.lax.dynamic_update_slice(
+      cache.positions_BxS, positions_BxL.astype(jnp.int32), (0, cache.length)
+  )
+  slot_segment_ids_BxS = jax.lax.dynamic_update_slice(
+      cache.segment_ids_BxS, segment_ids_BxL.astype(jnp.int32), (0, cache.length)
+  )
+
+  def run_block(layer_type, layer_params, x, is_sliding, layer, k_all, v_all):
+    layer_cache = _LayerCache(
+        k_all, v_all, layer, slot_positions_BxS, slot_segment_ids_BxS, cache.length
+    )
+    return Block(cfg, layer_type).apply(
+        {"params": layer_params}, x, is_sliding, rope_tables, positions_BxL, segment_ids_BxL,
+        layer_cache,
+    )
+
+  k_all, v_all = cache.k_NxBxSxKxDh, cache.v_NxBxSxKxDh
+  if cfg.scan_layers:
+    uniform = len(set(cfg.layer_types)) == 1
+    layer_type = cfg.layer_types[0] if uniform else None
+    is_sliding_N = jnp.asarray([t == SLIDING for t in cfg.layer_types])
+
+    def body(carry, per_layer):
+      x, k_all, v_all = carry
+      layer_params, is_sliding, layer = per_layer
+      x, (k_all, v_all) = run_block(layer_type, layer_params, x, is_sliding, layer, k_all, v_all)
+      return (x, k_all, v_all), None
+
+    layers = (params["layers"], is_sliding_N, jnp.arange(cfg.num_layers, dtype=jnp.int32))
+    (x_BxLxD, k_all, v_all), _ = jax.lax.scan(body, (x_BxLxD, k_all, v_all), layers)
+  else:
+    for i, layer_type in enumerate(cfg.layer_types):
+      x_BxLxD, (k_all, v_all) = run_block(
+          layer_type, params[f"layers_{i}"], x_BxLxD, None, i, k_all, v_all
+      )
+  hidden_BxLxD = RMSNorm(cfg).apply({"params": params["final_norm"]}, x_BxLxD)
+  new_cache = KVCache(k_all, v_all, slot_positions_BxS, slot_segment_ids_BxS, cache.length + l)
+  return hidden_BxLxD, new_cache
