@@ -75,6 +75,22 @@ def load_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+# Cumulative counters and bookkeeping: not curves anyone reads for learning.
+_COUNTERS = {"data/examples", "data/tokens", "data/batches", "data/epoch", "stage"}
+
+
+def _metric_name(key: str) -> str:
+    """The metric a key plots: `eval/<set>/rewards/accuracies` (a named eval set) overlays
+    `rewards/accuracies`, like the unnamed `eval/rewards/accuracies`."""
+    base = key.removeprefix(EVAL_PREFIX)
+    if key.startswith(EVAL_PREFIX) and "/" in base:
+        rest = base.split("/", 1)[1]
+        fixed = {title for title, _ in _FIXED_PANELS}
+        if _panel_title(base) not in fixed and _panel_title(rest) in fixed:
+            return rest
+    return base
+
+
 def _panel_title(base: str) -> str:
     if base == "loss" or base.startswith("loss/"):
         return "loss"
@@ -88,10 +104,10 @@ def _panel_title(base: str) -> str:
 
 def panels_for(keys: Iterable[str]) -> list[Panel]:
     """Which metric keys share a panel, in drawing order (fixed families first)."""
-    keys = sorted(set(keys) - {"step"}, key=lambda k: (k.startswith(EVAL_PREFIX), k))
+    keys = sorted(set(keys) - {"step"} - _COUNTERS, key=lambda k: (k.startswith(EVAL_PREFIX), k))
     grouped: dict[str, list[str]] = {}
     for key in keys:
-        grouped.setdefault(_panel_title(key.removeprefix(EVAL_PREFIX)), []).append(key)
+        grouped.setdefault(_panel_title(_metric_name(key)), []).append(key)
     fixed = [title for title, _ in _FIXED_PANELS]
     order = [t for t in fixed if t in grouped] + sorted(t for t in grouped if t not in fixed)
     return [Panel(title, tuple(grouped[title])) for title in order]
