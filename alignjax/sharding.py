@@ -137,6 +137,10 @@ def maybe_initialize_distributed() -> None:
   if jax.distributed.is_initialized():
     return
   coordinator = os.environ.get("ALIGNJAX_COORDINATOR")
+  if coordinator and _cpu_only() and jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    # Without a collectives implementation the CPU client cannot run cross-process
+    # computations (older JAX defaults to none); it must be chosen before initialize.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator:
     jax.distributed.initialize(
         coordinator_address=coordinator,
@@ -145,3 +149,14 @@ def maybe_initialize_distributed() -> None:
     )
   elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_NTASKS", "1") != "1":
     jax.distributed.initialize()
+
+
+def _cpu_only() -> bool:
+  """Whether JAX will run on CPU, decided without starting a backend (that would be too early)."""
+  import importlib.util
+
+  platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+  return not any(importlib.util.find_spec(name) for name in plugins)

@@ -113,10 +113,17 @@ REWARDS: dict[str, Callable[..., Reward]] = {
 
 
 def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
-  """`{"name": ..., **kwargs}` -> the reward; `where` names the config entry in errors."""
+  """`{"name": ..., "scale": s, **kwargs}` -> the reward; `where` names the config entry.
+
+  `scale` (default 1) multiplies the reward, so objectives on different units (words,
+  counts, model logits) can be scalarised with comparable weights.
+  """
   if not isinstance(spec, dict) or "name" not in spec:
     raise ValueError(f"{where}: a reward is a mapping with a 'name' key, got {spec!r}")
-  kwargs = {k: v for k, v in spec.items() if k != "name"}
+  kwargs = {k: v for k, v in spec.items() if k not in ("name", "scale")}
+  scale = spec.get("scale", 1.0)
+  if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+    raise ValueError(f"{where}: reward scale must be a number, got {scale!r}")
   factory = REWARDS.get(spec["name"])
   if factory is None:
     raise ValueError(f"{where}: unknown reward {spec['name']!r}; known rewards: {sorted(REWARDS)}")
@@ -132,4 +139,7 @@ def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
     signature.bind(**kwargs)
   except TypeError as e:
     raise ValueError(f"{where}: reward {spec['name']!r}: {e}") from None
-  return factory(**kwargs)
+  reward = factory(**kwargs)
+  if scale == 1.0:
+    return reward
+  return lambda prompts, responses: np.asarray(reward(prompts, responses), np.float32) * np.float32(scale)

@@ -10,6 +10,7 @@ newest step that restores cleanly and warns about any newer one that does not.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -52,6 +53,22 @@ class TrainCheckpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def set_aside(self, step: int) -> str:
+    """Move a step that does not restore out of the way (kept for inspection): otherwise
+    the resumed run, reaching that step again, could not save it."""
+    dest = os.path.join(os.path.dirname(self.root), "checkpoints_unrestorable", str(step))
+    if jax.process_index() == 0:
+      if os.path.exists(dest):
+        shutil.rmtree(dest)
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(os.path.join(self.root, str(step)), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"alignjax set aside checkpoint {step}")
+    self.manager.reload()
+    return dest
+
   def restore_loop(self, step: int) -> dict[str, Any]:
     """The loop state of one step (cheap: decides which stage's optimizer to build)."""
     restored = self.manager.restore(step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()}))
@@ -75,4 +92,30 @@ class TrainCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def save_reference(root: str, params: Any, model_meta: dict[str, Any]) -> None:
+  """A stage's frozen reference, as a model checkpoint (step 0) under `root`.
+
+  `params` may be sharded over several processes: every process calls this.
+  """
+  mc.save_model(root, params, model_meta, step=0)
+
+
+def restore_reference(root: str, abstract_params: Any) -> Any | None:
+  """The reference saved under `root`, placed as `abstract_params` says; None if none was
+  committed (a save cut short leaves only Orbax's temporary directory, which is ignored)."""
+  if not os.path.isdir(root):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(root), options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(
+        step, args=ocp.args.Composite(**{mc.PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)})
+    )
+  finally:
+    manager.close()
+  return restored[mc.PARAMS_ITEM]
 

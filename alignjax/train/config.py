@@ -14,6 +14,7 @@ from typing import Any
 from alignjax import configlib
 from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.models.loading import ModelSection
+from alignjax.online.mo_odpo import MOODPOSection
 from alignjax.sharding import MeshSection
 from alignjax.train.optim import OptimSection
 
@@ -139,6 +140,7 @@ class LossSection:
   sparsepo: SparsePOSection = dataclasses.field(default_factory=SparsePOSection)
   pdpo: PDPOSection = dataclasses.field(default_factory=PDPOSection)
   cut: CUTSection = dataclasses.field(default_factory=CUTSection)
+  mo_odpo: MOODPOSection = dataclasses.field(default_factory=MOODPOSection)
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -146,8 +148,8 @@ class LossSection:
 
   @property
   def stage_kind(self) -> str:
-    """sft, cut, sparsepo (also tdpo), pdpo, or preference (the DPO family)."""
-    if len(self.names) == 1 and self.names[0] in ("sft", "cut", "sparsepo", "pdpo"):
+    """sft, cut, sparsepo (also tdpo), pdpo, mo_odpo, or preference (the DPO family)."""
+    if len(self.names) == 1 and self.names[0] in ("sft", "cut", "sparsepo", "pdpo", "mo_odpo"):
       return self.names[0]
     if self.names == ("tdpo",):
       return "sparsepo"

@@ -10,6 +10,7 @@ uninterrupted run would have been. SIGTERM (preemption) saves the current step f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -22,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignjax import sharding
-from alignjax.convert import model_checkpoint as mc
-from alignjax.data.batch import PairBatch
+from alignjax.bench import device_peak_flops
+from alignjax.data.batch import CutBatch, PairBatch
 from alignjax.data.pipeline import make_pipeline
 from alignjax.models import decoder
 from alignjax.models.config import ModelConfig
@@ -84,7 +85,15 @@ def _builtin_data(cfg: TrainConfig) -> str | None:
   if cfg.data.builtin not in BUILTIN_TASKS:
     raise ValueError(f"data.builtin={cfg.data.builtin!r} is not one of {sorted(BUILTIN_TASKS)}")
   out = os.path.join(cfg.run_dir, "data")
-  BUILTIN_TASKS[cfg.data.builtin](out, seed=cfg.seed)  # deterministic: every host writes the same
+  # Deterministic: every process writes the same files (hosts need not share a disk). They
+  # are written aside and renamed into place, so a process sharing the disk never reads a
+  # file another one is halfway through rewriting.
+  scratch = f"{out}.tmp-{jax.process_index()}-{os.getpid()}"
+  BUILTIN_TASKS[cfg.data.builtin](scratch, seed=cfg.seed)
+  os.makedirs(out, exist_ok=True)
+  for name in os.listdir(scratch):
+    os.replace(os.path.join(scratch, name), os.path.join(out, name))
+  os.rmdir(scratch)
   return out
 
 
@@ -148,7 +157,17 @@ def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shap
     raise ValueError(f"stage {stage.name}: data.train is not set (a path, a list of paths, or builtin:NAME)")
   sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
   dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index, num_epochs=None)
-  pipeline = make_pipeline(dcfg, ctx.tokenizer)
+  if scfg.loss.stage_kind == "mo_odpo":
+    from alignjax.online.mo_odpo import OnlinePairSource
+
+    prompts = make_pipeline(dataclasses.replace(dcfg, record_type="prompt"), ctx.tokenizer)
+    pipeline = OnlinePairSource(
+        prompts, dataclasses.replace(dcfg, record_type="preference"), ctx.tokenizer, ctx.model_cfg,
+        scfg.loss.mo_odpo, seed=scfg.seed + stage_index, per_host_batch=micro_batch // jax.process_count(),
+        pad_id=ctx.pad_id,
+    )
+  else:
+    pipeline = make_pipeline(dcfg, ctx.tokenizer)
   info = {
       "num_conditions": len(pipeline.condition_vocab) if pipeline.condition_vocab is not None else 0,
       "num_users": len(pipeline.user_vocab) + 1 if pipeline.user_vocab is not None else 1,
@@ -201,6 +220,65 @@ def _agree_on_length(local, pad_id: int):
   return dataclasses.replace(local, **changes)
 
 
+def _global_batch(local, ctx: "RunContext"):
+  """This process's batch -> the global batch, laid out as if one process had read every row.
+
+  Each process numbers its pairs / examples from 0, so those indices are offset by the
+  processes before it. Two layouts are positional: padded pairs (rows [0, P) chosen,
+  [P, 2P) rejected, pair i in rows i and P + i) and CUT's two views (rows e and E + e);
+  the processes' blocks of rows are regrouped half by half so that holds globally too.
+  """
+  local = _agree_on_length(local, ctx.pad_id)
+  count = jax.process_count()
+  if count == 1:
+    return sharding.global_batch(local, ctx.mesh)
+  offsets = {"segment_pair_index_BxS": "pair_valid_P", "segment_example_index_BxS": "example_valid_E"}
+  changes = {}
+  for name, counted in offsets.items():
+    value = getattr(local, name, None)
+    if value is not None:
+      changes[name] = value + jax.process_index() * len(getattr(local, counted))
+  local = dataclasses.replace(local, **changes)
+  batch = sharding.global_batch(local, ctx.mesh)
+  rows = local.tokens_BxL.shape[0]
+  positional = isinstance(local, CutBatch) or (isinstance(local, PairBatch) and rows == 2 * local.num_pairs)
+  if not positional:
+    return batch
+  row_fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)
+                if f.name.endswith(("_BxL", "_BxS")) and getattr(batch, f.name) is not None}
+  return dataclasses.replace(batch, **_regroup_rows(row_fields, count, ctx.mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("count", "mesh"))
+def _regroup_rows(rows_by_name, count: int, mesh):
+  """Rows [c_0, r_0, c_1, r_1, ...] (process q's halves c_q, r_q) -> [c_0, c_1, ..., r_0, r_1, ...]."""
+  out = {}
+  for name, x in rows_by_name.items():
+    per_process = x.shape[0] // count
+    half = per_process // 2
+    first = [q * per_process + np.arange(half) for q in range(count)]
+    second = [q * per_process + half + np.arange(half) for q in range(count)]
+    order = np.concatenate(first + second)
+    out[name] = jax.lax.with_sharding_constraint(x[order], sharding.batch_sharding(mesh, x.ndim))
+  return out
+
+
+def _to_host(x) -> np.ndarray:
+  """A global array's value on this host, gathering shards other processes hold."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _next_batch(pipeline, params, ctx: "RunContext", step: int):
+  """The next local batch; online sources sample it from the current policy."""
+  if hasattr(pipeline, "next_for"):
+    return pipeline.next_for({k: v for k, v in params.items() if k in ctx.param_shardings}, step)
+  return next(pipeline)
+
+
 class _Stopper:
   """Turns SIGTERM into a flag the loop checks between steps."""
 
@@ -211,6 +289,15 @@ class _Stopper:
   def _handle(self, signum, frame):
     log.warning("SIGTERM received: checkpointing the current step, then exiting")
     self.requested = True
+
+  def agreed(self) -> bool:
+    """Whether any process got SIGTERM: processes must checkpoint (a collective) at the
+    same step, and the signal reaches each of them at its own time."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.array([int(self.requested)]))))
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -237,16 +324,15 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
     n_batches = 0
     per_pair: dict[str, list] = {"margin_P": [], "valid_P": [], "condition_P": []}
     for batch in pipeline:
-      batch = _agree_on_length(batch, ctx.pad_id)
       if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
         break
-      metrics, pairs = eval_fn(params, ref_params, sharding.global_batch(batch, ctx.mesh), loss_state, rng)
+      metrics, pairs = eval_fn(params, ref_params, _global_batch(batch, ctx), loss_state, rng)
       for k, v in metrics.items():
         if np.ndim(v) == 0:
           sums[k] = sums.get(k, 0.0) + float(v)
       for k in per_pair:
         if k in pairs:
-          per_pair[k].append(np.asarray(jax.device_get(pairs[k])))
+          per_pair[k].append(_to_host(pairs[k]))
       n_batches += 1
     pipeline.close()
     prefix = name if name != "eval" else ""
@@ -285,7 +371,9 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
   pipeline, objective, tx, lr_at = setup.pipeline, setup.objective, setup.tx, setup.lr_at
   base_rng = jax.random.fold_in(jax.random.key(ctx.cfg.seed), stage_index)
 
-  ref_params = _stage_reference(ctx, stage, decoder_params) if objective.needs_reference else None
+  ref_params = None
+  if objective.needs_reference:
+    ref_params = _stage_reference(ctx, stage, decoder_params, resuming=restored is not None)
   if restored is not None:
     opt_state = restored["opt_state"]
     loss_state = _loss_state_from_json(restored["loop"]["loss_state"], objective.init_state())
@@ -296,6 +384,11 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
     params = jax.device_put({**params, **missing}, setup.param_shardings)
     opt_state = jax.jit(tx.init, out_shardings=setup.opt_shardings)(params)
     loss_state = objective.init_state()
+
+  # Model FLOPs per trained token: forward + backward (6N) plus a reference forward (2N).
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder_params))
+  flops_per_token = (6 + (2 if objective.needs_reference else 0)) * n_params
+  peak = device_peak_flops()
 
   grads_fn = jax.jit(step_lib.make_grads_fn(objective), out_shardings=(setup.param_shardings, None, None))
   update_fn = jax.jit(step_lib.make_update_fn(tx), donate_argnums=(0, 1),
@@ -308,6 +401,7 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
         "step": at_step, "stage": stage.name, "stage_index": stage_index,
         "data_state": _gather_states(pipeline.get_state()),
         "loss_state": _loss_state_to_json(loss_state),
+        "skipped_steps": skipped_total,
     }
     ctx.checkpointer.save(at_step, params, opt_state, loop_state, ctx.model_meta, ctx.tokenizer_dir)
 
@@ -319,11 +413,11 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
   try:
     while step < stage.last_step:
       grads = metric_sums = None
-      for _ in range(scfg.train.grad_accum):
-        local = _agree_on_length(next(pipeline), ctx.pad_id)
+      for micro in range(scfg.train.grad_accum):
+        local = _next_batch(pipeline, params, ctx, step * scfg.train.grad_accum + micro)
         window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
-        batch = sharding.global_batch(local, ctx.mesh)
-        rng = jax.random.fold_in(base_rng, step)
+        batch = _global_batch(local, ctx)
+        rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), micro)
         micro_grads, micro_metrics, loss_state = grads_fn(params, ref_params, batch, loss_state, rng)
         grads = micro_grads if grads is None else add_fn(grads, micro_grads)
         metric_sums = micro_metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, micro_metrics)
@@ -345,6 +439,8 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
         record.update(grad_norm=float(stats["grad_norm"]), lr=float(lr_at(local_step - 1)),
                       tokens_per_sec=window_tokens / max(elapsed, 1e-9), skipped_steps=skipped_total,
                       stage=stage_index)
+        if peak is not None:
+          record["mfu"] = record["tokens_per_sec"] * flops_per_token / (peak * jax.device_count())
         record.update(pipeline.metrics())
         if "rewards/accuracies_by_condition" in metrics:
           acc = np.asarray(metrics["rewards/accuracies_by_condition"])
@@ -367,9 +463,10 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
         if eval_metrics:
           ctx.writer.write(step, eval_metrics, prefix="eval/")
           log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
-      if step % scfg.train.save_every == 0 or at_end or stopper.requested:
+      stop = stopper.agreed()
+      if step % scfg.train.save_every == 0 or at_end or stop:
         checkpoint(step)
-      if stopper.requested:
+      if stop:
         ctx.checkpointer.wait()
         raise Preempted(step)
   finally:
@@ -391,16 +488,27 @@ def _loss_state_from_json(data, template):
   return jax.tree.unflatten(jax.tree.structure(template), [np.asarray(v) for v in leaves])
 
 
-def _stage_reference(ctx: RunContext, stage: Stage, params):
-  """The frozen reference of a stage: its starting parameters, saved once so resumes agree."""
+def _stage_reference(ctx: RunContext, stage: Stage, params, resuming: bool):
+  """The frozen reference of a stage: its starting parameters, saved once so resumes agree.
+
+  Saved and restored as sharded arrays (parameters may span processes), onto the
+  current mesh, which need not be the one it was saved from.
+  """
   root = os.path.join(ctx.cfg.run_dir, "reference", stage.name)
-  if os.path.isdir(root) and mc.resolve(root):
-    ref_root, ref_step = mc.resolve(root)
-    ref = mc.load_params(ref_root, ref_step, as_numpy=True)
-  else:
-    ref = jax.device_get(params)
-    mc.save_model(root, ref, ctx.model_meta, step=0)
-  return jax.device_put(ref, ctx.param_shardings)
+  abstract = _abstract(jax.eval_shape(lambda p: p, params), ctx.param_shardings)
+  ref = ckpt_lib.restore_reference(root, abstract)
+  if ref is not None:
+    return ref
+  if resuming:
+    raise ValueError(
+        f"{root}: stage {stage.name!r} resumes at a checkpoint inside it, but its frozen reference "
+        "(the parameters the stage started from) was never committed there; restore that directory, "
+        "or delete the stage's checkpoints to restart the stage"
+    )
+  # A copy: the training step donates `params`.
+  ref = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=ctx.param_shardings)(params)
+  ckpt_lib.save_reference(root, ref, ctx.model_meta)
+  return ref
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -453,7 +561,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 def _restore(ctx: RunContext, all_stages: list[Stage], init_params):
   """(step, params, restored) from the newest good checkpoint, or a fresh start."""
   decoder_shapes = jax.eval_shape(lambda p: p, init_params)
+  failed: list[tuple[int, str]] = []
   for step in reversed(ctx.checkpointer.steps()):
+    error = None
     try:
       loop_state = ctx.checkpointer.restore_loop(step)
       index = loop_state["stage_index"]
@@ -464,9 +574,33 @@ def _restore(ctx: RunContext, all_stages: list[Stage], init_params):
           _abstract(setup.opt_shapes, setup.opt_shardings),
       )
     except Exception as e:  # a partial or corrupt step must not end the run
-      log.warning("checkpoint step %d in %s does not restore (%s: %s); trying an older one",
-                  step, ctx.checkpointer.root, type(e).__name__, e)
+      error = f"{type(e).__name__}: {e}"
+    if not _everywhere(error is None):  # every process resumes from the same step
+      error = error or "another process could not restore it"
+      log.warning("checkpoint step %d in %s does not restore (%s); trying an older one",
+                  step, ctx.checkpointer.root, error)
+      failed.append((step, error))
       continue
+    for bad, _ in failed:
+      log.warning("checkpoint step %d moved to %s: it does not restore, and the resumed run "
+                  "will save that step again", bad, ctx.checkpointer.set_aside(bad))
     return step, params, {"opt_state": opt_state, "loop": loop_state}
+  if failed:
+    # Starting over would silently train from scratch and then overwrite these steps.
+    raise ValueError(
+        f"{ctx.checkpointer.root}: no checkpoint restores ("
+        + "; ".join(f"step {s}: {e}" for s, e in failed)
+        + "). If the config changed since they were written, restore it; to start over, "
+        "move that directory away or set run_dir to a new directory"
+    )
   params = jax.device_put(init_params, ctx.param_shardings)
   return 0, params, None
+
+
+def _everywhere(ok: bool) -> bool:
+  """Whether `ok` holds on every process."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+
+  return bool(np.min(multihost_utils.process_allgather(np.array([int(ok)]))))

@@ -263,7 +263,14 @@ def _cut(cfg, loss, info) -> Objective:
   return Objective(fn, needs_reference=False)
 
 
-_KINDS = {"sft": _sft, "preference": _preference, "sparsepo": _sparsepo, "pdpo": _pdpo, "cut": _cut}
+def _mo_odpo(cfg, loss, info) -> Objective:
+  # The pairs are sampled online (alignjax/online/mo_odpo.py); the loss is sigmoid DPO,
+  # and the reference sees the same weight-conditioned prompt as the policy.
+  return _preference(cfg, dataclasses.replace(loss, type="sigmoid"), info)
+
+
+_KINDS = {"sft": _sft, "preference": _preference, "sparsepo": _sparsepo, "pdpo": _pdpo, "cut": _cut,
+          "mo_odpo": _mo_odpo}
 
 
 def make_objective(cfg: ModelConfig, loss: LossSection, info: dict[str, int]) -> Objective:

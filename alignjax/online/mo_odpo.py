@@ -1,0 +1,173 @@
+"""MO-ODPO's data: preference pairs the policy writes for itself (METHODS.md section 5).
+
+Each step, for every prompt of a prompt batch: draw objective weights w ~ Dirichlet(alpha)
+(optionally snapped to a grid), write them into the system prompt, sample responses from
+the current policy, score each with every reward function on the *unconditioned*
+prompt, scalarise with w (minus a penalty for responses that never reached EOS), and
+keep the best as chosen and the worst as rejected. The pairs then go through exactly the
+tokenisation and batching of offline preference data, so the trainer runs sigmoid DPO on
+them unchanged, the reference also seeing the weighted prompt.
+
+Weights and sampling keys are functions of (seed, step, process), so a resumed run draws
+what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+from alignjax.data.batching import make_builder
+from alignjax.data.examples import ExampleProcessor
+from alignjax.data.records import Origin, RawRecord, Skipped
+from alignjax.online.logit_filters import SamplingConfig
+from alignjax.online.rewards import build_reward
+from alignjax.online.sampler import generate
+
+
+@dataclasses.dataclass(frozen=True)
+class MOODPOSection:
+  """`rewards`: one registry spec per objective, in the order data.templates.weights names them."""
+
+  rewards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  alpha: float = 1.0
+  grid: int | None = None  # snap weights to multiples of 1/grid
+  num_samples: int = 2
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  missing_eos_penalty: float = 0.0
+
+
+def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: int | None) -> np.ndarray:
+  """[n, k] weights on the simplex; with a grid, rounded to multiples of 1/grid summing to 1."""
+  w_NxK = rng.dirichlet(np.full(k, alpha), size=n)
+  if grid:
+    units_NxK = np.floor(w_NxK * grid).astype(np.int64)
+    # Largest remainders get the units lost to flooring, so each row sums to exactly grid.
+    short_N = grid - units_NxK.sum(-1)
+    order_NxK = np.argsort(-(w_NxK * grid - units_NxK), axis=-1)
+    for i in range(n):
+      units_NxK[i, order_NxK[i, : short_N[i]]] += 1
+    w_NxK = units_NxK / grid
+  return w_NxK
+
+
+def _plain_prompt_text(prompt: Any) -> str:
+  """What reward functions see: the user's request without any conditioning."""
+  if isinstance(prompt, str):
+    return prompt
+  users = [m["content"] for m in prompt if m.get("role") == "user"]
+  return users[-1] if users else ""
+
+
+class OnlinePairSource:
+  """Iterator-like: `next_for(params, step)` -> a PairBatch of freshly sampled pairs."""
+
+  def __init__(self, prompt_pipeline, pair_cfg, tokenizer, model_cfg, section: MOODPOSection,
+               seed: int, per_host_batch: int, pad_id: int):
+    objectives = pair_cfg.templates.objectives
+    if not objectives:
+      raise ValueError("MO-ODPO needs data.templates.weights naming the objectives, e.g. "
+                       "'Answer with weights length={length:.0%}, keyword={keyword:.0%}.'")
+    if len(section.rewards) != len(objectives):
+      raise ValueError(f"loss.mo_odpo.rewards has {len(section.rewards)} entries for the "
+                       f"{len(objectives)} objectives {objectives} in data.templates.weights")
+    if section.num_samples < 2:
+      raise ValueError("loss.mo_odpo.num_samples must be at least 2 (chosen and rejected)")
+    self.prompt_pipeline = prompt_pipeline
+    self.objectives = objectives
+    self.section = section
+    self.seed = seed
+    self.model_cfg = model_cfg
+    self.tokenizer = tokenizer
+    self.rewards = [build_reward(spec, where=f"loss.mo_odpo.rewards[{i}]") for i, spec in enumerate(section.rewards)]
+    # A sampled answer can be unusable as a record (empty, say): such a prompt yields no
+    # pair this step and is counted, never fatal.
+    pair_cfg = dataclasses.replace(pair_cfg, on_bad_record="skip")
+    self.pair_cfg = pair_cfg
+    self.pairs = ExampleProcessor(pair_cfg, tokenizer)
+    self.prompts = ExampleProcessor(dataclasses.replace(pair_cfg, record_type="prompt"), tokenizer)
+    self.builder = make_builder(pair_cfg, per_host_batch, pad_id)
+    eos = tokenizer.eos_token_id
+    self.sampling = SamplingConfig(
+        max_new_tokens=section.max_new_tokens, temperature=section.temperature, top_k=section.top_k,
+        top_p=section.top_p, eos_ids=(eos,), pad_id=pad_id,
+    )
+    self.condition_vocab = None
+    self.user_vocab = None
+    self.last_metrics: dict[str, float] = {}
+
+  def _record(self, value: dict, index: int) -> RawRecord:
+    return RawRecord(Origin("<online>", index, "row"), value)
+
+  def next_for(self, params, step: int):
+    prompt_batch = next(self.prompt_pipeline)
+    prompts = [json.loads(p) for p, valid in zip(prompt_batch.prompts, prompt_batch.example_valid_B) if valid]
+    rng = np.random.default_rng([self.seed, step, jax.process_index()])
+    w_NxK = draw_weights(rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid)
+    conditioned = []
+    for i, (prompt, w_K) in enumerate(zip(prompts, w_NxK)):
+      weights = dict(zip(self.objectives, map(float, w_K)))
+      example = self.prompts(self._record({"prompt": prompt, "weights": weights}, i))
+      if isinstance(example, Skipped):
+        raise ValueError(f"MO-ODPO prompt {i} cannot be rendered: {example.reason}")
+      conditioned.append((prompt, weights, example.prompt_ids.tolist()))
+
+    s = self.section.num_samples
+    key = jax.random.fold_in(jax.random.key(self.seed), step * jax.process_count() + jax.process_index())
+    samples = generate(params, self.model_cfg, self.sampling, [ids for _, _, ids in conditioned for _ in range(s)], key)
+    eos = self.tokenizer.eos_token_id
+    hit_eos_NxS = np.array([bool(t) and t[-1] == eos for t in samples]).reshape(len(prompts), s)
+    texts = [self.tokenizer.decode([t for t in ids if t != eos], skip_special_tokens=True) for ids in samples]
+    plain = [_plain_prompt_text(p) for p, _, _ in conditioned for _ in range(s)]
+    scores_NxSxK = np.stack([np.asarray(r(plain, texts), np.float64) for r in self.rewards], -1)
+    scores_NxSxK = scores_NxSxK.reshape(len(prompts), s, len(self.objectives))
+    scalar_NxS = (scores_NxSxK * w_NxK[:, None, :]).sum(-1)
+    scalar_NxS -= self.section.missing_eos_penalty * (~hit_eos_NxS)
+
+    self.builder.reset()
+    kept = identical = 0
+    for i, (prompt, weights, _) in enumerate(conditioned):
+      best, worst = int(np.argmax(scalar_NxS[i])), int(np.argmin(scalar_NxS[i]))
+      chosen, rejected = texts[i * s + best], texts[i * s + worst]
+      if chosen == rejected or scalar_NxS[i, best] == scalar_NxS[i, worst]:
+        identical += 1  # nothing to learn from this prompt this step
+        continue
+      example = self.pairs(self._record({"prompt": prompt, "weights": weights, "chosen": chosen, "rejected": rejected}, i))
+      if isinstance(example, Skipped):
+        identical += 1
+        continue
+      self.builder.add(example)
+      kept += 1
+    if kept == 0:
+      raise RuntimeError(
+          f"MO-ODPO step {step}: every prompt's samples scored the same; raise "
+          "loss.mo_odpo.temperature or num_samples so the policy explores"
+      )
+    self.last_metrics = {
+        "online/pairs": float(kept),
+        "online/prompts_without_pair": float(identical),
+        "online/missing_eos": float(np.mean(~hit_eos_NxS)),
+        "online/response_chars": float(np.mean([len(t) for t in texts])),
+        "online/scalarised_score": float(np.mean(scalar_NxS)),
+        **{f"online/score/{name}": float(np.mean(scores_NxSxK[..., k])) for k, name in enumerate(self.objectives)},
+    }
+    return self.builder.build()
+
+  def metrics(self) -> dict[str, float]:
+    return {**self.prompt_pipeline.metrics(), **self.last_metrics}
+
+  def get_state(self) -> dict:
+    return self.prompt_pipeline.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.prompt_pipeline.set_state(state)
+
+  def close(self) -> None:
+    self.prompt_pipeline.close()

@@ -1,0 +1,60 @@
+"""A built-in multi-objective task for MO-ODPO: brevity against use of a keyword.
+
+Prompts ask about a topic; two programmatic objectives conflict, since every use of the
+keyword "ok" makes the answer longer:
+  brevity  = -0.2 x the number of words            (reward `length`, unit words, target 0)
+  keyword  = the number of times the word "ok" appears (reward `keyword_count`)
+The SFT warm-up teaches the answer format with answers of random length and keyword
+count, written under random objective weights that have nothing to do with them. So the
+policy starts out ignoring the weights, and only online training (sampling, scoring,
+preferring) can teach it to follow them. Held-out prompts use topics never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from alignjax.tasks.conditioned_style import ADJECTIVES, TOPICS
+
+OBJECTIVES = ("brevity", "keyword")
+WEIGHTS_TEMPLATE = "Objective weights: brevity {brevity:.0%}, keyword {keyword:.0%}."
+REWARDS = (
+    {"name": "length", "unit": "words", "target": 0, "scale": 0.2},
+    {"name": "keyword_count", "keywords": ["ok"], "whole_word": True},
+)
+
+
+def _answer(rng: random.Random, topic: str) -> str:
+  words = [f"The {topic} is {rng.choice(ADJECTIVES)}."]
+  if rng.random() < 0.5:
+    words.append(f"Many people like the {topic}.")
+  rest = words[1:] + ["ok"] * rng.randint(0, 4)
+  rng.shuffle(rest)  # the keyword can come anywhere after the first sentence
+  return " ".join([words[0], *rest])
+
+
+def write_task(out_dir: str, n_sft: int = 3000, n_prompts: int = 2000, n_eval: int = 24, seed: int = 0) -> dict[str, str]:
+  """sft.jsonl (random answers under random weights), prompts.jsonl, eval_prompts.jsonl."""
+  rng = random.Random(seed)
+  topics = sorted(set(TOPICS))
+  rng.shuffle(topics)
+  heldout, train = topics[: len(topics) // 5], topics[len(topics) // 5 :]
+  files = {
+      "sft": [
+          {"prompt": f"Tell me about the {t}.", "weights": dict(zip(OBJECTIVES, (w := rng.random(), 1 - w))),
+           "response": _answer(rng, t)}
+          for t in (rng.choice(train) for _ in range(n_sft))
+      ],
+      "prompts": [{"prompt": f"Tell me about the {rng.choice(train)}."} for _ in range(n_prompts)],
+      "eval_prompts": [{"prompt": f"Tell me about the {t}."} for t in heldout[:n_eval]],
+  }
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {}
+  for name, records in files.items():
+    paths[name] = os.path.join(out_dir, f"{name}.jsonl")
+    with open(paths[name], "w") as f:
+      for record in records:
+        f.write(json.dumps(record) + "\n")
+  return paths
