@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
   # Parsed by alignjax.plot itself; listed here so --help shows it.
   sub.add_parser("plot", help="draw a run's training curves to PNG (alignjax plot RUN_DIR)")
   sub.add_parser("bench", help="benchmarks: logps | data | generate | train (alignjax bench WHAT --help)")
+  sub.add_parser("generate", help="sample from a trained model, prompted as in training (alignjax generate MODEL --prompt ...)")
+  sub.add_parser("eval", help="sweep weights / conditions / P-DPO users, score, Pareto plot, steerability (alignjax eval --help)")
   return parser
 
 
@@ -102,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     from alignjax import bench
 
     return bench.main(argv[1:])
+  if argv and argv[0] == "generate":
+    from alignjax.online import generate_cli
+
+    return generate_cli.main(argv[1:])
+  if argv and argv[0] == "eval":
+    from alignjax.online import evaluate
+
+    return evaluate.main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

@@ -157,6 +157,9 @@ def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shap
     raise ValueError(f"stage {stage.name}: data.train is not set (a path, a list of paths, or builtin:NAME)")
   sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
   dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index, num_epochs=None)
+  if dcfg.n_user_tokens > 0 and dcfg.user_vocab_path is None:
+    # Saved with the run, so eval and generation map user ids exactly as training did.
+    dcfg = dataclasses.replace(dcfg, user_vocab_path=os.path.join(ctx.cfg.run_dir, "user_vocab.json"))
   if scfg.loss.stage_kind == "mo_odpo":
     from alignjax.online.mo_odpo import OnlinePairSource
 
@@ -362,6 +365,19 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
   return out
 
 
+def _write_run_config(cfg: TrainConfig) -> None:
+  """The resolved config (overrides applied), so generate / eval render prompts as training did."""
+  if jax.process_index() != 0:
+    return
+  import yaml
+
+  from alignjax import configlib
+
+  tree = getattr(cfg, "_tree", None) or configlib.to_dict(cfg)
+  with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
+    yaml.safe_dump(tree, f, sort_keys=False)
+
+
 def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: int,
                restored: dict | None, stopper: _Stopper):
   scfg = stage.config
@@ -515,6 +531,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
   """Train; returns a summary (final step and the last logged eval metrics)."""
   sharding.maybe_initialize_distributed()
   os.makedirs(cfg.run_dir, exist_ok=True)
+  _write_run_config(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   data_dir = _builtin_data(cfg)
   all_stages = stages(cfg)
