@@ -23,10 +23,10 @@ import numpy as np
 
 from alignjax.data.batching import make_builder
 from alignjax.data.examples import ExampleProcessor
-from alignjax.data.records import Origin, RawRecord, Skipped
+from alignjax.data.records import Skipped
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.rewards import build_reward
-from alignjax.online.sampler import generate
+from alignjax.online.rollout import Roller, batch_prompts, plain_prompt_text, raw_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +58,6 @@ def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: i
   return w_NxK
 
 
-def _plain_prompt_text(prompt: Any) -> str:
-  """What reward functions see: the user's request without any conditioning."""
-  if isinstance(prompt, str):
-    return prompt
-  users = [m["content"] for m in prompt if m.get("role") == "user"]
-  return users[-1] if users else ""
-
-
 class OnlinePairSource:
   """Iterator-like: `next_for(params, step)` -> a PairBatch of freshly sampled pairs."""
 
@@ -84,48 +76,31 @@ class OnlinePairSource:
     self.objectives = objectives
     self.section = section
     self.seed = seed
-    self.model_cfg = model_cfg
-    self.tokenizer = tokenizer
     self.rewards = [build_reward(spec, where=f"loss.mo_odpo.rewards[{i}]") for i, spec in enumerate(section.rewards)]
     # A sampled answer can be unusable as a record (empty, say): such a prompt yields no
     # pair this step and is counted, never fatal.
     pair_cfg = dataclasses.replace(pair_cfg, on_bad_record="skip")
     self.pair_cfg = pair_cfg
     self.pairs = ExampleProcessor(pair_cfg, tokenizer)
-    self.prompts = ExampleProcessor(dataclasses.replace(pair_cfg, record_type="prompt"), tokenizer)
     self.builder = make_builder(pair_cfg, per_host_batch, pad_id)
-    eos = tokenizer.eos_token_id
-    self.sampling = SamplingConfig(
+    sampling = SamplingConfig(
         max_new_tokens=section.max_new_tokens, temperature=section.temperature, top_k=section.top_k,
-        top_p=section.top_p, eos_ids=(eos,), pad_id=pad_id,
+        top_p=section.top_p, eos_ids=(tokenizer.eos_token_id,), pad_id=pad_id,
     )
+    self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)
     self.condition_vocab = None
     self.user_vocab = None
     self.last_metrics: dict[str, float] = {}
 
-  def _record(self, value: dict, index: int) -> RawRecord:
-    return RawRecord(Origin("<online>", index, "row"), value)
-
   def next_for(self, params, step: int):
-    prompt_batch = next(self.prompt_pipeline)
-    prompts = [json.loads(p) for p, valid in zip(prompt_batch.prompts, prompt_batch.example_valid_B) if valid]
+    prompts = batch_prompts(next(self.prompt_pipeline))
     rng = np.random.default_rng([self.seed, step, jax.process_index()])
     w_NxK = draw_weights(rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid)
-    conditioned = []
-    for i, (prompt, w_K) in enumerate(zip(prompts, w_NxK)):
-      weights = dict(zip(self.objectives, map(float, w_K)))
-      example = self.prompts(self._record({"prompt": prompt, "weights": weights}, i))
-      if isinstance(example, Skipped):
-        raise ValueError(f"MO-ODPO prompt {i} cannot be rendered: {example.reason}")
-      conditioned.append((prompt, weights, example.prompt_ids.tolist()))
-
+    weights = [dict(zip(self.objectives, map(float, w_K))) for w_K in w_NxK]
     s = self.section.num_samples
-    key = jax.random.fold_in(jax.random.key(self.seed), step * jax.process_count() + jax.process_index())
-    samples = generate(params, self.model_cfg, self.sampling, [ids for _, _, ids in conditioned for _ in range(s)], key)
-    eos = self.tokenizer.eos_token_id
-    hit_eos_NxS = np.array([bool(t) and t[-1] == eos for t in samples]).reshape(len(prompts), s)
-    texts = [self.tokenizer.decode([t for t in ids if t != eos], skip_special_tokens=True) for ids in samples]
-    plain = [_plain_prompt_text(p) for p, _, _ in conditioned for _ in range(s)]
+    rollout = self.roller.sample(params, [{"prompt": p, "weights": w} for p, w in zip(prompts, weights)], s, step)
+    texts, hit_eos_NxS = rollout.texts, rollout.hit_eos.reshape(len(prompts), s)
+    plain = [plain_prompt_text(p) for p in prompts for _ in range(s)]
     scores_NxSxK = np.stack([np.asarray(r(plain, texts), np.float64) for r in self.rewards], -1)
     scores_NxSxK = scores_NxSxK.reshape(len(prompts), s, len(self.objectives))
     scalar_NxS = (scores_NxSxK * w_NxK[:, None, :]).sum(-1)
@@ -133,13 +108,13 @@ class OnlinePairSource:
 
     self.builder.reset()
     kept = identical = 0
-    for i, (prompt, weights, _) in enumerate(conditioned):
+    for i, (prompt, w) in enumerate(zip(prompts, weights)):
       best, worst = int(np.argmax(scalar_NxS[i])), int(np.argmin(scalar_NxS[i]))
       chosen, rejected = texts[i * s + best], texts[i * s + worst]
       if chosen == rejected or scalar_NxS[i, best] == scalar_NxS[i, worst]:
         identical += 1  # nothing to learn from this prompt this step
         continue
-      example = self.pairs(self._record({"prompt": prompt, "weights": weights, "chosen": chosen, "rejected": rejected}, i))
+      example = self.pairs(raw_record({"prompt": prompt, "weights": w, "chosen": chosen, "rejected": rejected}, i))
       if isinstance(example, Skipped):
         identical += 1
         continue

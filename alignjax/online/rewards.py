@@ -115,15 +115,17 @@ REWARDS: dict[str, Callable[..., Reward]] = {
 def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
   """`{"name": ..., "scale": s, **kwargs}` -> the reward; `where` names the config entry.
 
-  `scale` (default 1) multiplies the reward, so objectives on different units (words,
-  counts, model logits) can be scalarised with comparable weights.
+  `cap` bounds the raw reward from above (so more of a good thing stops paying), then
+  `scale` (default 1) multiplies it, so objectives on different units (words, counts,
+  model logits) can be scalarised with comparable weights.
   """
   if not isinstance(spec, dict) or "name" not in spec:
     raise ValueError(f"{where}: a reward is a mapping with a 'name' key, got {spec!r}")
-  kwargs = {k: v for k, v in spec.items() if k not in ("name", "scale")}
-  scale = spec.get("scale", 1.0)
-  if not isinstance(scale, (int, float)) or isinstance(scale, bool):
-    raise ValueError(f"{where}: reward scale must be a number, got {scale!r}")
+  kwargs = {k: v for k, v in spec.items() if k not in ("name", "scale", "cap")}
+  scale, cap = spec.get("scale", 1.0), spec.get("cap")
+  for key, value in (("scale", scale), ("cap", cap if cap is not None else 0.0)):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise ValueError(f"{where}: reward {key} must be a number, got {value!r}")
   factory = REWARDS.get(spec["name"])
   if factory is None:
     raise ValueError(f"{where}: unknown reward {spec['name']!r}; known rewards: {sorted(REWARDS)}")
@@ -140,6 +142,13 @@ def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
   except TypeError as e:
     raise ValueError(f"{where}: reward {spec['name']!r}: {e}") from None
   reward = factory(**kwargs)
-  if scale == 1.0:
+  if scale == 1.0 and cap is None:
     return reward
-  return lambda prompts, responses: np.asarray(reward(prompts, responses), np.float32) * np.float32(scale)
+
+  def adjusted(prompts, responses):
+    values = np.asarray(reward(prompts, responses), np.float32)
+    if cap is not None:
+      values = np.minimum(values, np.float32(cap))
+    return values * np.float32(scale)
+
+  return adjusted

@@ -1,9 +1,11 @@
 """A built-in multi-objective task for MO-ODPO: brevity against use of a keyword.
 
 Prompts ask about a topic; two programmatic objectives conflict, since every use of the
-keyword "ok" makes the answer longer:
-  brevity  = -0.2 x the number of words            (reward `length`, unit words, target 0)
-  keyword  = the number of times the word "ok" appears (reward `keyword_count`)
+keyword "ok" makes the answer one word longer:
+  brevity  = -(number of words)                          (reward `length`, unit words)
+  keyword  = number of times the word "ok" appears, up to 4 (reward `keyword_count`, cap 4)
+Each "ok" gains w_keyword and costs w_brevity, so the best answer has no "ok" when brevity
+weighs more and four when the keyword does: following the weights is the whole task.
 The SFT warm-up teaches the answer format with answers of random length and keyword
 count, written under random objective weights that have nothing to do with them. So the
 policy starts out ignoring the weights, and only online training (sampling, scoring,
@@ -21,8 +23,8 @@ from alignjax.tasks.conditioned_style import ADJECTIVES, TOPICS
 OBJECTIVES = ("brevity", "keyword")
 WEIGHTS_TEMPLATE = "Objective weights: brevity {brevity:.0%}, keyword {keyword:.0%}."
 REWARDS = (
-    {"name": "length", "unit": "words", "target": 0, "scale": 0.2},
-    {"name": "keyword_count", "keywords": ["ok"], "whole_word": True},
+    {"name": "length", "unit": "words", "target": 0},
+    {"name": "keyword_count", "keywords": ["ok"], "whole_word": True, "cap": 4},
 )
 
 

@@ -15,6 +15,7 @@ from alignjax import configlib
 from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.models.loading import ModelSection
 from alignjax.online.mo_odpo import MOODPOSection
+from alignjax.online.online_cut import OnlineSampling
 from alignjax.sharding import MeshSection
 from alignjax.train.optim import OptimSection
 
@@ -115,6 +116,9 @@ class CUTSection:
   g: float = 0.0
   detection: str = "ratio"  # ratio, or the paper's difference test
   form: str = "paper"  # paper (L1 + L2) or code (the authors' (NLL + UL) / 2)
+  # Online mode: data.train holds prompts; the policy answers and this judge critiques.
+  judge: dict[str, Any] | None = None
+  sampling: OnlineSampling = dataclasses.field(default_factory=OnlineSampling)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -169,6 +169,14 @@ def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shap
         scfg.loss.mo_odpo, seed=scfg.seed + stage_index, per_host_batch=micro_batch // jax.process_count(),
         pad_id=ctx.pad_id,
     )
+  elif scfg.loss.stage_kind == "cut" and scfg.loss.cut.judge is not None:
+    from alignjax.online.online_cut import OnlineCutSource
+
+    prompts = make_pipeline(dataclasses.replace(dcfg, record_type="prompt"), ctx.tokenizer)
+    pipeline = OnlineCutSource(
+        prompts, dcfg, ctx.tokenizer, ctx.model_cfg, scfg.loss.cut.judge, scfg.loss.cut.sampling,
+        seed=scfg.seed + stage_index, per_host_batch=micro_batch // jax.process_count(), pad_id=ctx.pad_id,
+    )
   else:
     pipeline = make_pipeline(dcfg, ctx.tokenizer)
   info = {
