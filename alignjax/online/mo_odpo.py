@@ -92,13 +92,29 @@ class OnlinePairSource:
     self.user_vocab = None
     self.last_metrics: dict[str, float] = {}
 
-  def next_for(self, params, step: int):
+  def next_for(self, params, step: int, max_attempts: int = 8):
+    """A batch with at least one pair; prompt batches whose samples all tie are passed over
+    (counted in online/prompts_without_pair), a bounded number of times."""
+    passed_over = 0
+    for attempt in range(max_attempts):
+      batch = self._try(params, step * max_attempts + attempt)
+      if batch is not None:
+        self.last_metrics["online/prompts_without_pair"] += passed_over
+        return batch
+      passed_over += self.last_metrics["online/prompts_without_pair"]
+    raise RuntimeError(
+        f"MO-ODPO step {step}: in {max_attempts} prompt batches every prompt's samples scored the "
+        "same; the policy has stopped exploring: raise loss.mo_odpo.temperature or num_samples, "
+        "or lower optim.lr"
+    )
+
+  def _try(self, params, draw: int):
     prompts = batch_prompts(next(self.prompt_pipeline))
-    rng = np.random.default_rng([self.seed, step, jax.process_index()])
+    rng = np.random.default_rng([self.seed, draw, jax.process_index()])
     w_NxK = draw_weights(rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid)
     weights = [dict(zip(self.objectives, map(float, w_K))) for w_K in w_NxK]
     s = self.section.num_samples
-    rollout = self.roller.sample(params, [{"prompt": p, "weights": w} for p, w in zip(prompts, weights)], s, step)
+    rollout = self.roller.sample(params, [{"prompt": p, "weights": w} for p, w in zip(prompts, weights)], s, draw)
     texts, hit_eos_NxS = rollout.texts, rollout.hit_eos.reshape(len(prompts), s)
     plain = [plain_prompt_text(p) for p in prompts for _ in range(s)]
     scores_NxSxK = np.stack([np.asarray(r(plain, texts), np.float64) for r in self.rewards], -1)
@@ -120,11 +136,6 @@ class OnlinePairSource:
         continue
       self.builder.add(example)
       kept += 1
-    if kept == 0:
-      raise RuntimeError(
-          f"MO-ODPO step {step}: every prompt's samples scored the same; raise "
-          "loss.mo_odpo.temperature or num_samples so the policy explores"
-      )
     self.last_metrics = {
         "online/pairs": float(kept),
         "online/prompts_without_pair": float(identical),
@@ -133,7 +144,7 @@ class OnlinePairSource:
         "online/scalarised_score": float(np.mean(scalar_NxS)),
         **{f"online/score/{name}": float(np.mean(scores_NxSxK[..., k])) for k, name in enumerate(self.objectives)},
     }
-    return self.builder.build()
+    return self.builder.build() if kept else None
 
   def metrics(self) -> dict[str, float]:
     return {**self.prompt_pipeline.metrics(), **self.last_metrics}

@@ -2,10 +2,11 @@
 
 Prompts ask about a topic; two programmatic objectives conflict, since every use of the
 keyword "ok" makes the answer one word longer:
-  brevity  = -(number of words)                          (reward `length`, unit words)
+  brevity  = -(number of characters) / 3                  (reward `length`, unit chars)
   keyword  = number of times the word "ok" appears, up to 4 (reward `keyword_count`, cap 4)
-Each "ok" gains w_keyword and costs w_brevity, so the best answer has no "ok" when brevity
-weighs more and four when the keyword does: following the weights is the whole task.
+Each " ok" gains w_keyword and costs w_brevity (3 characters), so the best answer has no
+"ok" when brevity weighs more and four when the keyword does. Brevity counts characters,
+not words: counted in words, "ok,ok,ok" is one word and three keywords.
 The SFT warm-up teaches the answer format with answers of random length and keyword
 count, written under random objective weights that have nothing to do with them. So the
 policy starts out ignoring the weights, and only online training (sampling, scoring,
@@ -23,7 +24,7 @@ from alignjax.tasks.conditioned_style import ADJECTIVES, TOPICS
 OBJECTIVES = ("brevity", "keyword")
 WEIGHTS_TEMPLATE = "Objective weights: brevity {brevity:.0%}, keyword {keyword:.0%}."
 REWARDS = (
-    {"name": "length", "unit": "words", "target": 0},
+    {"name": "length", "unit": "chars", "target": 0, "scale": 1 / 3},
     {"name": "keyword_count", "keywords": ["ok"], "whole_word": True, "cap": 4},
 )
 
