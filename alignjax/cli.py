@@ -50,7 +50,8 @@ def _train(args: argparse.Namespace) -> int:
   from alignjax.train.config import load_config
   from alignjax.train.loop import Preempted, run
 
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  # force: importing Orbax lets absl configure logging first, which would hide INFO lines.
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
   cfg = load_config(args.config, args.overrides)
   try:
     summary = run(cfg)

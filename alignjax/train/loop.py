@@ -519,6 +519,10 @@ def _stage_reference(ctx: RunContext, stage: Stage, params, resuming: bool):
   current mesh, which need not be the one it was saved from.
   """
   root = os.path.join(ctx.cfg.run_dir, "reference", stage.name)
+  # The previous stage's last checkpoint may still be finishing in the background. Orbax
+  # names its cross-process barriers the same in every manager, so a second manager
+  # saving meanwhile can pair with the wrong barrier on another process and hang.
+  ctx.checkpointer.wait()
   abstract = _abstract(jax.eval_shape(lambda p: p, params), ctx.param_shardings)
   ref = ckpt_lib.restore_reference(root, abstract)
   if ref is not None:
