@@ -34,17 +34,23 @@ FAMILY_CONFIGS: dict[str, dict] = {
 }
 
 
-def build_hf_model(name: str, out_dir: str, seed: int = 0, std: float = 0.15):
-  """Save a random model whose weights are large enough that every part matters."""
+def build_hf_model(name: str, out_dir: str, seed: int = 0, std: float = 0.15, head: str = "causal_lm",
+                   **overrides):
+  """Save a random model whose weights are large enough that every part matters.
+
+  head: "causal_lm" or "sequence_classification"; overrides change config.json keys.
+  """
   import torch
   import transformers
 
-  cfg = dict(FAMILY_CONFIGS[name])
+  cfg = dict(FAMILY_CONFIGS[name], **overrides)
   model_type = cfg.pop("model_type")
   config = transformers.AutoConfig.for_model(model_type, **cfg)
   config._attn_implementation = "eager"
   torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  auto = {"causal_lm": transformers.AutoModelForCausalLM,
+          "sequence_classification": transformers.AutoModelForSequenceClassification}[head]
+  model = auto.from_config(config, dtype=torch.float32)
   with torch.no_grad():
     for pname, p in model.named_parameters():
       if "norm" in pname:

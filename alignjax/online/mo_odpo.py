@@ -26,7 +26,7 @@ from alignjax.data.examples import ExampleProcessor
 from alignjax.data.records import Skipped
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.rewards import build_reward
-from alignjax.online.rollout import Roller, batch_prompts, plain_prompt_text, raw_record
+from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: i
   return w_NxK
 
 
-class OnlinePairSource:
+class OnlinePairSource(OnlineSource):
   """Iterator-like: `next_for(params, step)` -> a PairBatch of freshly sampled pairs."""
 
   def __init__(self, prompt_pipeline, pair_cfg, tokenizer, model_cfg, section: MOODPOSection,
@@ -72,7 +72,7 @@ class OnlinePairSource:
                        f"{len(objectives)} objectives {objectives} in data.templates.weights")
     if section.num_samples < 2:
       raise ValueError("loss.mo_odpo.num_samples must be at least 2 (chosen and rejected)")
-    self.prompt_pipeline = prompt_pipeline
+    super().__init__(prompt_pipeline)
     self.objectives = objectives
     self.section = section
     self.seed = seed
@@ -88,9 +88,6 @@ class OnlinePairSource:
         top_p=section.top_p, eos_ids=(tokenizer.eos_token_id,), pad_id=pad_id,
     )
     self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)
-    self.condition_vocab = None
-    self.user_vocab = None
-    self.last_metrics: dict[str, float] = {}
 
   def next_for(self, params, step: int, max_attempts: int = 8):
     """A batch with at least one pair; prompt batches whose samples all tie are passed over
@@ -145,15 +142,3 @@ class OnlinePairSource:
         **{f"online/score/{name}": float(np.mean(scores_NxSxK[..., k])) for k, name in enumerate(self.objectives)},
     }
     return self.builder.build() if kept else None
-
-  def metrics(self) -> dict[str, float]:
-    return {**self.prompt_pipeline.metrics(), **self.last_metrics}
-
-  def get_state(self) -> dict:
-    return self.prompt_pipeline.get_state()
-
-  def set_state(self, state: dict) -> None:
-    self.prompt_pipeline.set_state(state)
-
-  def close(self) -> None:
-    self.prompt_pipeline.close()

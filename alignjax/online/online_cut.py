@@ -18,7 +18,7 @@ from alignjax.data.examples import ExampleProcessor
 from alignjax.data.records import Skipped
 from alignjax.online.judges import build_judge
 from alignjax.online.logit_filters import SamplingConfig
-from alignjax.online.rollout import Roller, batch_prompts, plain_prompt_text, raw_record
+from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +29,12 @@ class OnlineSampling:
   top_p: float = 1.0
 
 
-class OnlineCutSource:
+class OnlineCutSource(OnlineSource):
   """Iterator-like: `next_for(params, step)` -> a CutBatch of judged fresh responses."""
 
   def __init__(self, prompt_pipeline, cut_cfg, tokenizer, model_cfg, judge: dict[str, Any],
                sampling: OnlineSampling, seed: int, per_host_batch: int, pad_id: int):
-    self.prompt_pipeline = prompt_pipeline
+    super().__init__(prompt_pipeline)
     self.judge = build_judge(judge)
     cut_cfg = dataclasses.replace(cut_cfg, record_type="cut", on_bad_record="skip")
     self.examples = ExampleProcessor(cut_cfg, tokenizer)
@@ -45,9 +45,6 @@ class OnlineCutSource:
                        top_k=sampling.top_k, top_p=sampling.top_p, eos_ids=(tokenizer.eos_token_id,), pad_id=pad_id),
         seed,
     )
-    self.condition_vocab = None
-    self.user_vocab = None
-    self.last_metrics: dict[str, float] = {}
 
   def next_for(self, params, step: int):
     prompts = batch_prompts(next(self.prompt_pipeline))
@@ -72,15 +69,3 @@ class OnlineCutSource:
         "online/response_chars": float(np.mean([len(t) for t in rollout.texts])),
     }
     return self.builder.build()
-
-  def metrics(self) -> dict[str, float]:
-    return {**self.prompt_pipeline.metrics(), **self.last_metrics}
-
-  def get_state(self) -> dict:
-    return self.prompt_pipeline.get_state()
-
-  def set_state(self, state: dict) -> None:
-    self.prompt_pipeline.set_state(state)
-
-  def close(self) -> None:
-    self.prompt_pipeline.close()

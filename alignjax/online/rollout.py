@@ -69,3 +69,27 @@ class Roller:
     hit_eos = np.array([bool(t) and t[-1] == eos for t in samples])
     texts = [self.tokenizer.decode([t for t in s if t != eos], skip_special_tokens=True) for s in samples]
     return Rollout(texts, hit_eos)
+
+
+class OnlineSource:
+  """What the trainer needs of an online batch source besides `next_for(params, step)`:
+  the prompt pipeline's state (saved with checkpoints) and its metrics plus the last step's."""
+
+  condition_vocab = None
+  user_vocab = None
+
+  def __init__(self, prompt_pipeline):
+    self.prompt_pipeline = prompt_pipeline
+    self.last_metrics: dict[str, float] = {}
+
+  def metrics(self) -> dict[str, float]:
+    return {**self.prompt_pipeline.metrics(), **self.last_metrics}
+
+  def get_state(self) -> dict:
+    return self.prompt_pipeline.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.prompt_pipeline.set_state(state)
+
+  def close(self) -> None:
+    self.prompt_pipeline.close()

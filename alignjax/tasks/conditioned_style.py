@@ -13,10 +13,10 @@ memorised answers. Everything is ASCII so the byte tokenizer needs nothing else.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from typing import Any
+
+from alignjax.tasks.jsonl import write_jsonl_files
 
 SYSTEM = "Follow the user's stated preference."
 CONDITIONS: dict[str, str] = {
@@ -117,11 +117,4 @@ def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int =
   files["pdpo_eval"] = [_as_user_record(r) for r in eval_records]
   # CUT: each answer with a judgment of whether it follows the stated preference.
   files["cut"] = [row for r in train for row in _judged_records(r)]
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {}
-  for name, records in files.items():
-    paths[name] = os.path.join(out_dir, f"{name}.jsonl")
-    with open(paths[name], "w") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
-  return paths
+  return write_jsonl_files(out_dir, files)

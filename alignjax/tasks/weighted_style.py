@@ -15,11 +15,10 @@ preferring) can teach it to follow them. Held-out prompts use topics never train
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
 from alignjax.tasks.conditioned_style import ADJECTIVES, TOPICS
+from alignjax.tasks.jsonl import write_jsonl_files
 
 OBJECTIVES = ("brevity", "keyword")
 WEIGHTS_TEMPLATE = "Objective weights: brevity {brevity:.0%}, keyword {keyword:.0%}."
@@ -53,11 +52,4 @@ def write_task(out_dir: str, n_sft: int = 3000, n_prompts: int = 2000, n_eval: i
       "prompts": [{"prompt": f"Tell me about the {rng.choice(train)}."} for _ in range(n_prompts)],
       "eval_prompts": [{"prompt": f"Tell me about the {t}."} for t in heldout[:n_eval]],
   }
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {}
-  for name, records in files.items():
-    paths[name] = os.path.join(out_dir, f"{name}.jsonl")
-    with open(paths[name], "w") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
-  return paths
+  return write_jsonl_files(out_dir, files)
