@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_parser("plot", help="draw a run's training curves to PNG (alignjax plot RUN_DIR)")
   sub.add_parser("bench", help="benchmarks: logps | data | generate | train (alignjax bench WHAT --help)")
   sub.add_parser("generate", help="sample from a trained model, prompted as in training (alignjax generate MODEL --prompt ...)")
+  sub.add_parser("precompute-ref", help="compute reference log-probs once, for loss.reference: precomputed (alignjax precompute-ref CONFIG [key=value ...])")
   sub.add_parser("eval", help="sweep weights / conditions / P-DPO users, score, Pareto plot, steerability (alignjax eval --help)")
   return parser
 
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from alignjax.online import evaluate
 
     return evaluate.main(argv[1:])
+  if argv and argv[0] == "precompute-ref":
+    from alignjax.train import precompute
+
+    return precompute.main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

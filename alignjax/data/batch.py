@@ -18,6 +18,12 @@ Conventions shared by every batch:
   tokens; the reference must not see them (`ops.remove_user_slots`).
 - `token_weights_BxL` (SparsePO given weights): weight of each response token,
   0 elsewhere.
+- `record_key_P` (host only): the record each pair came from (`records.record_key`:
+  source index and row), the same whatever the shuffle, epoch, process or worker;
+  0 for padding. int64, which JAX without x64 would truncate, so the trainer drops
+  it before the batch goes to the devices.
+- `ref_*_logps_P`: precomputed reference log-probs (`loss.reference: precomputed`),
+  looked up by record key on the host by the trainer; None otherwise.
 - `*_valid_*`: 0 for padding examples that fill the last, partial batch to a
   fixed shape (and for unused pair slots in a packed batch): weigh means by it.
 """
@@ -48,8 +54,11 @@ class PairBatch:
     pair_valid_P: np.ndarray  # int32
     user_index_P: np.ndarray  # int32, P-DPO user (0 = generic / unseen)
     condition_id_P: np.ndarray  # int32, data.condition_field index (0 = none)
+    record_key_P: np.ndarray | None = None  # int64, host only (see above)
     user_slot_mask_BxL: np.ndarray | None = None  # int32, when n_user_tokens > 0
     token_weights_BxL: np.ndarray | None = None  # float32, when data.token_weights
+    ref_chosen_logps_P: np.ndarray | None = None  # float32, summed over the response
+    ref_rejected_logps_P: np.ndarray | None = None  # float32
 
     @property
     def num_pairs(self) -> int:

@@ -202,8 +202,11 @@ def _build_sequences(builder, packed_rows):
     valid[: len(examples)] = 1
     user = np.zeros(n_ex, np.int32)
     cond = np.zeros(n_ex, np.int32)
+    keys = np.zeros(n_ex, np.int64)
     for i, ex in enumerate(examples):
         user[i], cond[i] = ex.user_index, ex.condition_id
+        if is_pair:
+            keys[i] = ex.record_key
     slots = laid.user_slot_mask_BxL if builder.with_slots else None
     if is_pair:
         weights = None
@@ -223,6 +226,7 @@ def _build_sequences(builder, packed_rows):
             pair_valid_P=valid,
             user_index_P=user,
             condition_id_P=cond,
+            record_key_P=keys,
             user_slot_mask_BxL=slots,
             token_weights_BxL=weights,
         )

@@ -42,6 +42,7 @@ class PairExample:
     user_index: int
     condition_id: int
     epoch: int
+    record_key: int = 0  # RawRecord.key: looks up precomputed reference log-probs
 
     @property
     def sequences(self) -> tuple[TokenizedSequence, ...]:
@@ -111,7 +112,7 @@ class ExampleProcessor:
             example = parse(
                 decode(raw), self.cfg.record_type, condition_field=self.cfg.condition_field
             )
-            return self._tokenize(example, raw.epoch)
+            return self._tokenize(example, raw)
         except BadRecord as e:
             if self.cfg.on_bad_record == "error" and e.reason not in LENGTH_DROP_REASONS:
                 raise bad_record_error(raw.origin, e) from None
@@ -122,9 +123,10 @@ class ExampleProcessor:
         condition = self.condition_vocab.index(cond.condition_key) if self.condition_vocab else 0
         return user, condition
 
-    def _tokenize(self, ex, epoch: int):
+    def _tokenize(self, ex, raw: RawRecord):
+        epoch = raw.epoch
         if isinstance(ex, PreferenceExample):
-            return self._pair(ex, epoch)
+            return self._pair(ex, epoch, raw.key)
         if isinstance(ex, SftExample):
             return self._sft(ex, epoch)
         if isinstance(ex, CutExample):
@@ -150,7 +152,7 @@ class ExampleProcessor:
         )
         return prompt_ids, n_bos, response_ids, response_weights
 
-    def _pair(self, ex: PreferenceExample, epoch: int) -> PairExample:
+    def _pair(self, ex: PreferenceExample, epoch: int, key: int) -> PairExample:
         prompt = condition_prompt(ex.prompt, ex.cond, self.cfg.templates)
         p_c, n_bos, chosen, w_c = self._response(prompt, ex.chosen, ex.chosen_weights)
         p_r, _, rejected, w_r = self._response(prompt, ex.rejected, ex.rejected_weights)
@@ -167,7 +169,7 @@ class ExampleProcessor:
                 f"chosen and rejected agree on their first {len(chosen_seq.response_ids)} tokens, "
                 "all that max_length keeps",
             )
-        return PairExample(chosen_seq, rejected_seq, *self._ids(ex.cond), epoch)
+        return PairExample(chosen_seq, rejected_seq, *self._ids(ex.cond), epoch, key)
 
     def _sft(self, ex: SftExample, epoch: int) -> SftTokenized:
         prompt = condition_prompt(ex.prompt, ex.cond, self.cfg.templates)

@@ -16,9 +16,12 @@ import grain
 import numpy as np
 from grain.experimental import index_shuffle
 
+from alignjax.data.records import record_key
+
 
 class MixtureMapDataset(grain.MapDataset):
-    """Index `epoch * len + j` -> the j-th draw of that epoch, tagged with its epoch."""
+    """Index `epoch * len + j` -> the j-th draw of that epoch, tagged with its epoch and
+    its record key (source, row): the same record has the same key in every epoch."""
 
     def __init__(self, sources: Sequence, weights: Sequence[float], seed: int):
         super().__init__()
@@ -52,7 +55,7 @@ class MixtureMapDataset(grain.MapDataset):
             seed = (self._seed * 1_000_003 + epoch * 7919 + i) % 2**32
             r = int(index_shuffle(r, max_index=n - 1, seed=seed, rounds=4))
         record = self._sources[i][r]
-        return dataclasses.replace(record, epoch=epoch)
+        return dataclasses.replace(record, epoch=epoch, key=record_key(i, r))
 
     def __str__(self) -> str:
         return f"MixtureMapDataset({len(self._sources)} sources, draws={self.draws_per_epoch})"

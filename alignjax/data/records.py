@@ -55,6 +55,25 @@ class RawRecord:
     origin: Origin
     value: Any
     epoch: int = 0
+    # Identity of the record within its pipeline, stable across shuffling, epochs,
+    # processes and workers (`record_key`); 0 = none (online records, padding).
+    key: int = 0
+
+
+# A record key packs (source index + 1, row) so that 0 is never a real record and
+# a key names its record in error messages; rows are 0-based indices into the source.
+_ROW_BITS = 40
+
+
+def record_key(source_index: int, row: int) -> int:
+    """The key of row `row` (0-based) of the pipeline's source `source_index`."""
+    assert 0 <= row < 1 << _ROW_BITS and 0 <= source_index < (1 << (63 - _ROW_BITS)) - 1
+    return ((source_index + 1) << _ROW_BITS) | row
+
+
+def split_record_key(key: int) -> tuple[int, int]:
+    """(source index, row) of a key made by `record_key`."""
+    return (int(key) >> _ROW_BITS) - 1, int(key) & ((1 << _ROW_BITS) - 1)
 
 
 class BadRecord(Exception):

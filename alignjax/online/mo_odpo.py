@@ -15,7 +15,7 @@ what the uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 from typing import Any
 
 import jax
@@ -27,6 +27,8 @@ from alignjax.data.records import Skipped
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.rewards import build_reward
 from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +92,9 @@ class OnlinePairSource(OnlineSource):
     self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)
 
   def next_for(self, params, step: int, max_attempts: int = 8):
-    """A batch with at least one pair; prompt batches whose samples all tie are passed over
-    (counted in online/prompts_without_pair), a bounded number of times."""
+    """A batch with at least one pair, or None when `max_attempts` prompt batches in a row
+    gave none (every prompt's samples tied: the trainer then skips the update). Passed-over
+    prompts are counted in online/prompts_without_pair."""
     passed_over = 0
     for attempt in range(max_attempts):
       batch = self._try(params, step * max_attempts + attempt)
@@ -99,11 +102,12 @@ class OnlinePairSource(OnlineSource):
         self.last_metrics["online/prompts_without_pair"] += passed_over
         return batch
       passed_over += self.last_metrics["online/prompts_without_pair"]
-    raise RuntimeError(
-        f"MO-ODPO step {step}: in {max_attempts} prompt batches every prompt's samples scored the "
-        "same; the policy has stopped exploring: raise loss.mo_odpo.temperature or num_samples, "
-        "or lower optim.lr"
+    log.warning(
+        "MO-ODPO step %d: in %d prompt batches every prompt's samples scored the same; the policy "
+        "has stopped exploring (raise loss.mo_odpo.temperature or num_samples to keep it learning)",
+        step, max_attempts,
     )
+    return None
 
   def _try(self, params, draw: int):
     prompts = batch_prompts(next(self.prompt_pipeline))

@@ -146,6 +146,21 @@ class LossSection:
   cut: CUTSection = dataclasses.field(default_factory=CUTSection)
   mo_odpo: MOODPOSection = dataclasses.field(default_factory=MOODPOSection)
 
+  def __post_init__(self):
+    if self.reference not in ("model", "precomputed"):
+      raise ValueError(f"loss.reference={self.reference!r}: use model or precomputed")
+    if self.reference == "precomputed" and self.stage_kind in ("sparsepo", "pdpo", "mo_odpo"):
+      why = {
+          "sparsepo": "it compares policy and reference token by token (and may read reference activations)",
+          "pdpo": "its reference sees rows without the user's soft-token slots, computed in the step",
+          "mo_odpo": "its pairs are sampled online, so there is nothing to precompute",
+      }[self.stage_kind]
+      raise ValueError(
+          f"loss.reference=precomputed is not supported for loss.type={self.type}: {why}. "
+          "Precomputed reference log-probs serve the DPO family (sigmoid, ipo, ...); "
+          "use loss.reference: model here"
+      )
+
   @property
   def names(self) -> tuple[str, ...]:
     return (self.type,) if isinstance(self.type, str) else tuple(self.type)
@@ -217,6 +232,7 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
   except (configlib.ConfigError, ValueError) as e:
     raise configlib.ConfigError(f"{path}: {e}") from None
   cfg._tree = tree  # stages are rebuilt from the raw tree, with their overrides
+  cfg._argv = (path, *overrides)  # to name the exact `alignjax precompute-ref` command in errors
   return cfg
 
 

@@ -231,18 +231,23 @@ def _agree_on_length(local, pad_id: int):
   return dataclasses.replace(local, **changes)
 
 
-def _global_batch(local, ctx: "RunContext"):
+def _global_batch(local, mesh: jax.sharding.Mesh, pad_id: int):
   """This process's batch -> the global batch, laid out as if one process had read every row.
 
   Each process numbers its pairs / examples from 0, so those indices are offset by the
   processes before it. Two layouts are positional: padded pairs (rows [0, P) chosen,
   [P, 2P) rejected, pair i in rows i and P + i) and CUT's two views (rows e and E + e);
   the processes' blocks of rows are regrouped half by half so that holds globally too.
+  Per-pair arrays come out in process order: process q's pairs follow process q - 1's.
   """
-  local = _agree_on_length(local, ctx.pad_id)
+  if getattr(local, "record_key_P", None) is not None:
+    # Host bookkeeping (int64, which the devices would truncate to int32): the reference
+    # log-probs it looks up are attached already.
+    local = dataclasses.replace(local, record_key_P=None)
+  local = _agree_on_length(local, pad_id)
   count = jax.process_count()
   if count == 1:
-    return sharding.global_batch(local, ctx.mesh)
+    return sharding.global_batch(local, mesh)
   offsets = {"segment_pair_index_BxS": "pair_valid_P", "segment_example_index_BxS": "example_valid_E"}
   changes = {}
   for name, counted in offsets.items():
@@ -250,14 +255,14 @@ def _global_batch(local, ctx: "RunContext"):
     if value is not None:
       changes[name] = value + jax.process_index() * len(getattr(local, counted))
   local = dataclasses.replace(local, **changes)
-  batch = sharding.global_batch(local, ctx.mesh)
+  batch = sharding.global_batch(local, mesh)
   rows = local.tokens_BxL.shape[0]
   positional = isinstance(local, CutBatch) or (isinstance(local, PairBatch) and rows == 2 * local.num_pairs)
   if not positional:
     return batch
   row_fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)
                 if f.name.endswith(("_BxL", "_BxS")) and getattr(batch, f.name) is not None}
-  return dataclasses.replace(batch, **_regroup_rows(row_fields, count, ctx.mesh))
+  return dataclasses.replace(batch, **_regroup_rows(row_fields, count, mesh))
 
 
 @functools.partial(jax.jit, static_argnames=("count", "mesh"))
@@ -288,6 +293,15 @@ def _next_batch(pipeline, params, ctx: "RunContext", step: int):
   if hasattr(pipeline, "next_for"):
     return pipeline.next_for({k: v for k, v in params.items() if k in ctx.param_shardings}, step)
   return next(pipeline)
+
+
+def _every_process_has(has: bool) -> bool:
+  """Whether every process has a batch: the compiled step is collective, so all or none run it."""
+  if jax.process_count() == 1:
+    return has
+  from jax.experimental import multihost_utils
+
+  return bool(np.min(multihost_utils.process_allgather(np.array([int(has)]))))
 
 
 class _Stopper:
@@ -323,8 +337,11 @@ def _eval_sets(stage_cfg: TrainConfig, data_dir) -> dict[str, Any]:
   return {"eval": _resolve(value, data_dir)}
 
 
-def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_state, rng):
-  """Per-set metrics over whole eval sets (per-pair values aggregated on the host)."""
+def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_state, rng, tables=None):
+  """Per-set metrics over whole eval sets (per-pair values aggregated on the host).
+
+  `tables`: precomputed reference log-probs by set (`loss.reference: precomputed`).
+  """
   scfg = stage.config
   out, margins = {}, {}
   for name, paths in _eval_sets(scfg, ctx.data_dir).items():
@@ -337,7 +354,11 @@ def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_st
     for batch in pipeline:
       if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
         break
-      metrics, pairs = eval_fn(params, ref_params, _global_batch(batch, ctx), loss_state, rng)
+      if tables:
+        from alignjax.train import precompute
+
+        batch = tables[precompute.eval_label(name)].attach(batch)
+      metrics, pairs = eval_fn(params, ref_params, _global_batch(batch, ctx.mesh, ctx.pad_id), loss_state, rng)
       for k, v in metrics.items():
         if np.ndim(v) == 0:
           sums[k] = sums.get(k, 0.0) + float(v)
@@ -391,12 +412,14 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
   scfg = stage.config
   process_count = jax.process_count()
   decoder_params = {k: v for k, v in params.items() if k in ctx.param_shardings}
+  # Before the data pipeline starts: a missing table is the error a user meets first.
+  tables = _stage_tables(ctx, stage, decoder_params, resuming=restored is not None)
   setup = _stage_setup(ctx, stage, stage_index, jax.eval_shape(lambda p: p, decoder_params))
   pipeline, objective, tx, lr_at = setup.pipeline, setup.objective, setup.tx, setup.lr_at
   base_rng = jax.random.fold_in(jax.random.key(ctx.cfg.seed), stage_index)
 
   ref_params = None
-  if objective.needs_reference:
+  if objective.needs_reference and tables is None:
     ref_params = _stage_reference(ctx, stage, decoder_params, resuming=restored is not None)
   if restored is not None:
     opt_state = restored["opt_state"]
@@ -411,7 +434,7 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
 
   # Model FLOPs per trained token: forward + backward (6N) plus a reference forward (2N).
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder_params))
-  flops_per_token = (6 + (2 if objective.needs_reference else 0)) * n_params
+  flops_per_token = (6 + (2 if ref_params is not None else 0)) * n_params
   peak = device_peak_flops()
 
   grads_fn = jax.jit(step_lib.make_grads_fn(objective), out_shardings=(setup.param_shardings, None, None))
@@ -437,23 +460,35 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
   try:
     while step < stage.last_step:
       grads = metric_sums = None
+      n_micro = 0
       for micro in range(scfg.train.grad_accum):
         local = _next_batch(pipeline, params, ctx, step * scfg.train.grad_accum + micro)
+        if not _every_process_has(local is not None):
+          continue  # an online source found nothing to learn from (all samples tied)
+        n_micro += 1
         window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
-        batch = _global_batch(local, ctx)
+        if tables:
+          local = tables["data.train"].attach(local)
+        batch = _global_batch(local, ctx.mesh, ctx.pad_id)
         rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), micro)
         micro_grads, micro_metrics, loss_state = grads_fn(params, ref_params, batch, loss_state, rng)
         grads = micro_grads if grads is None else add_fn(grads, micro_grads)
         metric_sums = micro_metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, micro_metrics)
-      n_micro = scfg.train.grad_accum
-      # Logged values are means over the step's micro-batches, as TRL logs them.
-      metrics = {k: v if k.startswith("count_") or k.endswith("/counts") else v / n_micro for k, v in metric_sums.items()}
-      if n_micro > 1:
-        grads = jax.tree.map(lambda g: g / n_micro, grads)
-      params, opt_state, stats = update_fn(params, opt_state, grads, metrics["loss"])
-      skipped_total += int(stats["skipped"])
-      if int(stats["skipped"]):
-        log.warning("step %d: non-finite loss or gradient; update skipped (%d so far)", step, skipped_total)
+      if n_micro == 0:
+        # Nothing to learn from this step: no update, counted like a non-finite step.
+        metrics, stats = {}, {"grad_norm": 0.0, "skipped": 1}
+        skipped_total += 1
+        log.warning("step %d: no training pairs (the policy's samples all tied); update skipped", step)
+      else:
+        # Logged values are means over the step's micro-batches, as TRL logs them.
+        metrics = {k: v if k.startswith("count_") or k.endswith("/counts") else v / n_micro
+                   for k, v in metric_sums.items()}
+        if n_micro > 1:
+          grads = jax.tree.map(lambda g: g / n_micro, grads)
+        params, opt_state, stats = update_fn(params, opt_state, grads, metrics["loss"])
+        skipped_total += int(stats["skipped"])
+        if int(stats["skipped"]):
+          log.warning("step %d: non-finite loss or gradient; update skipped (%d so far)", step, skipped_total)
       step += 1
       local_step = step - stage.first_step
 
@@ -483,7 +518,7 @@ def _run_stage(ctx: RunContext, stage: Stage, stage_index: int, params, step: in
 
       at_end = step == stage.last_step
       if scfg.train.eval_every and step % scfg.train.eval_every == 0 or at_end:
-        eval_metrics = evaluate(ctx, stage, eval_fn, params, ref_params, loss_state, base_rng)
+        eval_metrics = evaluate(ctx, stage, eval_fn, params, ref_params, loss_state, base_rng, tables)
         if eval_metrics:
           ctx.writer.write(step, eval_metrics, prefix="eval/")
           log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
@@ -537,6 +572,41 @@ def _stage_reference(ctx: RunContext, stage: Stage, params, resuming: bool):
   ref = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=ctx.param_shardings)(params)
   ckpt_lib.save_reference(root, ref, ctx.model_meta)
   return ref
+
+
+def _stage_tables(ctx: RunContext, stage: Stage, params, resuming: bool):
+  """`loss.reference: precomputed`: the stage's reference log-probs by data set (else None).
+
+  Each table is named by the fingerprint of the model the stage starts from and of its
+  data. The model part is recorded when the stage starts, so a run resumed inside the
+  stage (whose parameters have moved on) still asks for the tables it started with.
+  """
+  from alignjax.train import precompute
+
+  if not precompute.uses_table(stage.config.loss):
+    return None
+  record = os.path.join(ctx.cfg.run_dir, precompute.TABLE_DIR, "stages", f"{stage.name}.json")
+  if resuming:
+    if not os.path.exists(record):
+      raise ValueError(
+          f"{record}: stage {stage.name!r} resumes inside itself with loss.reference=precomputed, but the "
+          "model it started from was never recorded there; restore that file, or delete the stage's "
+          "checkpoints to restart the stage"
+      )
+    with open(record) as f:
+      model_id = json.load(f)
+  else:
+    model_id = precompute.model_identity(ctx.model_meta["hf_config"], ctx.model_cfg, params, ctx.mesh)
+    if jax.process_index() == 0:
+      precompute.write_json(record, model_id)
+  argv = getattr(ctx.cfg, "_argv", None) or ("CONFIG",)
+  command = " ".join(["alignjax precompute-ref", *argv])
+  batch_size = stage.config.train.batch_size // stage.config.train.grad_accum
+  return {
+      label: precompute.load_table(ctx.cfg.run_dir, model_id, precompute.data_identity(dcfg, ctx.tokenizer),
+                                   what=f"stage {stage.name!r} {label}", command=command)
+      for label, dcfg in precompute.data_sets(stage.config, ctx.data_dir, batch_size)
+  }
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:

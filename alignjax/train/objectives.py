@@ -112,10 +112,17 @@ def _sft(cfg, loss, info) -> Objective:
 
 def _preference(cfg, loss, info) -> Objective:
   dpo = dpo_config(loss)
+  precomputed = loss.reference == "precomputed"
 
   def fn(params, ref_params, batch, state, rng):
     policy = _pair_logps(params, cfg, loss, batch)
-    if dpo.needs_reference:
+    if dpo.needs_reference and precomputed:
+      if batch.ref_chosen_logps_P is None or batch.ref_rejected_logps_P is None:
+        raise ValueError("loss.reference=precomputed: the batch carries no reference log-probs "
+                         "(the trainer attaches them from the `alignjax precompute-ref` table)")
+      policy = policy._replace(ref_chosen_logps_B=batch.ref_chosen_logps_P,
+                               ref_rejected_logps_B=batch.ref_rejected_logps_P)
+    elif dpo.needs_reference:
       ref = jax.lax.stop_gradient(_pair_logps(ref_params, cfg, loss, batch))
       policy = policy._replace(ref_chosen_logps_B=ref.chosen_logps_B, ref_rejected_logps_B=ref.rejected_logps_B)
     valid_P = batch.pair_valid_P.astype(jnp.float32)
