@@ -52,6 +52,7 @@ def _train(args: argparse.Namespace) -> int:
 
   # force: importing Orbax lets absl configure logging first, which would hide INFO lines.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save bookkeeping
   cfg = load_config(args.config, args.overrides)
   try:
     summary = run(cfg)
