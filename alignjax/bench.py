@@ -1,9 +1,9 @@
 """`alignjax bench WHAT`: the numbers the README records, measured by code, not tests.
 
-  logps     compiled memory of naive vs chunked log-probs (value and gradient)
-  data      Grain pipeline throughput (examples/s, tokens/s) on synthetic pairs
-  generate  sampler throughput (prefill and decode tokens/s) on a tiny model
-  train     training-step throughput of a config (tokens/s, step time, MFU where known)
+logps     compiled memory of naive vs chunked log-probs (value and gradient)
+data      Grain pipeline throughput (examples/s, tokens/s) on synthetic pairs
+generate  sampler throughput (prefill and decode tokens/s) on a tiny model
+train     training-step throughput of a config (tokens/s, step time, MFU where known)
 """
 
 from __future__ import annotations
@@ -14,88 +14,114 @@ import time
 
 # Dense bf16 peak FLOP/s per chip, for MFU; None where no single figure applies (CPU).
 DEVICE_PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
 }
 
 
 def device_peak_flops() -> float | None:
-  import jax
+    import jax
 
-  kind = jax.devices()[0].device_kind
-  for name, peak in DEVICE_PEAK_FLOPS.items():
-    if kind.startswith(name):
-      return peak
-  return None
+    kind = jax.devices()[0].device_kind
+    for name, peak in DEVICE_PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return peak
+    return None
 
 
 def _logps(args) -> dict:
-  from alignjax.losses.memory import logps_memory_report
+    from alignjax.losses.memory import logps_memory_report
 
-  report = logps_memory_report(args.batch, args.length, args.hidden, args.vocab)
-  report["ratio_temp_naive_over_chunked"] = report["naive"]["temp_bytes"] / report["chunked"]["temp_bytes"]
-  report["shape"] = {"batch": args.batch, "length": args.length, "hidden": args.hidden, "vocab": args.vocab}
-  return report
+    report = logps_memory_report(args.batch, args.length, args.hidden, args.vocab)
+    report["ratio_temp_naive_over_chunked"] = report["naive"]["temp_bytes"] / report["chunked"]["temp_bytes"]
+    report["shape"] = {"batch": args.batch, "length": args.length, "hidden": args.hidden, "vocab": args.vocab}
+    return report
 
 
 def _data(args) -> dict:
-  from alignjax.data.bench import run_data_benchmark
+    from alignjax.data.bench import run_data_benchmark
 
-  return run_data_benchmark(n_records=args.records, batch_size=args.batch_size, max_length=args.max_length,
-                            packing=args.packing, worker_count=args.workers)
+    return run_data_benchmark(
+        n_records=args.records,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        packing=args.packing,
+        worker_count=args.workers,
+    )
 
 
 def _generate(args) -> dict:
-  from alignjax.online.bench import run_generate_benchmark
+    from alignjax.online.bench import run_generate_benchmark
 
-  return run_generate_benchmark()
+    return run_generate_benchmark()
 
 
 def _train(args) -> dict:
-  """Time `args.steps` steps of a config after a warm-up step (compilation excluded)."""
-  import tempfile
+    """Time `args.steps` steps of a config after a warm-up step (compilation excluded)."""
+    import tempfile
 
-  from alignjax.train.config import load_config
-  from alignjax.train.loop import run
+    from alignjax.train.config import load_config
+    from alignjax.train.loop import run
 
-  with tempfile.TemporaryDirectory() as run_dir:
-    overrides = [*args.overrides, f"run_dir={run_dir}", "logging.progress_bar=false",
-                 "logging.tensorboard=false", "train.save_every=1000000", "data.eval=null",
-                 f"train.log_every={args.steps}", f"train.steps={args.steps + 1}", "stages=null"]
-    cfg = load_config(args.config, overrides)
-    start = time.perf_counter()
-    run(cfg)
-    total = time.perf_counter() - start
-    with open(f"{run_dir}/metrics.jsonl") as f:
-      records = [json.loads(line) for line in f]
-  last = records[-1]
-  out = {"config": args.config, "steps": args.steps, "wall_s_including_compile": total,
-         "tokens_per_sec": last.get("tokens_per_sec"), "mfu": last.get("mfu"),
-         "device": __import__("jax").devices()[0].device_kind, "loss": last.get("loss")}
-  return out
+    with tempfile.TemporaryDirectory() as run_dir:
+        overrides = [
+            *args.overrides,
+            f"run_dir={run_dir}",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "train.save_every=1000000",
+            "data.eval=null",
+            f"train.log_every={args.steps}",
+            f"train.steps={args.steps + 1}",
+            "stages=null",
+        ]
+        cfg = load_config(args.config, overrides)
+        start = time.perf_counter()
+        run(cfg)
+        total = time.perf_counter() - start
+        with open(f"{run_dir}/metrics.jsonl") as f:
+            records = [json.loads(line) for line in f]
+    last = records[-1]
+    out = {
+        "config": args.config,
+        "steps": args.steps,
+        "wall_s_including_compile": total,
+        "tokens_per_sec": last.get("tokens_per_sec"),
+        "mfu": last.get("mfu"),
+        "device": __import__("jax").devices()[0].device_kind,
+        "loss": last.get("loss"),
+    }
+    return out
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="alignjax bench", description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="what", required=True)
-  p = sub.add_parser("logps", help="naive vs chunked log-prob memory (compiled)")
-  for name, default in (("batch", 8), ("length", 2048), ("hidden", 4096), ("vocab", 128256)):
-    p.add_argument(f"--{name}", type=int, default=default)
-  p.set_defaults(fn=_logps)
-  p = sub.add_parser("data", help="pipeline examples/s and tokens/s")
-  p.add_argument("--records", type=int, default=4000)
-  p.add_argument("--batch-size", type=int, default=16)
-  p.add_argument("--max-length", type=int, default=512)
-  p.add_argument("--packing", action="store_true")
-  p.add_argument("--workers", type=int, default=0)
-  p.set_defaults(fn=_data)
-  p = sub.add_parser("generate", help="sampler tokens/s")
-  p.set_defaults(fn=_generate)
-  p = sub.add_parser("train", help="training tokens/s of a config")
-  p.add_argument("config")
-  p.add_argument("overrides", nargs="*")
-  p.add_argument("--steps", type=int, default=10)
-  p.set_defaults(fn=_train)
-  args = parser.parse_args(argv)
-  print(json.dumps(args.fn(args), indent=2, default=str))
-  return 0
+    parser = argparse.ArgumentParser(prog="alignjax bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("logps", help="naive vs chunked log-prob memory (compiled)")
+    for name, default in (("batch", 8), ("length", 2048), ("hidden", 4096), ("vocab", 128256)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.set_defaults(fn=_logps)
+    p = sub.add_parser("data", help="pipeline examples/s and tokens/s")
+    p.add_argument("--records", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--packing", action="store_true")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(fn=_data)
+    p = sub.add_parser("generate", help="sampler tokens/s")
+    p.set_defaults(fn=_generate)
+    p = sub.add_parser("train", help="training tokens/s of a config")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--steps", type=int, default=10)
+    p.set_defaults(fn=_train)
+    args = parser.parse_args(argv)
+    print(json.dumps(args.fn(args), indent=2, default=str))
+    return 0

@@ -187,7 +187,9 @@ def _draw_panel(ax, panel: Panel, records, smoothing: float) -> None:
         ax.legend(fontsize="small", ncol=2 if len(panel.keys) > 6 else 1)
 
 
-def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None, *, smoothing: float = 0.0) -> list[str]:
+def plot_run(
+    run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None, *, smoothing: float = 0.0
+) -> list[str]:
     """Draws `<run_dir>/metrics.jsonl` to `out_png` (default `<run_dir>/plots/curves.png`).
 
     Returns the paths written. `smoothing` in [0, 1) is the weight of an exponential

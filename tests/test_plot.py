@@ -35,7 +35,9 @@ def write_run(run_dir, extra_lines=()):
             }
         )
         if step % EVAL_EVERY == 0:
-            lines.append({"step": step, "eval/loss": 0.7, "eval/rewards/accuracies": 0.6, "eval/rewards/chosen": 0.1})
+            lines.append(
+                {"step": step, "eval/loss": 0.7, "eval/rewards/accuracies": 0.6, "eval/rewards/chosen": 0.1}
+            )
     text = "".join(json.dumps(line) + "\n" for line in lines) + "".join(extra_lines)
     (run_dir / "metrics.jsonl").write_text(text)
 
@@ -70,7 +72,9 @@ def test_panels_group_metric_families_in_a_fixed_order():
         plot.Panel("grad_norm", ("grad_norm",)),
         plot.Panel("learning rate", ("learning_rate",)),
         plot.Panel("tokens/s", ("tokens_per_s",)),
-        plot.Panel("rewards/accuracies per condition", ("rewards/accuracies/bob", "eval/rewards/accuracies/bob")),
+        plot.Panel(
+            "rewards/accuracies per condition", ("rewards/accuracies/bob", "eval/rewards/accuracies/bob")
+        ),
         plot.Panel("kl", ("kl", "kl/chosen")),
         plot.Panel("logps", ("logps/chosen",)),
     ]

@@ -15,66 +15,69 @@ from alignjax.models.families import hf_class_name, load_hf_config_dict, model_c
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def load_hf_model(hf_dir: str, **execution: Any) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
-  """(config, NumPy params, checkpoint metadata) from a local Hugging Face directory."""
-  config_dict = load_hf_config_dict(hf_dir)
-  cfg = model_config_from_hf(config_dict, **execution)
-  params, dtypes = params_from_tensors(cfg, iter_tensors(hf_dir), source=hf_dir)
-  meta = {
-      "hf_config": config_dict,
-      "hf_tensor_dtypes": dtypes,
-      "scan_layers": cfg.scan_layers,
-      "param_dtype": cfg.param_dtype,
-      "generation_config": _read_json(os.path.join(hf_dir, "generation_config.json")),
-  }
-  return cfg, params, meta
+    """(config, NumPy params, checkpoint metadata) from a local Hugging Face directory."""
+    config_dict = load_hf_config_dict(hf_dir)
+    cfg = model_config_from_hf(config_dict, **execution)
+    params, dtypes = params_from_tensors(cfg, iter_tensors(hf_dir), source=hf_dir)
+    meta = {
+        "hf_config": config_dict,
+        "hf_tensor_dtypes": dtypes,
+        "scan_layers": cfg.scan_layers,
+        "param_dtype": cfg.param_dtype,
+        "generation_config": _read_json(os.path.join(hf_dir, "generation_config.json")),
+    }
+    return cfg, params, meta
 
 
 def hf_to_orbax(hf_dir: str, out_dir: str, *, param_dtype: str = "float32", scan_layers: bool = False) -> str:
-  _, params, meta = load_hf_model(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers)
-  return mc.save_model(out_dir, params, meta, step=0, tokenizer_dir=hf_dir)
+    _, params, meta = load_hf_model(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers)
+    return mc.save_model(out_dir, params, meta, step=0, tokenizer_dir=hf_dir)
 
 
 def model_config_from_meta(meta: dict[str, Any], **execution: Any) -> ModelConfig:
-  layout = {"scan_layers": meta["scan_layers"], "param_dtype": meta["param_dtype"]}
-  return model_config_from_hf(meta["hf_config"], **{**layout, **execution})
+    layout = {"scan_layers": meta["scan_layers"], "param_dtype": meta["param_dtype"]}
+    return model_config_from_hf(meta["hf_config"], **{**layout, **execution})
 
 
 def _generation_config(meta: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
-  if meta.get("generation_config"):
-    return meta["generation_config"]
-  eos = list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id
-  out = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id}
-  return {k: v for k, v in out.items() if v is not None}
+    if meta.get("generation_config"):
+        return meta["generation_config"]
+    eos = list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id
+    out = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def orbax_to_hf(ckpt: str, out_dir: str, *, max_shard_bytes: int = 5 * 1024**3) -> list[str]:
-  """Export a checkpoint root (latest step) or step directory; returns the files written."""
-  root, step = mc.resolve(ckpt)
-  meta = mc.load_meta(root, step)
-  cfg = model_config_from_meta(meta)
-  params = mc.load_params(root, step)
-  hf_config = dict(meta["hf_config"])
-  hf_config.setdefault("architectures", [hf_class_name(cfg.model_type)])
-  default_dtype = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"
+    """Export a checkpoint root (latest step) or step directory; returns the files written."""
+    root, step = mc.resolve(ckpt)
+    meta = mc.load_meta(root, step)
+    cfg = model_config_from_meta(meta)
+    params = mc.load_params(root, step)
+    hf_config = dict(meta["hf_config"])
+    hf_config.setdefault("architectures", [hf_class_name(cfg.model_type)])
+    default_dtype = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"
 
-  writer = ShardedWriter(out_dir, max_shard_bytes)
-  for name, array in tensors_from_params(cfg, params, meta["hf_tensor_dtypes"], default_dtype):
-    writer.add(name, array)
-  written = writer.close()
-  for name, content in (("config.json", hf_config), ("generation_config.json", _generation_config(meta, cfg))):
-    with open(os.path.join(out_dir, name), "w") as f:
-      json.dump(content, f, indent=2)
-    written.append(name)
-  tok_dir = mc.tokenizer_path(root)
-  if tok_dir is not None:
-    for name in sorted(os.listdir(tok_dir)):
-      shutil.copy2(os.path.join(tok_dir, name), os.path.join(out_dir, name))
-      written.append(name)
-  return written
+    writer = ShardedWriter(out_dir, max_shard_bytes)
+    for name, array in tensors_from_params(cfg, params, meta["hf_tensor_dtypes"], default_dtype):
+        writer.add(name, array)
+    written = writer.close()
+    for name, content in (
+        ("config.json", hf_config),
+        ("generation_config.json", _generation_config(meta, cfg)),
+    ):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(content, f, indent=2)
+        written.append(name)
+    tok_dir = mc.tokenizer_path(root)
+    if tok_dir is not None:
+        for name in sorted(os.listdir(tok_dir)):
+            shutil.copy2(os.path.join(tok_dir, name), os.path.join(out_dir, name))
+            written.append(name)
+    return written

@@ -27,10 +27,10 @@ MODEL_ITEM = "model"
 
 
 def _manager(root: str, **options: Any) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(root),
-      options=ocp.CheckpointManagerOptions(create=True, **options),
-  )
+    return ocp.CheckpointManager(
+        os.path.abspath(root),
+        options=ocp.CheckpointManagerOptions(create=True, **options),
+    )
 
 
 def save_model(
@@ -41,71 +41,78 @@ def save_model(
     step: int = 0,
     tokenizer_dir: str | None = None,
 ) -> str:
-  """Write params + model metadata as step `step` of the checkpoint directory `root`."""
-  if tokenizer_dir is not None:
-    copy_tokenizer(tokenizer_dir, root)
-  with _manager(root, enable_async_checkpointing=False) as manager:
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            **{PARAMS_ITEM: ocp.args.StandardSave(params), MODEL_ITEM: ocp.args.JsonSave(meta)}
-        ),
-    )
-    manager.wait_until_finished()
-  return os.path.join(root, str(step))
+    """Write params + model metadata as step `step` of the checkpoint directory `root`."""
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, root)
+    with _manager(root, enable_async_checkpointing=False) as manager:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{PARAMS_ITEM: ocp.args.StandardSave(params), MODEL_ITEM: ocp.args.JsonSave(meta)}
+            ),
+        )
+        manager.wait_until_finished()
+    return os.path.join(root, str(step))
 
 
 _TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 
 
 def copy_tokenizer(src_dir: str, root: str) -> None:
-  dest = os.path.join(root, TOKENIZER_DIR)
-  os.makedirs(dest, exist_ok=True)
-  for name in _TOKENIZER_FILES:
-    path = os.path.join(src_dir, name)
-    if os.path.exists(path):
-      shutil.copy2(path, os.path.join(dest, name))
+    dest = os.path.join(root, TOKENIZER_DIR)
+    os.makedirs(dest, exist_ok=True)
+    for name in _TOKENIZER_FILES:
+        path = os.path.join(src_dir, name)
+        if os.path.exists(path):
+            shutil.copy2(path, os.path.join(dest, name))
 
 
 def resolve(path: str) -> tuple[str, int]:
-  """(checkpoint root, step) for either a root (latest step) or one step's directory."""
-  path = os.path.abspath(path.rstrip("/"))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no such checkpoint directory")
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, MODEL_ITEM)):
-    return os.path.dirname(path), int(base)
-  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d)))
-  if not steps:
-    raise FileNotFoundError(
-        f"{path}: no checkpoint steps found; pass a run's checkpoints directory or one step's directory"
-    )
-  return path, steps[-1]
+    """(checkpoint root, step) for either a root (latest step) or one step's directory."""
+    path = os.path.abspath(path.rstrip("/"))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    base = os.path.basename(path)
+    if base.isdigit() and os.path.isdir(os.path.join(path, MODEL_ITEM)):
+        return os.path.dirname(path), int(base)
+    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d)))
+    if not steps:
+        raise FileNotFoundError(
+            f"{path}: no checkpoint steps found; pass a run's checkpoints directory or one step's directory"
+        )
+    return path, steps[-1]
 
 
 def load_meta(root: str, step: int) -> dict[str, Any]:
-  with _manager(root, read_only=True) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.JsonRestore()}))
-  return restored[MODEL_ITEM]
+    with _manager(root, read_only=True) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.JsonRestore()}))
+    return restored[MODEL_ITEM]
 
 
 def load_params(root: str, step: int, *, as_numpy: bool = True) -> Any:
-  """Restore the parameter tree; NumPy on the host by default (for export and conversion)."""
-  with _manager(root, read_only=True) as manager:
-    item_dir = os.path.join(root, str(step), PARAMS_ITEM)
-    metadata = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
-    restore_type = np.ndarray if as_numpy else jax.Array
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=restore_type), metadata)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.PyTreeRestore(restore_args=restore_args)}),
-    )
-  return restored[PARAMS_ITEM]
+    """Restore the parameter tree; NumPy on the host by default (for export and conversion)."""
+    with _manager(root, read_only=True) as manager:
+        item_dir = os.path.join(root, str(step), PARAMS_ITEM)
+        metadata = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
+        restore_type = np.ndarray if as_numpy else jax.Array
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=restore_type), metadata)
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.PyTreeRestore(restore_args=restore_args)}),
+        )
+    return restored[PARAMS_ITEM]
 
 
 def tokenizer_path(root: str) -> str | None:
-  path = os.path.join(root, TOKENIZER_DIR)
-  return path if os.path.isdir(path) else None
+    path = os.path.join(root, TOKENIZER_DIR)
+    return path if os.path.isdir(path) else None

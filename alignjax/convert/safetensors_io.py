@@ -35,101 +35,101 @@ SINGLE_FILE = "model.safetensors"
 
 
 def dtype_name(dtype: np.dtype) -> str:
-  return _NAMES[np.dtype(dtype)]
+    return _NAMES[np.dtype(dtype)]
 
 
 def dtype_from_name(name: str) -> np.dtype:
-  return _DTYPES[name]
+    return _DTYPES[name]
 
 
 def _read_header(path: str) -> tuple[dict, int]:
-  with open(path, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
-  header.pop("__metadata__", None)
-  return header, 8 + n
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
 
 
 def tensor_files(hf_dir: str) -> list[str]:
-  """The safetensors files of a checkpoint: one file, or the shards its index names."""
-  index = os.path.join(hf_dir, INDEX_FILE)
-  if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    return [os.path.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
-  single = os.path.join(hf_dir, SINGLE_FILE)
-  if os.path.exists(single):
-    return [single]
-  raise FileNotFoundError(
-      f"{hf_dir}: no {SINGLE_FILE} or {INDEX_FILE}; only safetensors checkpoints are read"
-  )
+    """The safetensors files of a checkpoint: one file, or the shards its index names."""
+    index = os.path.join(hf_dir, INDEX_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
+    single = os.path.join(hf_dir, SINGLE_FILE)
+    if os.path.exists(single):
+        return [single]
+    raise FileNotFoundError(
+        f"{hf_dir}: no {SINGLE_FILE} or {INDEX_FILE}; only safetensors checkpoints are read"
+    )
 
 
 def iter_tensors(hf_dir: str) -> Iterator[tuple[str, np.ndarray]]:
-  """Yield (name, memory-mapped array) for every tensor of the checkpoint."""
-  for path in tensor_files(hf_dir):
-    header, data_start = _read_header(path)
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
-    for name, info in header.items():
-      begin, end = info["data_offsets"]
-      dtype = _DTYPES.get(info["dtype"])
-      if dtype is None:
-        raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-      raw = mapped[data_start + begin : data_start + end]
-      yield name, raw.view(dtype).reshape(info["shape"])
+    """Yield (name, memory-mapped array) for every tensor of the checkpoint."""
+    for path in tensor_files(hf_dir):
+        header, data_start = _read_header(path)
+        mapped = np.memmap(path, dtype=np.uint8, mode="r")
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            dtype = _DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            raw = mapped[data_start + begin : data_start + end]
+            yield name, raw.view(dtype).reshape(info["shape"])
 
 
 class ShardedWriter:
-  """Writes tensors into size-bounded safetensors shards plus the index transformers reads."""
+    """Writes tensors into size-bounded safetensors shards plus the index transformers reads."""
 
-  def __init__(self, out_dir: str, max_shard_bytes: int = 5 * 1024**3):
-    self.out_dir = out_dir
-    self.max_shard_bytes = max_shard_bytes
-    self._pending: list[tuple[str, np.ndarray]] = []
-    self._pending_bytes = 0
-    self._shards: list[list[str]] = []
-    self._total = 0
-    os.makedirs(out_dir, exist_ok=True)
+    def __init__(self, out_dir: str, max_shard_bytes: int = 5 * 1024**3):
+        self.out_dir = out_dir
+        self.max_shard_bytes = max_shard_bytes
+        self._pending: list[tuple[str, np.ndarray]] = []
+        self._pending_bytes = 0
+        self._shards: list[list[str]] = []
+        self._total = 0
+        os.makedirs(out_dir, exist_ok=True)
 
-  def add(self, name: str, array: np.ndarray) -> None:
-    array = np.ascontiguousarray(array)
-    if self._pending and self._pending_bytes + array.nbytes > self.max_shard_bytes:
-      self._flush()
-    self._pending.append((name, array))
-    self._pending_bytes += array.nbytes
-    self._total += array.nbytes
+    def add(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        if self._pending and self._pending_bytes + array.nbytes > self.max_shard_bytes:
+            self._flush()
+        self._pending.append((name, array))
+        self._pending_bytes += array.nbytes
+        self._total += array.nbytes
 
-  def _flush(self) -> None:
-    path = os.path.join(self.out_dir, f"shard-{len(self._shards):05d}.tmp")
-    header, offset = {}, 0
-    for name, array in self._pending:
-      header[name] = {
-          "dtype": dtype_name(array.dtype),
-          "shape": list(array.shape),
-          "data_offsets": [offset, offset + array.nbytes],
-      }
-      offset += array.nbytes
-    header["__metadata__"] = {"format": "pt"}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    with open(path, "wb") as f:
-      f.write(struct.pack("<Q", len(blob)))
-      f.write(blob)
-      for _, array in self._pending:
-        f.write(array.tobytes())
-    self._shards.append([name for name, _ in self._pending])
-    self._pending, self._pending_bytes = [], 0
+    def _flush(self) -> None:
+        path = os.path.join(self.out_dir, f"shard-{len(self._shards):05d}.tmp")
+        header, offset = {}, 0
+        for name, array in self._pending:
+            header[name] = {
+                "dtype": dtype_name(array.dtype),
+                "shape": list(array.shape),
+                "data_offsets": [offset, offset + array.nbytes],
+            }
+            offset += array.nbytes
+        header["__metadata__"] = {"format": "pt"}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for _, array in self._pending:
+                f.write(array.tobytes())
+        self._shards.append([name for name, _ in self._pending])
+        self._pending, self._pending_bytes = [], 0
 
-  def close(self) -> list[str]:
-    """Flush, give shards their final names, write the index; returns the file names."""
-    if self._pending or not self._shards:
-      self._flush()
-    n = len(self._shards)
-    names = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for i, final in enumerate(names):
-      os.replace(os.path.join(self.out_dir, f"shard-{i:05d}.tmp"), os.path.join(self.out_dir, final))
-    if n > 1:
-      weight_map = {t: names[i] for i, shard in enumerate(self._shards) for t in shard}
-      with open(os.path.join(self.out_dir, INDEX_FILE), "w") as f:
-        json.dump({"metadata": {"total_size": self._total}, "weight_map": weight_map}, f, indent=2)
-    return names
+    def close(self) -> list[str]:
+        """Flush, give shards their final names, write the index; returns the file names."""
+        if self._pending or not self._shards:
+            self._flush()
+        n = len(self._shards)
+        names = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for i, final in enumerate(names):
+            os.replace(os.path.join(self.out_dir, f"shard-{i:05d}.tmp"), os.path.join(self.out_dir, final))
+        if n > 1:
+            weight_map = {t: names[i] for i, shard in enumerate(self._shards) for t in shard}
+            with open(os.path.join(self.out_dir, INDEX_FILE), "w") as f:
+                json.dump({"metadata": {"total_size": self._total}, "weight_map": weight_map}, f, indent=2)
+        return names

@@ -36,9 +36,7 @@ def _byte_to_char() -> dict[int, str]:
     ...) are shifted to code points 256+ in byte order, as the `tokenizers`
     ByteLevel pre-tokenizer does.
     """
-    printable = (
-        set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    )
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
     out, shifted = {}, 0
     for b in range(256):
         if b in printable:

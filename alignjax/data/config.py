@@ -116,9 +116,7 @@ class DataConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(
-                f"unknown key(s) data.{', data.'.join(unknown)}; known keys: {sorted(known)}"
-            )
+            raise ValueError(f"unknown key(s) data.{', data.'.join(unknown)}; known keys: {sorted(known)}")
         return cls(**d)
 
     @property
@@ -159,9 +157,7 @@ class DataConfig:
         fixed = 1 + self.n_user_tokens  # BOS + user slots survive truncation
         if self.max_length <= fixed + 1:
             bad("max_length", f"{self.max_length} leaves no room for prompt and response")
-        if self.max_prompt_length is not None and not (
-            fixed < self.max_prompt_length < self.max_length
-        ):
+        if self.max_prompt_length is not None and not (fixed < self.max_prompt_length < self.max_length):
             bad(
                 "max_prompt_length",
                 f"{self.max_prompt_length} must be > {fixed} (BOS + n_user_tokens) "

@@ -109,9 +109,7 @@ class ExampleProcessor:
 
     def __call__(self, raw: RawRecord):
         try:
-            example = parse(
-                decode(raw), self.cfg.record_type, condition_field=self.cfg.condition_field
-            )
+            example = parse(decode(raw), self.cfg.record_type, condition_field=self.cfg.condition_field)
             return self._tokenize(example, raw)
         except BadRecord as e:
             if self.cfg.on_bad_record == "error" and e.reason not in LENGTH_DROP_REASONS:
@@ -186,9 +184,7 @@ class ExampleProcessor:
         plain = condition_prompt(ex.prompt, ex.cond, self.cfg.templates)
         p_m, n_bos, r_m, _ = self._response(plain, ex.response)
         if satisfactory:
-            return CutTokenized(
-                self.seq.sequence(p_m, n_bos, r_m), None, score, condition_id, epoch
-            )
+            return CutTokenized(self.seq.sequence(p_m, n_bos, r_m), None, score, condition_id, epoch)
         judged = condition_prompt(ex.prompt, ex.cond, self.cfg.templates, judgment=ex.judgment)
         p_j, _, r_j, _ = self._response(judged, ex.response)
         # Same response tokens, cut to the same length, so the two views line up

@@ -146,9 +146,7 @@ def _sft(row: dict, cond: Conditioning) -> SftExample:
     else:
         key = "response" if row.get("response") is not None else "completion"
         if row.get(key) is None:
-            raise BadRecord(
-                "missing_field", "need 'messages', or 'prompt' with 'response' or 'completion'"
-            )
+            raise BadRecord("missing_field", "need 'messages', or 'prompt' with 'response' or 'completion'")
         prompt, response = _text(row, "prompt", allow_empty=True), _text(row, key)
         prompt, response = _align_forms(prompt, response)
     _check_completion(response, "response")
@@ -161,17 +159,11 @@ def _cut(row: dict, cond: Conditioning) -> CutExample:
     _check_completion(response, "response")
     judgment = row.get("judgment")
     if judgment is not None and not isinstance(judgment, str):
-        raise BadRecord(
-            "wrong_type", f"'judgment' must be a string or null, got {type(judgment).__name__}"
-        )
+        raise BadRecord("wrong_type", f"'judgment' must be a string or null, got {type(judgment).__name__}")
     score = row.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        raise BadRecord(
-            "wrong_type", f"'score' must be a number or null, got {type(score).__name__}"
-        )
-    return CutExample(
-        prompt, response, judgment or None, None if score is None else float(score), cond
-    )
+        raise BadRecord("wrong_type", f"'score' must be a number or null, got {type(score).__name__}")
+    return CutExample(prompt, response, judgment or None, None if score is None else float(score), cond)
 
 
 def _text(row: dict, key: str, allow_empty: bool = False) -> Text:
@@ -217,9 +209,7 @@ def _implicit_prompt(chosen: Text, rejected: Text):
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
     if n == 0:
-        raise BadRecord(
-            "bad_conversation", "no 'prompt' and chosen/rejected share no first message"
-        )
+        raise BadRecord("bad_conversation", "no 'prompt' and chosen/rejected share no first message")
     if n == len(chosen) or n == len(rejected):
         raise BadRecord(
             "identical_responses" if len(chosen) == len(rejected) else "empty_response",
@@ -260,20 +250,11 @@ def _conditioning(row: dict, condition_field: str | None) -> Conditioning:
         if not isinstance(weights, dict):
             raise BadRecord("bad_weights", "'weights' must be an object {objective: weight}")
         for k, v in weights.items():
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not math.isfinite(v)
-                or v < 0
-            ):
-                raise BadRecord(
-                    "bad_weights", f"weights[{k!r}] = {v!r} is not a finite number >= 0"
-                )
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise BadRecord("bad_weights", f"weights[{k!r}] = {v!r} is not a finite number >= 0")
     user = row.get("user_id")
     if user is not None and (isinstance(user, bool) or not isinstance(user, (str, int))):
-        raise BadRecord(
-            "wrong_type", f"'user_id' must be a string or an integer, got {type(user).__name__}"
-        )
+        raise BadRecord("wrong_type", f"'user_id' must be a string or an integer, got {type(user).__name__}")
     return Conditioning(
         system=opt_str("system"),
         user_info=opt_str("user_info"),
@@ -296,14 +277,10 @@ def _response_weights(row: dict, key: str, completion: Text) -> ResponseWeights 
     if tw is None and spans is None:
         return None
     if tw is not None and spans is not None:
-        raise BadRecord(
-            "bad_token_weights", f"give {key}_token_weights or {key}_weight_spans, not both"
-        )
+        raise BadRecord("bad_token_weights", f"give {key}_token_weights or {key}_weight_spans, not both")
     if tw is not None:
         if not isinstance(tw, list) or not all(_is_weight(w) for w in tw):
-            raise BadRecord(
-                "bad_token_weights", f"{key}_token_weights must be a list of numbers >= 0"
-            )
+            raise BadRecord("bad_token_weights", f"{key}_token_weights must be a list of numbers >= 0")
         return ResponseWeights(token_weights=tuple(float(w) for w in tw))
     if isinstance(completion, list) and len(completion) != 1:
         raise BadRecord("bad_token_weights", f"{key}_weight_spans need a single-message {key}")

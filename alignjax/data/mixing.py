@@ -64,6 +64,5 @@ class MixtureMapDataset(grain.MapDataset):
 def describe_mixture(sources: Sequence, draws: Sequence[int]) -> str:
     total = max(1, sum(draws))
     return "; ".join(
-        f"{s!r}: {d} per epoch ({100 * d / total:.1f}%)"
-        for s, d in zip(sources, draws, strict=True)
+        f"{s!r}: {d} per epoch ({100 * d / total:.1f}%)" for s, d in zip(sources, draws, strict=True)
     )

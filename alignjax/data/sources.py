@@ -284,11 +284,7 @@ def _open_path(path: str, cfg: SourceConfig, key: str) -> list:
             f"{key}: cannot tell the format of {path!r} from its name; set "
             f"{key}.format to one of jsonl, parquet, array_record, hf, tfds"
         )
-    return [
-        {"jsonl": JsonlSource, "parquet": ParquetSource, "array_record": ArrayRecordSource}[fmt](
-            path
-        )
-    ]
+    return [{"jsonl": JsonlSource, "parquet": ParquetSource, "array_record": ArrayRecordSource}[fmt](path)]
 
 
 def _format_of(path: str, fmt: str) -> str | None:

@@ -63,15 +63,12 @@ def condition_prompt(
 def render_weights(weights: dict, templates: TemplateConfig) -> str:
     """MO-ODPO's weight sentence, e.g. 'Answer so that ... 30% helpful, 70% harmless'."""
     if templates.weights is None:
-        raise BadRecord(
-            "bad_weights", "the record has 'weights' but data.templates.weights is not set"
-        )
+        raise BadRecord("bad_weights", "the record has 'weights' but data.templates.weights is not set")
     expected = set(templates.objectives)
     if set(weights) != expected:
         raise BadRecord(
             "bad_weights",
-            f"weights has objectives {sorted(weights)}, data.templates.weights expects "
-            f"{sorted(expected)}",
+            f"weights has objectives {sorted(weights)}, data.templates.weights expects {sorted(expected)}",
         )
     return _format(templates.weights, "weights", **{k: float(v) for k, v in weights.items()})
 
@@ -81,8 +78,7 @@ def _format(template: str, key: str, **fields) -> str:
         return template.format(**fields)
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(
-            f"data.templates.{key}: {template!r} cannot be formatted with fields "
-            f"{sorted(fields)}: {e!r}"
+            f"data.templates.{key}: {template!r} cannot be formatted with fields {sorted(fields)}: {e!r}"
         ) from e
 
 

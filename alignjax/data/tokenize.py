@@ -76,8 +76,7 @@ class SequenceTokenizer:
     ):
         if tokenizer.eos_token_id is None:
             raise ValueError(
-                "the tokenizer has no eos_token; set one (tokenizer.eos_token = ...) so "
-                "responses can end"
+                "the tokenizer has no eos_token; set one (tokenizer.eos_token = ...) so responses can end"
             )
         self.tokenizer = tokenizer
         self.bos_id = tokenizer.bos_token_id
@@ -204,9 +203,7 @@ class SequenceTokenizer:
             return prompt_ids
         fixed = n_bos + self.n_user_tokens
         if self.truncation_mode == "keep_end":
-            return np.concatenate(
-                [prompt_ids[:fixed], prompt_ids[len(prompt_ids) - (limit - fixed) :]]
-            )
+            return np.concatenate([prompt_ids[:fixed], prompt_ids[len(prompt_ids) - (limit - fixed) :]])
         return prompt_ids[:limit]
 
     def response_budget(self, prompt_ids: np.ndarray) -> int:

@@ -35,16 +35,18 @@ def _layer_masks(acts_NxBxLxD: jax.Array, keep_BxL: jax.Array, eps: float) -> ja
     return jnp.where(keep, scaled, 0.0)
 
 
-def activation_mask(acts: Mapping[str, jax.Array], response_mask_BxL: jax.Array,
-                    eps: float = 1e-6) -> jax.Array:
+def activation_mask(
+    acts: Mapping[str, jax.Array], response_mask_BxL: jax.Array, eps: float = 1e-6
+) -> jax.Array:
     """Token weights in [0, 1], [B, L], zero outside the response; no gradient.
 
     acts: {kind: activations [N layers, B, L, D_kind]} from the reference forward.
     response_mask_BxL: 1 on response tokens.
     """
     if not acts:
-        raise ValueError("activation_mask needs at least one activation kind, e.g. "
-                         "{'mlp_out': acts_NxBxLxD}.")
+        raise ValueError(
+            "activation_mask needs at least one activation kind, e.g. {'mlp_out': acts_NxBxLxD}."
+        )
     keep_BxL = response_mask_BxL.astype(bool)
     per_kind = []
     for kind, acts_NxBxLxD in acts.items():
@@ -52,6 +54,7 @@ def activation_mask(acts: Mapping[str, jax.Array], response_mask_BxL: jax.Array,
             raise ValueError(
                 f"activations '{kind}' have shape {acts_NxBxLxD.shape}; expected "
                 f"[layers, {response_mask_BxL.shape[0]}, {response_mask_BxL.shape[1]}, D] "
-                "matching response_mask_BxL (add a leading layer axis for one layer).")
+                "matching response_mask_BxL (add a leading layer axis for one layer)."
+            )
         per_kind.append(jnp.mean(_layer_masks(acts_NxBxLxD, keep_BxL, eps), axis=0))
     return jax.lax.stop_gradient(jnp.mean(jnp.stack(per_kind), axis=0))

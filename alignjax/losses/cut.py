@@ -53,25 +53,27 @@ class CUTConfig:
 
     def __post_init__(self):
         if self.detection not in DETECTIONS or self.form not in FORMS:
-            raise ValueError(f"CUTConfig detection={self.detection!r} (choose {DETECTIONS}), "
-                             f"form={self.form!r} (choose {FORMS}).")
+            raise ValueError(
+                f"CUTConfig detection={self.detection!r} (choose {DETECTIONS}), "
+                f"form={self.form!r} (choose {FORMS})."
+            )
         if self.lam <= 0 or self.a < 0 or self.g < 0:
             raise ValueError(f"CUTConfig needs lam > 0, a >= 0, g >= 0; got {self}.")
         if self.form == "code" and self.g != 0:
-            raise ValueError("CUTConfig form='code' reproduces the authors' code, which has no "
-                             "focal term: set g=0, or use form='paper' for g > 0.")
+            raise ValueError(
+                "CUTConfig form='code' reproduces the authors' code, which has no "
+                "focal term: set g=0, or use form='paper' for g > 0."
+            )
 
 
-def response_logps(token_logps_BxL: jax.Array, response_start_B: jax.Array,
-                   response_len: int) -> jax.Array:
+def response_logps(token_logps_BxL: jax.Array, response_start_B: jax.Array, response_len: int) -> jax.Array:
     """Re-indexes per-token scores so column r is response token r: [B, response_len].
 
     response_start_B: position (in the scored, already shifted frame) of each row's
     first response token. Columns past the row's end read clamped positions: mask
     them with the response mask.
     """
-    positions_BxR = (jnp.asarray(response_start_B, jnp.int32)[:, None]
-                     + jnp.arange(response_len)[None, :])
+    positions_BxR = jnp.asarray(response_start_B, jnp.int32)[:, None] + jnp.arange(response_len)[None, :]
     positions_BxR = jnp.clip(positions_BxR, 0, token_logps_BxL.shape[1] - 1)
     return jnp.take_along_axis(token_logps_BxL, positions_BxR, axis=1)
 
@@ -79,14 +81,15 @@ def response_logps(token_logps_BxL: jax.Array, response_start_B: jax.Array,
 def split_views(logps_2BxR: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(with-judgment rows, without-judgment rows) of the concatenated forward."""
     if logps_2BxR.shape[0] % 2:
-        raise ValueError(f"the CUT forward batch has {logps_2BxR.shape[0]} rows; it must be "
-                         "[with-judgment views; without-judgment views], an even number.")
+        raise ValueError(
+            f"the CUT forward batch has {logps_2BxR.shape[0]} rows; it must be "
+            "[with-judgment views; without-judgment views], an even number."
+        )
     half = logps_2BxR.shape[0] // 2
     return logps_2BxR[:half], logps_2BxR[half:]
 
 
-def flag_inappropriate(with_logps_BxR, without_logps_BxR, lam: float,
-                       detection: str = "ratio") -> jax.Array:
+def flag_inappropriate(with_logps_BxR, without_logps_BxR, lam: float, detection: str = "ratio") -> jax.Array:
     """Boolean [B, R]: tokens the judgment makes much more likely (no gradient)."""
     with_logps_BxR = jax.lax.stop_gradient(as_float(with_logps_BxR))
     without_logps_BxR = jax.lax.stop_gradient(as_float(without_logps_BxR))
@@ -102,9 +105,13 @@ def _log_terms_code(without_logps_BxR, flagged_BxR):
     return jnp.log(jnp.where(x == 0.0, 1e-5, x))
 
 
-def cut_loss(with_logps_BxR: jax.Array, without_logps_BxR: jax.Array,
-             response_mask_BxR: jax.Array, is_negative_B: jax.Array,
-             config: CUTConfig = CUTConfig()):
+def cut_loss(
+    with_logps_BxR: jax.Array,
+    without_logps_BxR: jax.Array,
+    response_mask_BxR: jax.Array,
+    is_negative_B: jax.Array,
+    config: CUTConfig = CUTConfig(),
+):
     """(loss, metrics) for a batch of judged responses, response-aligned [B, R].
 
     with_logps_BxR: log p(y_t | x, [j], y_<t), the Align-P / Align-N view (gets the
@@ -136,8 +143,9 @@ def cut_loss(with_logps_BxR: jax.Array, without_logps_BxR: jax.Array,
         unlikely_BxR = config.a * focal_BxR * log1mexp(safe_without)
         terms_BxR = jnp.where(flagged_BxR, unlikely_BxR, without_BxR)
     num_negative = jnp.sum(negative_BxR)
-    unlikelihood = (-jnp.sum(jnp.where(negative_BxR, terms_BxR, 0.0))
-                    / jnp.maximum(num_negative, 1).astype(dtype))
+    unlikelihood = -jnp.sum(jnp.where(negative_BxR, terms_BxR, 0.0)) / jnp.maximum(num_negative, 1).astype(
+        dtype
+    )
 
     if config.form == "code":
         loss = jnp.where(num_negative > 0, 0.5 * (nll + unlikelihood), nll)

@@ -48,8 +48,9 @@ LOSSES: dict[str, LossSpec] = {
     "robust": LossSpec(fam.robust_loss, **_REF),
     "exo_pair": LossSpec(fam.exo_pair_loss, **_REF),
     "nca_pair": LossSpec(fam.nca_pair_loss, **_REF),
-    "bco_pair": LossSpec(fam.bco_pair_loss, **_REF, init_state=fam.bco_init_state,
-                         update_state=fam.bco_update_state),
+    "bco_pair": LossSpec(
+        fam.bco_pair_loss, **_REF, init_state=fam.bco_init_state, update_state=fam.bco_update_state
+    ),
     "sppo_hard": LossSpec(fam.sppo_hard_loss, **_REF),
     "aot": LossSpec(fam.aot_loss, **_REF),
     "aot_pair": LossSpec(fam.aot_pair_loss, **_REF),
@@ -92,24 +93,30 @@ class DPOConfig:
     def __post_init__(self):
         names = (self.loss_type,) if isinstance(self.loss_type, str) else tuple(self.loss_type)
         object.__setattr__(self, "loss_type", names)
-        weights = (tuple(float(w) for w in self.loss_weights)
-                   if self.loss_weights is not None else (1.0,) * len(names))
+        weights = (
+            tuple(float(w) for w in self.loss_weights)
+            if self.loss_weights is not None
+            else (1.0,) * len(names)
+        )
         object.__setattr__(self, "loss_weights", weights)
         unknown = [n for n in names if n not in LOSSES]
         if not names or unknown:
-            raise ValueError(f"DPOConfig.loss_type {names}: unknown {unknown}; "
-                             f"choose from {sorted(LOSSES)}.")
+            raise ValueError(f"DPOConfig.loss_type {names}: unknown {unknown}; choose from {sorted(LOSSES)}.")
         if len(weights) != len(names):
-            raise ValueError(f"DPOConfig.loss_weights has {len(weights)} entries for "
-                             f"{len(names)} loss types {names}; give one weight per loss.")
+            raise ValueError(
+                f"DPOConfig.loss_weights has {len(weights)} entries for "
+                f"{len(names)} loss types {names}; give one weight per loss."
+            )
         if self.beta <= 0 or self.simpo_beta <= 0 or self.discopop_tau <= 0:
             raise ValueError("DPOConfig.beta, simpo_beta and discopop_tau must be positive.")
         e = self.label_smoothing
         if not 0.0 <= e < 0.5:
             raise ValueError(f"DPOConfig.label_smoothing={e} must be in [0, 0.5).")
         if "exo_pair" in names and e <= 0.0:
-            raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (its target "
-                             "distribution is [1-e, e]); TRL used to substitute 1e-3.")
+            raise ValueError(
+                "loss_type 'exo_pair' needs label_smoothing > 0 (its target "
+                "distribution is [1-e, e]); TRL used to substitute 1e-3."
+            )
 
     @property
     def needs_reference(self) -> bool:
@@ -118,24 +125,29 @@ class DPOConfig:
 
 def init_dpo_state(config: DPOConfig) -> dict[str, Any]:
     """State for the stateful losses in config ({} when there are none)."""
-    return {n: LOSSES[n].init_state() for n in dict.fromkeys(config.loss_type)
-            if LOSSES[n].init_state is not None}
+    return {
+        n: LOSSES[n].init_state() for n in dict.fromkeys(config.loss_type) if LOSSES[n].init_state is not None
+    }
 
 
 def _check_inputs(pairs: PairLogps, config: DPOConfig, state) -> None:
     has_ref = pairs.ref_chosen_logps_B is not None and pairs.ref_rejected_logps_B is not None
     if config.needs_reference and not has_ref:
         needing = [n for n in config.loss_type if LOSSES[n].needs_reference]
-        raise ValueError(f"loss types {needing} need reference log-probs: set "
-                         "PairLogps.ref_chosen_logps_B and ref_rejected_logps_B (from the "
-                         "reference model or precomputed), or use a reference-free loss "
-                         "(simpo, orpo, cpo, sft).")
+        raise ValueError(
+            f"loss types {needing} need reference log-probs: set "
+            "PairLogps.ref_chosen_logps_B and ref_rejected_logps_B (from the "
+            "reference model or precomputed), or use a reference-free loss "
+            "(simpo, orpo, cpo, sft)."
+        )
     stateful = [n for n in config.loss_type if LOSSES[n].init_state is not None]
     missing = [n for n in stateful if not state or n not in state]
     if missing:
-        raise ValueError(f"loss types {missing} carry state across steps: pass "
-                         "state=init_dpo_state(config) on the first step and the returned "
-                         "state afterwards.")
+        raise ValueError(
+            f"loss types {missing} carry state across steps: pass "
+            "state=init_dpo_state(config) on the first step and the returned "
+            "state afterwards."
+        )
 
 
 def implicit_rewards(pairs, config):
@@ -148,8 +160,9 @@ def implicit_rewards(pairs, config):
     return fam.cpo_rewards(pairs, config)
 
 
-def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None = None,
-             valid_B: jax.Array | None = None):
+def dpo_loss(
+    pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None = None, valid_B: jax.Array | None = None
+):
     """Weighted sum of the configured losses, TRL metrics, and the next state.
 
     valid_B: 1 for real pairs, 0 for the unused slots of a packed or padded batch;
@@ -178,14 +191,16 @@ def dpo_loss(pairs: PairLogps, config: DPOConfig, state: dict[str, Any] | None =
         loss = loss + weight * component
 
     chosen_rewards_B, rejected_rewards_B = jax.lax.stop_gradient(implicit_rewards(pairs, config))
-    metrics.update({
-        "rewards/chosen": mean(chosen_rewards_B),
-        "rewards/rejected": mean(rejected_rewards_B),
-        "rewards/accuracies": mean((chosen_rewards_B > rejected_rewards_B).astype(loss.dtype)),
-        "rewards/margins": mean(chosen_rewards_B - rejected_rewards_B),
-        "logps/chosen": mean(jax.lax.stop_gradient(as_float(pairs.chosen_logps_B))),
-        "logps/rejected": mean(jax.lax.stop_gradient(as_float(pairs.rejected_logps_B))),
-    })
+    metrics.update(
+        {
+            "rewards/chosen": mean(chosen_rewards_B),
+            "rewards/rejected": mean(rejected_rewards_B),
+            "rewards/accuracies": mean((chosen_rewards_B > rejected_rewards_B).astype(loss.dtype)),
+            "rewards/margins": mean(chosen_rewards_B - rejected_rewards_B),
+            "logps/chosen": mean(jax.lax.stop_gradient(as_float(pairs.chosen_logps_B))),
+            "logps/rejected": mean(jax.lax.stop_gradient(as_float(pairs.rejected_logps_B))),
+        }
+    )
     if {"sft", "orpo", "cpo"} & set(config.loss_type):
         metrics["nll_loss"] = jax.lax.stop_gradient(fam.chosen_nll(pairs))
     if "orpo" in config.loss_type:

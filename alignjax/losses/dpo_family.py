@@ -90,8 +90,9 @@ def hinge_loss(p, cfg, state):
 
 def ipo_loss(p, cfg, state):
     # Length-normalised as in TRL (confirmed there with the IPO authors).
-    gap = (_per_token(chosen_logratios(p), p.chosen_len_B)
-           - _per_token(rejected_logratios(p), p.rejected_len_B))
+    gap = _per_token(chosen_logratios(p), p.chosen_len_B) - _per_token(
+        rejected_logratios(p), p.rejected_len_B
+    )
     return jnp.square(gap - 1.0 / (2.0 * cfg.beta))
 
 
@@ -102,8 +103,7 @@ def robust_loss(p, cfg, state):
 
 def exo_pair_loss(p, cfg, state):
     z, e = cfg.beta * margin(p), cfg.label_smoothing
-    return (sigmoid(z) * (log_sigmoid(z) - math.log1p(-e))
-            + sigmoid(-z) * (log_sigmoid(-z) - math.log(e)))
+    return sigmoid(z) * (log_sigmoid(z) - math.log1p(-e)) + sigmoid(-z) * (log_sigmoid(-z) - math.log(e))
 
 
 def nca_pair_loss(p, cfg, state):
@@ -131,8 +131,9 @@ def bco_update_state(p, cfg, state: RunningMean) -> RunningMean:
 
 def bco_pair_loss(p, cfg, state: RunningMean):
     delta = jax.lax.stop_gradient(state.mean)
-    return (-log_sigmoid(cfg.beta * chosen_logratios(p) - delta)
-            - log_sigmoid(-(cfg.beta * rejected_logratios(p) - delta)))
+    return -log_sigmoid(cfg.beta * chosen_logratios(p) - delta) - log_sigmoid(
+        -(cfg.beta * rejected_logratios(p) - delta)
+    )
 
 
 def sppo_hard_loss(p, cfg, state):
@@ -168,8 +169,9 @@ def discopop_loss(p, cfg, state):
 
 
 def sigmoid_norm_loss(p, cfg, state):
-    gap = (_per_token(chosen_logratios(p), p.chosen_len_B)
-           - _per_token(rejected_logratios(p), p.rejected_len_B))
+    gap = _per_token(chosen_logratios(p), p.chosen_len_B) - _per_token(
+        rejected_logratios(p), p.rejected_len_B
+    )
     return -log_sigmoid(cfg.beta * gap)
 
 
@@ -181,8 +183,7 @@ def sft_loss(p, cfg, state):
 
 
 def simpo_loss(p, cfg, state):
-    gap = _per_token(p.chosen_logps_B, p.chosen_len_B) - _per_token(p.rejected_logps_B,
-                                                                     p.rejected_len_B)
+    gap = _per_token(p.chosen_logps_B, p.chosen_len_B) - _per_token(p.rejected_logps_B, p.rejected_len_B)
     return _smoothed_sigmoid(cfg.simpo_beta * gap - cfg.simpo_gamma, cfg.label_smoothing)
 
 
@@ -210,13 +211,17 @@ def logratio_rewards(p, cfg):
 
 
 def simpo_rewards(p, cfg):
-    return (cfg.simpo_beta * _per_token(p.chosen_logps_B, p.chosen_len_B),
-            cfg.simpo_beta * _per_token(p.rejected_logps_B, p.rejected_len_B))
+    return (
+        cfg.simpo_beta * _per_token(p.chosen_logps_B, p.chosen_len_B),
+        cfg.simpo_beta * _per_token(p.rejected_logps_B, p.rejected_len_B),
+    )
 
 
 def orpo_rewards(p, cfg):
-    return (cfg.orpo_lambda * _per_token(p.chosen_logps_B, p.chosen_len_B),
-            cfg.orpo_lambda * _per_token(p.rejected_logps_B, p.rejected_len_B))
+    return (
+        cfg.orpo_lambda * _per_token(p.chosen_logps_B, p.chosen_len_B),
+        cfg.orpo_lambda * _per_token(p.rejected_logps_B, p.rejected_len_B),
+    )
 
 
 def cpo_rewards(p, cfg):

@@ -37,19 +37,26 @@ class _Chunking(NamedTuple):
     dtype: jnp.dtype
 
 
-def _plan(num_tokens: int, vocab: int, token_chunk: int, vocab_chunk: int,
-          softcap: float | None, *arrays: jax.Array) -> _Chunking:
+def _plan(
+    num_tokens: int, vocab: int, token_chunk: int, vocab_chunk: int, softcap: float | None, *arrays: jax.Array
+) -> _Chunking:
     if token_chunk <= 0 or vocab_chunk <= 0:
         raise ValueError(
             f"token_chunk and vocab_chunk must be positive, got {token_chunk} and "
-            f"{vocab_chunk}; pick e.g. token_chunk=1024, vocab_chunk=8192.")
+            f"{vocab_chunk}; pick e.g. token_chunk=1024, vocab_chunk=8192."
+        )
     if softcap is not None and softcap <= 0:
         raise ValueError(f"final_logit_softcap must be positive or None, got {softcap}.")
     # At least float32: bf16 models are scored in float32, float64 (x64 tests) stays.
     dtype = jnp.dtype(jnp.result_type(jnp.float32, *arrays))
     # A chunk larger than the data is just the data: no padding work for small inputs.
-    return _Chunking(min(token_chunk, max(num_tokens, 1)), min(vocab_chunk, vocab), vocab,
-                     None if softcap is None else float(softcap), dtype)
+    return _Chunking(
+        min(token_chunk, max(num_tokens, 1)),
+        min(vocab_chunk, vocab),
+        vocab,
+        None if softcap is None else float(softcap),
+        dtype,
+    )
 
 
 def _cap(z: jax.Array, softcap: float | None) -> jax.Array:
@@ -110,15 +117,15 @@ def _logps_chunk(h_SxD, y_S, unembed_DxV, plan):
         z_SxC = jnp.where(fresh_C[None, :], z_SxC, -jnp.inf)
         new_max_S = jnp.maximum(max_S, jnp.max(z_SxC, axis=1))
         sumexp_S = sumexp_S * jnp.exp(max_S - new_max_S) + jnp.sum(
-            jnp.exp(z_SxC - new_max_S[:, None]), axis=1)
+            jnp.exp(z_SxC - new_max_S[:, None]), axis=1
+        )
         hit_SxC = (cols_C[None, :] == y_S[:, None]) & fresh_C[None, :]
         target_S = target_S + jnp.sum(jnp.where(hit_SxC, z_SxC, 0.0), axis=1)
         return (new_max_S, sumexp_S, target_S), None
 
     zeros = jnp.zeros((s,), plan.dtype)
     init = (jnp.full((s,), -jnp.inf, plan.dtype), zeros, zeros)
-    (max_S, sumexp_S, target_S), _ = lax.scan(
-        tile_step, init, jnp.arange(_num_vocab_tiles(plan)))
+    (max_S, sumexp_S, target_S), _ = lax.scan(tile_step, init, jnp.arange(_num_vocab_tiles(plan)))
     lse_S = max_S + jnp.log(sumexp_S)
     return target_S - lse_S, lse_S
 
@@ -137,7 +144,8 @@ def _chunked_logps_fwd(h_NxD, unembed_DxV, y_N, plan):
     h_CxSxD = _token_chunks(h_NxD, plan, 0)
     y_CxS = _token_chunks(y_N, plan, -1)
     logps_CxS, lse_CxS = lax.map(
-        lambda args: _logps_chunk(args[0], args[1], unembed_DxV, plan), (h_CxSxD, y_CxS))
+        lambda args: _logps_chunk(args[0], args[1], unembed_DxV, plan), (h_CxSxD, y_CxS)
+    )
     logps_N = logps_CxS.reshape(-1)[:n]
     logps_N = jnp.where(_valid_targets(y_N, plan), logps_N, 0.0)
     return logps_N, (h_NxD, unembed_DxV, y_N, lse_CxS.reshape(-1)[:n])
@@ -163,19 +171,20 @@ def _chunked_logps_bwd(plan, residuals, g_N):
             dh_SxD = dh_SxD + jnp.dot(dz_SxC, w_DxC.T, precision=_HIGHEST)
             dw_DxC = jnp.dot(hc_SxD.T, dz_SxC, precision=_HIGHEST)
             old_DxC = lax.dynamic_slice_in_dim(d_unembed_DxV, start, plan.vocab_chunk, axis=1)
-            d_unembed_DxV = lax.dynamic_update_slice_in_dim(
-                d_unembed_DxV, old_DxC + dw_DxC, start, axis=1)
+            d_unembed_DxV = lax.dynamic_update_slice_in_dim(d_unembed_DxV, old_DxC + dw_DxC, start, axis=1)
             return (dh_SxD, d_unembed_DxV), None
 
         init = (jnp.zeros(h_SxD.shape, plan.dtype), d_unembed_DxV)
-        (dh_SxD, d_unembed_DxV), _ = lax.scan(
-            tile_step, init, jnp.arange(_num_vocab_tiles(plan)))
+        (dh_SxD, d_unembed_DxV), _ = lax.scan(tile_step, init, jnp.arange(_num_vocab_tiles(plan)))
         return d_unembed_DxV, dh_SxD
 
-    chunks = (_token_chunks(h_NxD, plan, 0), _token_chunks(y_N, plan, -1),
-              _token_chunks(lse_N, plan, 0.0), _token_chunks(g_N, plan, 0.0))
-    d_unembed_DxV, dh_CxSxD = lax.scan(
-        chunk_step, jnp.zeros(unembed_DxV.shape, plan.dtype), chunks)
+    chunks = (
+        _token_chunks(h_NxD, plan, 0),
+        _token_chunks(y_N, plan, -1),
+        _token_chunks(lse_N, plan, 0.0),
+        _token_chunks(g_N, plan, 0.0),
+    )
+    d_unembed_DxV, dh_CxSxD = lax.scan(chunk_step, jnp.zeros(unembed_DxV.shape, plan.dtype), chunks)
     dh_NxD = dh_CxSxD.reshape(-1, h_NxD.shape[1])[: h_NxD.shape[0]]
     return dh_NxD.astype(h_NxD.dtype), d_unembed_DxV.astype(unembed_DxV.dtype), None
 
@@ -207,13 +216,16 @@ def token_logps(
     if unembed_DxV.shape[0] != d:
         raise ValueError(
             f"unembed_DxV has shape {unembed_DxV.shape} but hidden width is {d}; pass the "
-            "LM head as [hidden, vocab] (for tied embeddings: embedding.T).")
+            "LM head as [hidden, vocab] (for tied embeddings: embedding.T)."
+        )
     if targets_BxL.shape != (b, l):
         raise ValueError(f"targets_BxL shape {targets_BxL.shape} != hidden batch/length {(b, l)}.")
-    plan = _plan(b * l, unembed_DxV.shape[1], token_chunk, vocab_chunk, final_logit_softcap,
-                 hidden_BxLxD, unembed_DxV)
-    logps_N = _chunked_logps(hidden_BxLxD.reshape(b * l, d), unembed_DxV,
-                             targets_BxL.reshape(-1).astype(jnp.int32), plan)
+    plan = _plan(
+        b * l, unembed_DxV.shape[1], token_chunk, vocab_chunk, final_logit_softcap, hidden_BxLxD, unembed_DxV
+    )
+    logps_N = _chunked_logps(
+        hidden_BxLxD.reshape(b * l, d), unembed_DxV, targets_BxL.reshape(-1).astype(jnp.int32), plan
+    )
     return logps_N.reshape(b, l)
 
 
@@ -237,8 +249,7 @@ def _kl_chunk(hp_SxD, hr_SxE, policy_DxV, ref_ExV, plan):
         zp_SxC = jnp.where(fresh_C, _logits_tile(hp_SxD, wp_DxC, plan), -jnp.inf)
         zr_SxC = jnp.where(fresh_C, _logits_tile(hr_SxE, wr_ExC, plan), -jnp.inf)
         new_max_p = jnp.maximum(max_p, jnp.max(zp_SxC, axis=1))
-        sum_p = sum_p * jnp.exp(max_p - new_max_p) + jnp.sum(
-            jnp.exp(zp_SxC - new_max_p[:, None]), axis=1)
+        sum_p = sum_p * jnp.exp(max_p - new_max_p) + jnp.sum(jnp.exp(zp_SxC - new_max_p[:, None]), axis=1)
         new_max_r = jnp.maximum(max_r, jnp.max(zr_SxC, axis=1))
         rescale = jnp.exp(max_r - new_max_r)
         er_SxC = jnp.exp(zr_SxC - new_max_r[:, None])
@@ -250,7 +261,8 @@ def _kl_chunk(hp_SxD, hr_SxE, policy_DxV, ref_ExV, plan):
     neg_inf = jnp.full((s,), -jnp.inf, plan.dtype)
     zeros = jnp.zeros((s,), plan.dtype)
     (max_p, sum_p, max_r, sum_r, cross_r), _ = lax.scan(
-        tile_step, (neg_inf, zeros, neg_inf, zeros, zeros), jnp.arange(_num_vocab_tiles(plan)))
+        tile_step, (neg_inf, zeros, neg_inf, zeros, zeros), jnp.arange(_num_vocab_tiles(plan))
+    )
     lse_p = max_p + jnp.log(sum_p)
     lse_r = max_r + jnp.log(sum_r)
     return cross_r / sum_r - lse_r + lse_p, lse_p, lse_r
@@ -265,9 +277,9 @@ def _chunked_kl_fwd(hp_NxD, policy_DxV, hr_NxE, ref_ExV, plan):
     n = hp_NxD.shape[0]
     kl_CxS, lse_p_CxS, lse_r_CxS = lax.map(
         lambda args: _kl_chunk(args[0], args[1], policy_DxV, ref_ExV, plan),
-        (_token_chunks(hp_NxD, plan, 0), _token_chunks(hr_NxE, plan, 0)))
-    residuals = (hp_NxD, policy_DxV, hr_NxE, ref_ExV,
-                 lse_p_CxS.reshape(-1)[:n], lse_r_CxS.reshape(-1)[:n])
+        (_token_chunks(hp_NxD, plan, 0), _token_chunks(hr_NxE, plan, 0)),
+    )
+    residuals = (hp_NxD, policy_DxV, hr_NxE, ref_ExV, lse_p_CxS.reshape(-1)[:n], lse_r_CxS.reshape(-1)[:n])
     return kl_CxS.reshape(-1)[:n], residuals
 
 
@@ -285,27 +297,28 @@ def _chunked_kl_bwd(plan, residuals, g_N):
             zp_SxC = _logits_tile(hp_SxD, wp_DxC, plan)
             zr_SxC = _logits_tile(hr_SxE, wr_ExC, plan)
             # d KL / d z_pol = softmax_pol - softmax_ref.
-            dz_SxC = g_S[:, None] * (jnp.exp(zp_SxC - lse_p_S[:, None])
-                                     - jnp.exp(zr_SxC - lse_r_S[:, None]))
+            dz_SxC = g_S[:, None] * (jnp.exp(zp_SxC - lse_p_S[:, None]) - jnp.exp(zr_SxC - lse_r_S[:, None]))
             dz_SxC = dz_SxC * _cap_slope(zp_SxC, plan.softcap)
             dz_SxC = jnp.where(fresh_C[None, :], dz_SxC, 0.0)
             dh_SxD = dh_SxD + jnp.dot(dz_SxC, wp_DxC.T, precision=_HIGHEST)
             dw_DxC = jnp.dot(hpc_SxD.T, dz_SxC, precision=_HIGHEST)
             old_DxC = lax.dynamic_slice_in_dim(d_policy_DxV, start, plan.vocab_chunk, axis=1)
-            d_policy_DxV = lax.dynamic_update_slice_in_dim(
-                d_policy_DxV, old_DxC + dw_DxC, start, axis=1)
+            d_policy_DxV = lax.dynamic_update_slice_in_dim(d_policy_DxV, old_DxC + dw_DxC, start, axis=1)
             return (dh_SxD, d_policy_DxV), None
 
         (dh_SxD, d_policy_DxV), _ = lax.scan(
-            tile_step, (jnp.zeros(hp_SxD.shape, plan.dtype), d_policy_DxV),
-            jnp.arange(_num_vocab_tiles(plan)))
+            tile_step, (jnp.zeros(hp_SxD.shape, plan.dtype), d_policy_DxV), jnp.arange(_num_vocab_tiles(plan))
+        )
         return d_policy_DxV, dh_SxD
 
-    chunks = (_token_chunks(hp_NxD, plan, 0), _token_chunks(hr_NxE, plan, 0),
-              _token_chunks(lse_p_N, plan, 0.0), _token_chunks(lse_r_N, plan, 0.0),
-              _token_chunks(g_N.astype(plan.dtype), plan, 0.0))
-    d_policy_DxV, dh_CxSxD = lax.scan(
-        chunk_step, jnp.zeros(policy_DxV.shape, plan.dtype), chunks)
+    chunks = (
+        _token_chunks(hp_NxD, plan, 0),
+        _token_chunks(hr_NxE, plan, 0),
+        _token_chunks(lse_p_N, plan, 0.0),
+        _token_chunks(lse_r_N, plan, 0.0),
+        _token_chunks(g_N.astype(plan.dtype), plan, 0.0),
+    )
+    d_policy_DxV, dh_CxSxD = lax.scan(chunk_step, jnp.zeros(policy_DxV.shape, plan.dtype), chunks)
     dh_NxD = dh_CxSxD.reshape(-1, hp_NxD.shape[1])[: hp_NxD.shape[0]]
     # The reference is a fixed target: no cotangent (None = symbolic zero, no D x V buffer).
     return dh_NxD.astype(hp_NxD.dtype), d_policy_DxV.astype(policy_DxV.dtype), None, None
@@ -334,19 +347,37 @@ def token_kl(
     b, l, d = policy_hidden_BxLxD.shape
     e = ref_hidden_BxLxE.shape[-1]
     if ref_hidden_BxLxE.shape[:2] != (b, l):
-        raise ValueError(f"reference hidden {ref_hidden_BxLxE.shape} and policy hidden "
-                         f"{policy_hidden_BxLxD.shape} must share batch and length.")
+        raise ValueError(
+            f"reference hidden {ref_hidden_BxLxE.shape} and policy hidden "
+            f"{policy_hidden_BxLxD.shape} must share batch and length."
+        )
     if policy_unembed_DxV.shape[0] != d or ref_unembed_ExV.shape[0] != e:
-        raise ValueError("unembeddings must be [hidden, vocab] matching their hidden states; got "
-                         f"{policy_unembed_DxV.shape} for width {d} and {ref_unembed_ExV.shape} "
-                         f"for width {e}.")
+        raise ValueError(
+            "unembeddings must be [hidden, vocab] matching their hidden states; got "
+            f"{policy_unembed_DxV.shape} for width {d} and {ref_unembed_ExV.shape} "
+            f"for width {e}."
+        )
     if policy_unembed_DxV.shape[1] != ref_unembed_ExV.shape[1]:
-        raise ValueError(f"policy vocab {policy_unembed_DxV.shape[1]} != reference vocab "
-                         f"{ref_unembed_ExV.shape[1]}: token KL needs one shared vocabulary.")
-    plan = _plan(b * l, policy_unembed_DxV.shape[1], token_chunk, vocab_chunk,
-                 final_logit_softcap, policy_hidden_BxLxD, policy_unembed_DxV, ref_hidden_BxLxE,
-                 ref_unembed_ExV)
-    kl_N = _chunked_kl(policy_hidden_BxLxD.reshape(b * l, d), policy_unembed_DxV,
-                       lax.stop_gradient(ref_hidden_BxLxE.reshape(b * l, e)),
-                       lax.stop_gradient(ref_unembed_ExV), plan)
+        raise ValueError(
+            f"policy vocab {policy_unembed_DxV.shape[1]} != reference vocab "
+            f"{ref_unembed_ExV.shape[1]}: token KL needs one shared vocabulary."
+        )
+    plan = _plan(
+        b * l,
+        policy_unembed_DxV.shape[1],
+        token_chunk,
+        vocab_chunk,
+        final_logit_softcap,
+        policy_hidden_BxLxD,
+        policy_unembed_DxV,
+        ref_hidden_BxLxE,
+        ref_unembed_ExV,
+    )
+    kl_N = _chunked_kl(
+        policy_hidden_BxLxD.reshape(b * l, d),
+        policy_unembed_DxV,
+        lax.stop_gradient(ref_hidden_BxLxE.reshape(b * l, e)),
+        lax.stop_gradient(ref_unembed_ExV),
+        plan,
+    )
     return kl_N.reshape(b, l)

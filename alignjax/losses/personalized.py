@@ -47,16 +47,16 @@ class PDPOConfig:
 
     def __post_init__(self):
         if self.num_users < 1 or self.beta <= 0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"PDPOConfig needs num_users >= 1, beta > 0, 0 <= alpha <= 1; "
-                             f"got {self}.")
+            raise ValueError(f"PDPOConfig needs num_users >= 1, beta > 0, 0 <= alpha <= 1; got {self}.")
         if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"PDPOConfig.label_smoothing={self.label_smoothing} must be in "
-                             "[0, 0.5).")
+            raise ValueError(f"PDPOConfig.label_smoothing={self.label_smoothing} must be in [0, 0.5).")
 
 
 def _rewards(chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, beta):
-    return (beta * (as_float(chosen_B) - as_float(ref_chosen_B)),
-            beta * (as_float(rejected_B) - as_float(ref_rejected_B)))
+    return (
+        beta * (as_float(chosen_B) - as_float(ref_chosen_B)),
+        beta * (as_float(rejected_B) - as_float(ref_rejected_B)),
+    )
 
 
 def _sigmoid_dpo(chosen_rewards_B, rejected_rewards_B, e):
@@ -71,10 +71,20 @@ def pdpo_loss(batch: PersonalizedLogps, config: PDPOConfig):
     absent from the batch has count 0 and accuracy 0).
     """
     ids_B = clamp_user_ids(batch.user_ids_B, config.num_users)
-    user_w, user_l = _rewards(batch.user_chosen_logps_B, batch.user_rejected_logps_B,
-                              batch.ref_chosen_logps_B, batch.ref_rejected_logps_B, config.beta)
-    gen_w, gen_l = _rewards(batch.generic_chosen_logps_B, batch.generic_rejected_logps_B,
-                            batch.ref_chosen_logps_B, batch.ref_rejected_logps_B, config.beta)
+    user_w, user_l = _rewards(
+        batch.user_chosen_logps_B,
+        batch.user_rejected_logps_B,
+        batch.ref_chosen_logps_B,
+        batch.ref_rejected_logps_B,
+        config.beta,
+    )
+    gen_w, gen_l = _rewards(
+        batch.generic_chosen_logps_B,
+        batch.generic_rejected_logps_B,
+        batch.ref_chosen_logps_B,
+        batch.ref_rejected_logps_B,
+        config.beta,
+    )
     user_loss_B = _sigmoid_dpo(user_w, user_l, config.label_smoothing)
     generic_loss_B = _sigmoid_dpo(gen_w, gen_l, config.label_smoothing)
 

@@ -20,8 +20,9 @@ def sequence_logps(token_logps_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax
     padding position cannot leak into the sum.
     """
     if token_logps_BxL.shape != mask_BxL.shape:
-        raise ValueError(f"token_logps_BxL {token_logps_BxL.shape} and mask_BxL "
-                         f"{mask_BxL.shape} must have the same shape.")
+        raise ValueError(
+            f"token_logps_BxL {token_logps_BxL.shape} and mask_BxL {mask_BxL.shape} must have the same shape."
+        )
     token_logps_BxL = as_float(token_logps_BxL)
     keep_BxL = mask_BxL.astype(bool)
     sums_B = jnp.sum(jnp.where(keep_BxL, token_logps_BxL, 0.0), axis=-1)

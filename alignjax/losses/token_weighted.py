@@ -75,8 +75,7 @@ def _masked_sum(x_BxL, mask_BxL):
 
 def _mask_stats(chosen_BxL, rejected_BxL, chosen_mask_BxL, rejected_mask_BxL):
     """(fraction of exact zeros, mean weight) over all response tokens of both sides."""
-    keep = jnp.concatenate([chosen_mask_BxL.reshape(-1),
-                            rejected_mask_BxL.reshape(-1)]).astype(bool)
+    keep = jnp.concatenate([chosen_mask_BxL.reshape(-1), rejected_mask_BxL.reshape(-1)]).astype(bool)
     weights = jnp.concatenate([chosen_BxL.reshape(-1), rejected_BxL.reshape(-1)])
     weights = jax.lax.stop_gradient(as_float(weights))
     count = jnp.maximum(jnp.sum(keep), 1).astype(weights.dtype)
@@ -84,8 +83,9 @@ def _mask_stats(chosen_BxL, rejected_BxL, chosen_mask_BxL, rejected_mask_BxL):
     return zeros / count, jnp.sum(jnp.where(keep, weights, 0.0)) / count
 
 
-def sparsepo_loss(tokens: TokenPairLogps, weights: TokenWeights | None,
-                  config: SparsePOConfig = SparsePOConfig()):
+def sparsepo_loss(
+    tokens: TokenPairLogps, weights: TokenWeights | None, config: SparsePOConfig = SparsePOConfig()
+):
     """SparsePO loss and metrics; weights=None means all ones (TDPO-1).
 
     Returns (loss, metrics) with TRL's rewards/* names computed from the weighted
@@ -112,19 +112,19 @@ def sparsepo_loss(tokens: TokenPairLogps, weights: TokenWeights | None,
         kl_l_B = _masked_sum(weights.kl_rejected_BxL * as_float(tokens.rejected_kl_BxL), mask_l)
     delta_B = kl_l_B - kl_w_B
 
-    l1_u_B = (_masked_sum(jnp.abs(weights.reward_chosen_BxL), mask_w)
-              + _masked_sum(jnp.abs(weights.reward_rejected_BxL), mask_l))
-    l1_d_B = (_masked_sum(jnp.abs(weights.kl_chosen_BxL), mask_w)
-              + _masked_sum(jnp.abs(weights.kl_rejected_BxL), mask_l))
-    per_pair_B = (-log_sigmoid(config.beta * (u_B - delta_B))
-                  + config.lam_u * l1_u_B + config.lam_d * l1_d_B)
+    l1_u_B = _masked_sum(jnp.abs(weights.reward_chosen_BxL), mask_w) + _masked_sum(
+        jnp.abs(weights.reward_rejected_BxL), mask_l
+    )
+    l1_d_B = _masked_sum(jnp.abs(weights.kl_chosen_BxL), mask_w) + _masked_sum(
+        jnp.abs(weights.kl_rejected_BxL), mask_l
+    )
+    per_pair_B = -log_sigmoid(config.beta * (u_B - delta_B)) + config.lam_u * l1_u_B + config.lam_d * l1_d_B
     loss = jnp.mean(per_pair_B)
 
     sg = jax.lax.stop_gradient
     chosen_rewards_B = sg(config.beta * reward_w_B)
     rejected_rewards_B = sg(config.beta * reward_l_B)
-    u_sparsity, u_mean = _mask_stats(weights.reward_chosen_BxL, weights.reward_rejected_BxL,
-                                     mask_w, mask_l)
+    u_sparsity, u_mean = _mask_stats(weights.reward_chosen_BxL, weights.reward_rejected_BxL, mask_w, mask_l)
     d_sparsity, d_mean = _mask_stats(weights.kl_chosen_BxL, weights.kl_rejected_BxL, mask_w, mask_l)
     metrics = {
         "rewards/chosen": jnp.mean(chosen_rewards_B),

@@ -21,104 +21,109 @@ import jax.numpy as jnp
 
 
 class BackendUnavailableError(RuntimeError):
-  pass
+    pass
 
 
 def attention_mask(q_positions_BxL, k_positions_BxS, q_segment_ids_BxL, k_segment_ids_BxS, window):
-  """[B, L, S] boolean: True where the query may attend to the key."""
-  same_segment = q_segment_ids_BxL[:, :, None] == k_segment_ids_BxS[:, None, :]
-  not_padding = k_segment_ids_BxS[:, None, :] != 0
-  delta_BxLxS = q_positions_BxL[:, :, None] - k_positions_BxS[:, None, :]
-  mask = same_segment & not_padding & (delta_BxLxS >= 0)
-  if window is not None:
-    mask &= delta_BxLxS < window
-  return mask
+    """[B, L, S] boolean: True where the query may attend to the key."""
+    same_segment = q_segment_ids_BxL[:, :, None] == k_segment_ids_BxS[:, None, :]
+    not_padding = k_segment_ids_BxS[:, None, :] != 0
+    delta_BxLxS = q_positions_BxL[:, :, None] - k_positions_BxS[:, None, :]
+    mask = same_segment & not_padding & (delta_BxLxS >= 0)
+    if window is not None:
+        mask &= delta_BxLxS < window
+    return mask
 
 
 def _xla(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap):
-  b, l, h, dh = q_BxLxHxDh.shape
-  kv_heads = k_BxSxKxDh.shape[2]
-  q_BxLxKxGxDh = q_BxLxHxDh.reshape(b, l, kv_heads, h // kv_heads, dh)
-  logits_BxKxGxLxS = jnp.einsum(
-      "blkgd,bskd->bkgls", q_BxLxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
-  )
-  logits_BxKxGxLxS = logits_BxKxGxLxS * scale
-  if softcap is not None:
-    logits_BxKxGxLxS = jnp.tanh(logits_BxKxGxLxS / softcap) * softcap
-  # A finite fill keeps fully masked (padding) rows finite instead of NaN.
-  big_neg = jnp.finfo(jnp.float32).min
-  logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, big_neg)
-  probs_BxKxGxLxS = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxSxKxDh.dtype)
-  out_BxLxKxGxDh = jnp.einsum("bkgls,bskd->blkgd", probs_BxKxGxLxS, v_BxSxKxDh)
-  return out_BxLxKxGxDh.reshape(b, l, h, dh)
+    b, l, h, dh = q_BxLxHxDh.shape
+    kv_heads = k_BxSxKxDh.shape[2]
+    q_BxLxKxGxDh = q_BxLxHxDh.reshape(b, l, kv_heads, h // kv_heads, dh)
+    logits_BxKxGxLxS = jnp.einsum(
+        "blkgd,bskd->bkgls", q_BxLxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
+    )
+    logits_BxKxGxLxS = logits_BxKxGxLxS * scale
+    if softcap is not None:
+        logits_BxKxGxLxS = jnp.tanh(logits_BxKxGxLxS / softcap) * softcap
+    # A finite fill keeps fully masked (padding) rows finite instead of NaN.
+    big_neg = jnp.finfo(jnp.float32).min
+    logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, big_neg)
+    probs_BxKxGxLxS = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxSxKxDh.dtype)
+    out_BxLxKxGxDh = jnp.einsum("bkgls,bskd->blkgd", probs_BxKxGxLxS, v_BxSxKxDh)
+    return out_BxLxKxGxDh.reshape(b, l, h, dh)
 
 
 def _dot_product(q, k, v, mask_BxLxS, scale, softcap, implementation):
-  if softcap is not None:
-    raise BackendUnavailableError(
-        f"attention_backend={'cudnn' if implementation else 'dot_product'} does not support "
-        f"attention logit soft-capping (attn_logit_softcapping={softcap}); use 'xla' or 'splash'"
+    if softcap is not None:
+        raise BackendUnavailableError(
+            f"attention_backend={'cudnn' if implementation else 'dot_product'} does not support "
+            f"attention logit soft-capping (attn_logit_softcapping={softcap}); use 'xla' or 'splash'"
+        )
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        raise BackendUnavailableError(
+            f"attention_backend='cudnn' needs an NVIDIA GPU; JAX's default backend is "
+            f"{jax.default_backend()!r}. Use 'xla' or 'dot_product' here."
+        )
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask_BxLxS[:, None], scale=scale, implementation=implementation
     )
-  if implementation == "cudnn" and jax.default_backend() != "gpu":
-    raise BackendUnavailableError(
-        f"attention_backend='cudnn' needs an NVIDIA GPU; JAX's default backend is "
-        f"{jax.default_backend()!r}. Use 'xla' or 'dot_product' here."
-    )
-  return jax.nn.dot_product_attention(
-      q, k, v, mask=mask_BxLxS[:, None], scale=scale, implementation=implementation
-  )
 
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(l, s, group, window, softcap, interpret):
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
-  if window is None:
-    one = masks.CausalMask(shape=(l, s))
-  else:
-    one = masks.LocalMask(shape=(l, s), window_size=(window - 1, 0), offset=0)
-  block = min(128, l, s)
-  sizes = splash.BlockSizes(
-      block_q=block, block_kv_compute=block, block_kv=block,
-      block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-      block_q_dq=block, block_kv_dq=block,
-  )
-  return splash.make_splash_mqa_single_device(
-      masks.MultiHeadMask([one] * group),
-      block_sizes=sizes,
-      attn_logits_soft_cap=softcap,
-      interpret=interpret,
-  )
+    if window is None:
+        one = masks.CausalMask(shape=(l, s))
+    else:
+        one = masks.LocalMask(shape=(l, s), window_size=(window - 1, 0), offset=0)
+    block = min(128, l, s)
+    sizes = splash.BlockSizes(
+        block_q=block,
+        block_kv_compute=block,
+        block_kv=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    return splash.make_splash_mqa_single_device(
+        masks.MultiHeadMask([one] * group),
+        block_sizes=sizes,
+        attn_logits_soft_cap=softcap,
+        interpret=interpret,
+    )
 
 
 def _splash(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids, scale, softcap, window, interpret):
-  if not interpret and jax.default_backend() != "tpu":
-    raise BackendUnavailableError(
-        f"attention_backend='splash' is a TPU kernel; JAX's default backend is "
-        f"{jax.default_backend()!r}. Use 'xla' here (or splash_interpret for testing)."
-    )
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    if not interpret and jax.default_backend() != "tpu":
+        raise BackendUnavailableError(
+            f"attention_backend='splash' is a TPU kernel; JAX's default backend is "
+            f"{jax.default_backend()!r}. Use 'xla' here (or splash_interpret for testing)."
+        )
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
-  b, l, h, dh = q_BxLxHxDh.shape
-  s, kv_heads = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
-  if l % min(128, l) or s % min(128, s):
-    raise ValueError(f"splash attention needs lengths that are multiples of 128, got {l} and {s}")
-  group = h // kv_heads
-  kernel = _splash_kernel(l, s, group, window, softcap, interpret)
-  # Splash applies no scale of its own, and shares one K/V head across a query group (MQA),
-  # so grouped-query attention maps onto a vmap over KV heads.
-  q_BxKxGxLxDh = (q_BxLxHxDh * scale).reshape(b, l, kv_heads, group, dh).transpose(0, 2, 3, 1, 4)
-  k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
-  v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
-  q_seg_BxL, k_seg_BxS = segment_ids
+    b, l, h, dh = q_BxLxHxDh.shape
+    s, kv_heads = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+    if l % min(128, l) or s % min(128, s):
+        raise ValueError(f"splash attention needs lengths that are multiples of 128, got {l} and {s}")
+    group = h // kv_heads
+    kernel = _splash_kernel(l, s, group, window, softcap, interpret)
+    # Splash applies no scale of its own, and shares one K/V head across a query group (MQA),
+    # so grouped-query attention maps onto a vmap over KV heads.
+    q_BxKxGxLxDh = (q_BxLxHxDh * scale).reshape(b, l, kv_heads, group, dh).transpose(0, 2, 3, 1, 4)
+    k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
+    v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
+    q_seg_BxL, k_seg_BxS = segment_ids
 
-  def one_example(q_KxGxLxDh, k_KxSxDh, v_KxSxDh, q_seg_L, k_seg_S):
-    ids = splash.SegmentIds(q=q_seg_L, kv=k_seg_S)
-    return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=ids))(q_KxGxLxDh, k_KxSxDh, v_KxSxDh)
+    def one_example(q_KxGxLxDh, k_KxSxDh, v_KxSxDh, q_seg_L, k_seg_S):
+        ids = splash.SegmentIds(q=q_seg_L, kv=k_seg_S)
+        return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=ids))(q_KxGxLxDh, k_KxSxDh, v_KxSxDh)
 
-  out_BxKxGxLxDh = jax.vmap(one_example)(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, q_seg_BxL, k_seg_BxS)
-  return out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, l, h, dh).astype(q_BxLxHxDh.dtype)
+    out_BxKxGxLxDh = jax.vmap(one_example)(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, q_seg_BxL, k_seg_BxS)
+    return out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, l, h, dh).astype(q_BxLxHxDh.dtype)
 
 
 def attention(
@@ -135,20 +140,25 @@ def attention(
     softcap: float | None = None,
     backend: str = "xla",
 ):
-  """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype."""
-  if backend == "splash" or backend == "splash_interpret":
-    # Splash masks by index, which equals masking by position inside a segment.
-    return _splash(
-        q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, (q_segment_ids_BxL, k_segment_ids_BxS),
-        scale, softcap, window, interpret=backend == "splash_interpret",
+    """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype."""
+    if backend == "splash" or backend == "splash_interpret":
+        # Splash masks by index, which equals masking by position inside a segment.
+        return _splash(
+            q_BxLxHxDh,
+            k_BxSxKxDh,
+            v_BxSxKxDh,
+            (q_segment_ids_BxL, k_segment_ids_BxS),
+            scale,
+            softcap,
+            window,
+            interpret=backend == "splash_interpret",
+        )
+    mask_BxLxS = attention_mask(
+        q_positions_BxL, k_positions_BxS, q_segment_ids_BxL, k_segment_ids_BxS, window
     )
-  mask_BxLxS = attention_mask(
-      q_positions_BxL, k_positions_BxS, q_segment_ids_BxL, k_segment_ids_BxS, window
-  )
-  if backend == "xla":
-    return _xla(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap)
-  if backend in ("dot_product", "cudnn"):
-    impl = "cudnn" if backend == "cudnn" else None
-    return _dot_product(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap, impl)
-  raise ValueError(f"unknown attention backend {backend!r}")
-
+    if backend == "xla":
+        return _xla(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap)
+    if backend in ("dot_product", "cudnn"):
+        impl = "cudnn" if backend == "cudnn" else None
+        return _dot_product(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap, impl)
+    raise ValueError(f"unknown attention backend {backend!r}")

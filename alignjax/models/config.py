@@ -21,83 +21,81 @@ REMAT_POLICIES = ("none", "full", "save_dots")
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
-  """Rotary embedding for one layer type (HF `rope_parameters`)."""
+    """Rotary embedding for one layer type (HF `rope_parameters`)."""
 
-  theta: float
-  rope_type: str = "default"
-  factor: float = 1.0
-  low_freq_factor: float = 1.0
-  high_freq_factor: float = 4.0
-  original_max_position_embeddings: int = 8192
+    theta: float
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture + execution settings of the decoder. Hashable, so jit can key on it."""
+    """Architecture + execution settings of the decoder. Hashable, so jit can key on it."""
 
-  model_type: str
-  vocab_size: int
-  hidden_size: int
-  intermediate_size: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  norm_eps: float = 1e-6
-  # Gemma stores RMSNorm weights as offsets from 1 and multiplies in float32.
-  norm_plus_one: bool = False
-  activation: str = "silu"
-  qkv_bias: bool = False
-  o_bias: bool = False
-  mlp_bias: bool = False
-  qk_norm: bool = False
-  # Gemma 2/3: extra norms after attention and around the MLP.
-  sandwich_norms: bool = False
-  scale_embeddings: bool = False
-  query_scale: float = 0.0  # 0 means head_dim ** -0.5
-  attn_logit_softcap: float | None = None
-  final_logit_softcap: float | None = None
-  tie_embeddings: bool = False
-  layer_types: tuple[str, ...] = ()
-  sliding_window: int | None = None
-  rope: tuple[tuple[str, RopeConfig], ...] = ()
-  bos_token_id: int | None = None
-  eos_token_id: int | tuple[int, ...] | None = None
-  pad_token_id: int | None = None
-  # Execution.
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  scan_layers: bool = False
-  remat_policy: str = "none"
-  attention_backend: str = "xla"
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    norm_eps: float = 1e-6
+    # Gemma stores RMSNorm weights as offsets from 1 and multiplies in float32.
+    norm_plus_one: bool = False
+    activation: str = "silu"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    # Gemma 2/3: extra norms after attention and around the MLP.
+    sandwich_norms: bool = False
+    scale_embeddings: bool = False
+    query_scale: float = 0.0  # 0 means head_dim ** -0.5
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    tie_embeddings: bool = False
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    rope: tuple[tuple[str, RopeConfig], ...] = ()
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    # Execution.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    attention_backend: str = "xla"
 
-  def __post_init__(self):
-    if self.attention_backend not in ATTENTION_BACKENDS:
-      raise ValueError(
-          f"model.attention_backend={self.attention_backend!r} is not one of {ATTENTION_BACKENDS}"
-      )
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"model.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
-    if len(self.layer_types) != self.num_layers:
-      raise ValueError(
-          f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers"
-      )
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(
-          f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
-      )
+    def __post_init__(self):
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"model.attention_backend={self.attention_backend!r} is not one of {ATTENTION_BACKENDS}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
 
-  @property
-  def scale(self) -> float:
-    return self.query_scale or self.head_dim**-0.5
+    @property
+    def scale(self) -> float:
+        return self.query_scale or self.head_dim**-0.5
 
-  @property
-  def rope_by_type(self) -> dict[str, RopeConfig]:
-    return dict(self.rope)
+    @property
+    def rope_by_type(self) -> dict[str, RopeConfig]:
+        return dict(self.rope)
 
-  @property
-  def has_sliding_layers(self) -> bool:
-    return SLIDING in self.layer_types and self.sliding_window is not None
+    @property
+    def has_sliding_layers(self) -> bool:
+        return SLIDING in self.layer_types and self.sliding_window is not None
 
-  def replace(self, **changes: Any) -> "ModelConfig":
-    return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

@@ -34,14 +34,13 @@ class _MaskBranch(nn.Module):
     @nn.compact
     def __call__(self, hidden_NxBxLxD: jax.Array, deterministic: bool) -> jax.Array:
         n, d = hidden_NxBxLxD.shape[0], hidden_NxBxLxD.shape[-1]
-        normed_NxBxLxD = nn.LayerNorm(name="norm", dtype=jnp.float32)(
-            hidden_NxBxLxD.astype(jnp.float32))
-        w_NxD = self.param("layer_w", nn.initializers.normal(self.init_scale / math.sqrt(d)),
-                           (n, d), jnp.float32)
+        normed_NxBxLxD = nn.LayerNorm(name="norm", dtype=jnp.float32)(hidden_NxBxLxD.astype(jnp.float32))
+        w_NxD = self.param(
+            "layer_w", nn.initializers.normal(self.init_scale / math.sqrt(d)), (n, d), jnp.float32
+        )
         b_N = self.param("layer_b", nn.initializers.ones, (n,), jnp.float32)
         c_N = self.param("layer_mix", nn.initializers.constant(1.0 / n), (n,), jnp.float32)
-        s_NxBxL = jax.nn.relu(jnp.einsum("nbld,nd->nbl", normed_NxBxLxD, w_NxD)
-                              + b_N[:, None, None])
+        s_NxBxL = jax.nn.relu(jnp.einsum("nbld,nd->nbl", normed_NxBxLxD, w_NxD) + b_N[:, None, None])
         s_NxBxL = nn.Dropout(self.dropout_rate)(s_NxBxL, deterministic=deterministic)
         m_BxL = jax.nn.relu(jnp.einsum("nbl,n->bl", s_NxBxL, c_N))
         return nn.Dropout(self.dropout_rate)(m_BxL, deterministic=deterministic)
@@ -65,15 +64,16 @@ class MaskHead(nn.Module):
         if self.mode not in ("common", "independent"):
             raise ValueError(f"MaskHead.mode={self.mode!r}; use 'common' or 'independent'.")
         if hidden_NxBxLxD.ndim != 4:
-            raise ValueError(f"MaskHead expects hidden states [layers, B, L, D], got shape "
-                             f"{hidden_NxBxLxD.shape}.")
+            raise ValueError(
+                f"MaskHead expects hidden states [layers, B, L, D], got shape {hidden_NxBxLxD.shape}."
+            )
         hidden_NxBxLxD = jax.lax.stop_gradient(hidden_NxBxLxD)
         reward_BxL = _MaskBranch(self.dropout_rate, self.init_scale, name="reward")(
-            hidden_NxBxLxD, deterministic)
+            hidden_NxBxLxD, deterministic
+        )
         if self.mode == "common":
             return reward_BxL, reward_BxL
-        kl_BxL = _MaskBranch(self.dropout_rate, self.init_scale, name="kl")(
-            hidden_NxBxLxD, deterministic)
+        kl_BxL = _MaskBranch(self.dropout_rate, self.init_scale, name="kl")(hidden_NxBxLxD, deterministic)
         return reward_BxL, kl_BxL
 
 
@@ -84,13 +84,17 @@ def _path_has(path, key: str) -> bool:
 def mask_head_labels(params: Any, key: str = MASK_HEAD_KEY) -> Any:
     """Label every leaf "mask_head" if it sits under a `key` entry, else "model"."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: MASK_HEAD_KEY if _path_has(path, key) else "model", params)
+        lambda path, _: MASK_HEAD_KEY if _path_has(path, key) else "model", params
+    )
 
 
-def mask_head_optimizer(model_tx: optax.GradientTransformation, learning_rate,
-                        weight_decay: float = 0.01, key: str = MASK_HEAD_KEY,
-                        mask_head_tx: optax.GradientTransformation | None = None,
-                        ) -> optax.GradientTransformation:
+def mask_head_optimizer(
+    model_tx: optax.GradientTransformation,
+    learning_rate,
+    weight_decay: float = 0.01,
+    key: str = MASK_HEAD_KEY,
+    mask_head_tx: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
     """model_tx for the model, AdamW(learning_rate, weight_decay) for the mask head.
 
     Put the head's parameters under `key` in the trainable pytree, e.g.
@@ -98,5 +102,6 @@ def mask_head_optimizer(model_tx: optax.GradientTransformation, learning_rate,
     the head's transform entirely.
     """
     head_tx = mask_head_tx or optax.adamw(learning_rate, weight_decay=weight_decay)
-    return optax.multi_transform({"model": model_tx, MASK_HEAD_KEY: head_tx},
-                                 lambda params: mask_head_labels(params, key))
+    return optax.multi_transform(
+        {"model": model_tx, MASK_HEAD_KEY: head_tx}, lambda params: mask_head_labels(params, key)
+    )

@@ -34,8 +34,10 @@ def vocab_rows_init(vocab_embedding_VxD: jax.Array) -> Initializer:
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
         if shape[-1] != width:
-            raise ValueError(f"soft tokens of width {shape[-1]} cannot start from vocabulary "
-                             f"rows of width {width}; set UserModel.width={width}.")
+            raise ValueError(
+                f"soft tokens of width {shape[-1]} cannot start from vocabulary "
+                f"rows of width {width}; set UserModel.width={width}."
+            )
         rows = 1
         for n in shape[:-1]:
             rows *= n
@@ -84,18 +86,20 @@ class UserModel(nn.Module):
         tokens = (self.num_tokens, self.width)
         if self.form == "individual":
             generic_TxD = self.param("generic", self.token_init, tokens, self.param_dtype)
-            offsets_UxTxD = self.param("offsets", nn.initializers.zeros,
-                                       (self.num_users,) + tokens, self.param_dtype)
+            offsets_UxTxD = self.param(
+                "offsets", nn.initializers.zeros, (self.num_users,) + tokens, self.param_dtype
+            )
             # User 0 *is* the generic embedding: its offset row is never used.
             offset_BxTxD = jnp.where((ids_B != 0)[:, None, None], offsets_UxTxD[ids_B], 0.0)
             return generic_TxD[None] + offset_BxTxD
         if self.form == "direct":
-            table_UxTxD = self.param("tokens", self.token_init, (self.num_users,) + tokens,
-                                     self.param_dtype)
+            table_UxTxD = self.param("tokens", self.token_init, (self.num_users,) + tokens, self.param_dtype)
             return table_UxTxD[ids_B]
-        prototypes_KxTxD = self.param("prototypes", self.token_init,
-                                      (self.num_clusters,) + tokens, self.param_dtype)
-        mix_UxK = self.param("mix_logits", nn.initializers.zeros,
-                             (self.num_users, self.num_clusters), self.param_dtype)
+        prototypes_KxTxD = self.param(
+            "prototypes", self.token_init, (self.num_clusters,) + tokens, self.param_dtype
+        )
+        mix_UxK = self.param(
+            "mix_logits", nn.initializers.zeros, (self.num_users, self.num_clusters), self.param_dtype
+        )
         weights_BxK = jax.nn.softmax(mix_UxK[ids_B], axis=-1)
         return jnp.einsum("bk,ktd->btd", weights_BxK, prototypes_KxTxD)

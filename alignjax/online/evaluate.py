@@ -41,212 +41,296 @@ from alignjax.online.steer_stats import pareto_mask, spearman
 
 
 def read_prompts(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-  """Prompt records of a JSONL file (`prompt` plus anything else; only `prompt` is kept,
-  since each grid point supplies the conditioning)."""
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: invalid JSON ({e.msg})") from None
-      if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)):
-        raise ValueError(f"{path}:{number}: a prompt record needs a 'prompt' (text or messages)")
-      records.append({"prompt": row["prompt"]})
-      if limit is not None and len(records) >= limit:
-        break
-  if not records:
-    raise ValueError(f"{path}: no prompt records")
-  return records
+    """Prompt records of a JSONL file (`prompt` plus anything else; only `prompt` is kept,
+    since each grid point supplies the conditioning)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)):
+                raise ValueError(f"{path}:{number}: a prompt record needs a 'prompt' (text or messages)")
+            records.append({"prompt": row["prompt"]})
+            if limit is not None and len(records) >= limit:
+                break
+    if not records:
+        raise ValueError(f"{path}: no prompt records")
+    return records
 
 
 def plain_text(prompt: str | list) -> str:
-  """The query a reward sees: the text, or the last user message of a conversation."""
-  if isinstance(prompt, str):
-    return prompt
-  users = [m["content"] for m in prompt if m.get("role") == "user"]
-  return users[-1] if users else ""
+    """The query a reward sees: the text, or the last user message of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
 
 
 def _finite(x: float) -> float | None:
-  return float(x) if np.isfinite(x) else None  # JSON has no NaN
+    return float(x) if np.isfinite(x) else None  # JSON has no NaN
 
 
 def sweep(
-    policy: Policy, renderer: PromptRenderer, prompts: list[dict[str, Any]], points: list[GridPoint],
-    objectives: list[Objective], sampling, *, seed: int = 0, num_samples: int = 1, batch_size: int = 64,
+    policy: Policy,
+    renderer: PromptRenderer,
+    prompts: list[dict[str, Any]],
+    points: list[GridPoint],
+    objectives: list[Objective],
+    sampling,
+    *,
+    seed: int = 0,
+    num_samples: int = 1,
+    batch_size: int = 64,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-  """(samples, scores): one sample dict per response (point-major, then prompt, then
-  sample) and each objective's scores in that order."""
-  records = [{**p, **point.fields} for point in points for p in prompts]
-  texts = generate_cli.generate_texts(policy, renderer, records, sampling, seed=seed,
-                                      num_samples=num_samples, batch_size=batch_size, where="grid point x prompt")
-  samples = []
-  for r, (record, responses) in enumerate(zip(records, texts)):
-    point = points[r // len(prompts)]
-    for s, response in enumerate(responses):
-      samples.append({"point": point.name, "prompt_index": r % len(prompts), "sample": s,
-                      "prompt": plain_text(record["prompt"]), "response": response})
-  queries = [x["prompt"] for x in samples]
-  responses = [x["response"] for x in samples]
-  scores = {o.label: np.asarray(o.reward(queries, responses), np.float64) for o in objectives}
-  for i, x in enumerate(samples):
-    x["scores"] = {label: float(v[i]) for label, v in scores.items()}
-  return samples, scores
+    """(samples, scores): one sample dict per response (point-major, then prompt, then
+    sample) and each objective's scores in that order."""
+    records = [{**p, **point.fields} for point in points for p in prompts]
+    texts = generate_cli.generate_texts(
+        policy,
+        renderer,
+        records,
+        sampling,
+        seed=seed,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        where="grid point x prompt",
+    )
+    samples = []
+    for r, (record, responses) in enumerate(zip(records, texts)):
+        point = points[r // len(prompts)]
+        for s, response in enumerate(responses):
+            samples.append(
+                {
+                    "point": point.name,
+                    "prompt_index": r % len(prompts),
+                    "sample": s,
+                    "prompt": plain_text(record["prompt"]),
+                    "response": response,
+                }
+            )
+    queries = [x["prompt"] for x in samples]
+    responses = [x["response"] for x in samples]
+    scores = {o.label: np.asarray(o.reward(queries, responses), np.float64) for o in objectives}
+    for i, x in enumerate(samples):
+        x["scores"] = {label: float(v[i]) for label, v in scores.items()}
+    return samples, scores
 
 
 def summarise(points: list[GridPoint], objectives: list[Objective], samples, scores) -> dict[str, Any]:
-  """Per-point statistics, the non-dominated points, and steerability per objective."""
-  labels = [o.label for o in objectives]
-  point_N = np.asarray([x["point"] for x in samples])
-  chars_N = np.asarray([len(x["response"]) for x in samples], np.float64)
-  words_N = np.asarray([len(x["response"].split()) for x in samples], np.float64)
-  rows = []
-  for point in points:
-    sel = point_N == point.name
-    rows.append({
-        "name": point.name, "fields": point.fields, "targets": point.targets, "n": int(sel.sum()),
-        "scores": {k: {"mean": float(np.mean(scores[k][sel])), "std": float(np.std(scores[k][sel]))} for k in labels},
-        "response_chars": float(np.mean(chars_N[sel])), "response_words": float(np.mean(words_N[sel])),
-    })
-  means_NxK = np.asarray([[row["scores"][k]["mean"] for k in labels] for row in rows])
-  front = [row["name"] for row, keep in zip(rows, pareto_mask(means_NxK)) if keep]
-  steer = {}
-  for k in labels:
-    asked = [p for p in points if k in p.targets]
-    if len(asked) < 2:
-      continue
-    sel = np.isin(point_N, [p.name for p in asked])
-    target_of = {p.name: p.targets[k] for p in asked}
-    sample_targets = [target_of[name] for name in point_N[sel]]
-    point_means = [row["scores"][k]["mean"] for row in rows if row["name"] in target_of]
-    steer[k] = {
-        "samples": _finite(spearman(sample_targets, scores[k][sel])), "n_samples": int(sel.sum()),
-        "grid_means": _finite(spearman([p.targets[k] for p in asked], point_means)), "n_points": len(asked),
-    }
-  return {"objectives": labels, "points": rows, "pareto": front, "steerability": steer}
+    """Per-point statistics, the non-dominated points, and steerability per objective."""
+    labels = [o.label for o in objectives]
+    point_N = np.asarray([x["point"] for x in samples])
+    chars_N = np.asarray([len(x["response"]) for x in samples], np.float64)
+    words_N = np.asarray([len(x["response"].split()) for x in samples], np.float64)
+    rows = []
+    for point in points:
+        sel = point_N == point.name
+        rows.append(
+            {
+                "name": point.name,
+                "fields": point.fields,
+                "targets": point.targets,
+                "n": int(sel.sum()),
+                "scores": {
+                    k: {"mean": float(np.mean(scores[k][sel])), "std": float(np.std(scores[k][sel]))}
+                    for k in labels
+                },
+                "response_chars": float(np.mean(chars_N[sel])),
+                "response_words": float(np.mean(words_N[sel])),
+            }
+        )
+    means_NxK = np.asarray([[row["scores"][k]["mean"] for k in labels] for row in rows])
+    front = [row["name"] for row, keep in zip(rows, pareto_mask(means_NxK)) if keep]
+    steer = {}
+    for k in labels:
+        asked = [p for p in points if k in p.targets]
+        if len(asked) < 2:
+            continue
+        sel = np.isin(point_N, [p.name for p in asked])
+        target_of = {p.name: p.targets[k] for p in asked}
+        sample_targets = [target_of[name] for name in point_N[sel]]
+        point_means = [row["scores"][k]["mean"] for row in rows if row["name"] in target_of]
+        steer[k] = {
+            "samples": _finite(spearman(sample_targets, scores[k][sel])),
+            "n_samples": int(sel.sum()),
+            "grid_means": _finite(spearman([p.targets[k] for p in asked], point_means)),
+            "n_points": len(asked),
+        }
+    return {"objectives": labels, "points": rows, "pareto": front, "steerability": steer}
 
 
 def _points(args: argparse.Namespace, user_vocab) -> tuple[str, list[GridPoint]]:
-  chosen = [bool(args.weights_grid), bool(args.conditions or args.condition_spec), bool(args.users)]
-  if sum(chosen) != 1:
-    raise ValueError("choose one sweep: --weights-grid A,B (MO-ODPO), --conditions/--condition-spec "
-                     "(conditions in the prompt), or --users (P-DPO user ids)")
-  if args.weights_grid:
-    return "weights", eval_grid.weight_grid([s.strip() for s in args.weights_grid.split(",")], args.grid_steps)
-  if args.users:
-    if user_vocab is None:
-      raise ValueError("--users needs a P-DPO run (its config reserves user slots); pass --config and --stage")
-    users = ["generic", *user_vocab.keys] if args.users == "all" else args.users.split(",")
-    # The generic user is index 0: any id the vocabulary does not know.
-    return "users", [GridPoint(u, {} if u == "generic" else {"user_id": u}, {}) for u in users]
-  if not args.condition_spec:
-    raise ValueError("--conditions needs --condition-spec FILE giving each condition's system/user_info "
-                     "text and targets (see alignjax eval --help)")
-  names = args.conditions.split(",") if args.conditions else None
-  return "conditions", eval_grid.load_conditions(args.condition_spec, names)
+    chosen = [bool(args.weights_grid), bool(args.conditions or args.condition_spec), bool(args.users)]
+    if sum(chosen) != 1:
+        raise ValueError(
+            "choose one sweep: --weights-grid A,B (MO-ODPO), --conditions/--condition-spec "
+            "(conditions in the prompt), or --users (P-DPO user ids)"
+        )
+    if args.weights_grid:
+        return "weights", eval_grid.weight_grid(
+            [s.strip() for s in args.weights_grid.split(",")], args.grid_steps
+        )
+    if args.users:
+        if user_vocab is None:
+            raise ValueError(
+                "--users needs a P-DPO run (its config reserves user slots); pass --config and --stage"
+            )
+        users = ["generic", *user_vocab.keys] if args.users == "all" else args.users.split(",")
+        # The generic user is index 0: any id the vocabulary does not know.
+        return "users", [GridPoint(u, {} if u == "generic" else {"user_id": u}, {}) for u in users]
+    if not args.condition_spec:
+        raise ValueError(
+            "--conditions needs --condition-spec FILE giving each condition's system/user_info "
+            "text and targets (see alignjax eval --help)"
+        )
+    names = args.conditions.split(",") if args.conditions else None
+    return "conditions", eval_grid.load_conditions(args.condition_spec, names)
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="alignjax eval", formatter_class=argparse.RawDescriptionHelpFormatter,
-      description=__doc__.split("\n\n", 1)[1] + "\n" + eval_grid.__doc__.split("\n\n", 1)[1],
-  )
-  parser.add_argument("model", help="a run directory, its checkpoints/, one step directory, or an HF directory")
-  parser.add_argument("--out", required=True, help="directory for table.json, samples.jsonl, pareto.png")
-  parser.add_argument("--prompts", help="JSONL of prompt records ({'prompt': ...} per line)")
-  parser.add_argument("--max-prompts", type=int, help="use the first N prompts")
-  parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt and grid point")
-  sweep_group = parser.add_argument_group("the sweep (choose one)")
-  sweep_group.add_argument("--weights-grid", help="objective names of the run's weights template, e.g. helpful,harmless")
-  sweep_group.add_argument("--grid-steps", type=int, default=5, help="values per weight: 5 -> 0, .25, .5, .75, 1")
-  sweep_group.add_argument("--conditions", help="names from --condition-spec (default: all of them)")
-  sweep_group.add_argument("--condition-spec", help="YAML/JSON: each condition's system / user_info and targets")
-  sweep_group.add_argument("--users", help="P-DPO user ids to generate for, comma-separated, or 'all'")
-  parser.add_argument("--reward", action="append", default=[], metavar="[LABEL=]NAME[:k=v,...]",
-                      help="an objective, e.g. length or formal=keyword_count:keywords=[Certainly]; repeatable")
-  parser.add_argument("--rewards-spec", help="YAML/JSON list of {label, name, **kwargs}")
-  parser.add_argument("--pdpo-eval", help="P-DPO: preference JSONL with user_id; adds per-user reward accuracy")
-  generate_cli.add_model_arguments(parser)
-  return parser
+    parser = argparse.ArgumentParser(
+        prog="alignjax eval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 1)[1] + "\n" + eval_grid.__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "model", help="a run directory, its checkpoints/, one step directory, or an HF directory"
+    )
+    parser.add_argument("--out", required=True, help="directory for table.json, samples.jsonl, pareto.png")
+    parser.add_argument("--prompts", help="JSONL of prompt records ({'prompt': ...} per line)")
+    parser.add_argument("--max-prompts", type=int, help="use the first N prompts")
+    parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt and grid point")
+    sweep_group = parser.add_argument_group("the sweep (choose one)")
+    sweep_group.add_argument(
+        "--weights-grid", help="objective names of the run's weights template, e.g. helpful,harmless"
+    )
+    sweep_group.add_argument(
+        "--grid-steps", type=int, default=5, help="values per weight: 5 -> 0, .25, .5, .75, 1"
+    )
+    sweep_group.add_argument("--conditions", help="names from --condition-spec (default: all of them)")
+    sweep_group.add_argument(
+        "--condition-spec", help="YAML/JSON: each condition's system / user_info and targets"
+    )
+    sweep_group.add_argument("--users", help="P-DPO user ids to generate for, comma-separated, or 'all'")
+    parser.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="[LABEL=]NAME[:k=v,...]",
+        help="an objective, e.g. length or formal=keyword_count:keywords=[Certainly]; repeatable",
+    )
+    parser.add_argument("--rewards-spec", help="YAML/JSON list of {label, name, **kwargs}")
+    parser.add_argument(
+        "--pdpo-eval", help="P-DPO: preference JSONL with user_id; adds per-user reward accuracy"
+    )
+    generate_cli.add_model_arguments(parser)
+    return parser
 
 
 def _pdpo_accuracy(policy: Policy, args, renderer: PromptRenderer, user_vocab) -> dict[str, Any]:
-  from alignjax.online import personalized_eval
-  from alignjax.online.prompting import find_run_config
-  from alignjax.train.config import load_config, stages
+    from alignjax.online import personalized_eval
+    from alignjax.online.prompting import find_run_config
+    from alignjax.train.config import load_config, stages
 
-  config = args.config or find_run_config(policy.run_dir)
-  if config is None or policy.run_dir is None or user_vocab is None:
-    raise ValueError("--pdpo-eval needs a P-DPO training run directory and its --config")
-  all_stages = stages(load_config(config))
-  stage_name = args.stage or policy.stage or all_stages[-1].name
-  stage = next((s for s in all_stages if s.name == stage_name), None)
-  if stage is None:
-    raise ValueError(f"{config}: no stage {stage_name!r}; pass --stage naming the P-DPO stage")
-  ref_params = personalized_eval.load_reference(policy.run_dir, stage.name)
-  return personalized_eval.user_accuracies(
-      policy, renderer.data_cfg, user_vocab, ref_params, args.pdpo_eval, stage.config.loss.beta,
-      os.path.join(args.out, "user_vocab.json"), batch_size=min(args.batch_size, 16),
-  )
+    config = args.config or find_run_config(policy.run_dir)
+    if config is None or policy.run_dir is None or user_vocab is None:
+        raise ValueError("--pdpo-eval needs a P-DPO training run directory and its --config")
+    all_stages = stages(load_config(config))
+    stage_name = args.stage or policy.stage or all_stages[-1].name
+    stage = next((s for s in all_stages if s.name == stage_name), None)
+    if stage is None:
+        raise ValueError(f"{config}: no stage {stage_name!r}; pass --stage naming the P-DPO stage")
+    ref_params = personalized_eval.load_reference(policy.run_dir, stage.name)
+    return personalized_eval.user_accuracies(
+        policy,
+        renderer.data_cfg,
+        user_vocab,
+        ref_params,
+        args.pdpo_eval,
+        stage.config.loss.beta,
+        os.path.join(args.out, "user_vocab.json"),
+        batch_size=min(args.batch_size, 16),
+    )
 
 
 def _print_summary(table: dict[str, Any]) -> None:
-  labels = table.get("objectives", [])
-  if labels:
-    print("point".ljust(24) + "".join(f"{k:>22}" for k in labels) + f"{'chars':>9}")
-  for row in table.get("points", []):
-    cells = "".join(f"{row['scores'][k]['mean']:>12.3f} ± {row['scores'][k]['std']:<7.3f}" for k in labels)
-    mark = " *" if row["name"] in table["pareto"] else ""
-    print(row["name"][:24].ljust(24) + cells + f"{row['response_chars']:>9.1f}{mark}")
-  for k, s in table.get("steerability", {}).items():
-    print(f"steerability {k}: spearman over samples {s['samples']} (n={s['n_samples']}), "
-          f"over grid means {s['grid_means']} (points={s['n_points']})")
-  for user, acc in table.get("pdpo_accuracy", {}).items():
-    print(f"P-DPO accuracy {user}: {acc['accuracy']:.3f} (margin {acc['margin']:.3f}, n={acc['n']})")
+    labels = table.get("objectives", [])
+    if labels:
+        print("point".ljust(24) + "".join(f"{k:>22}" for k in labels) + f"{'chars':>9}")
+    for row in table.get("points", []):
+        cells = "".join(
+            f"{row['scores'][k]['mean']:>12.3f} ± {row['scores'][k]['std']:<7.3f}" for k in labels
+        )
+        mark = " *" if row["name"] in table["pareto"] else ""
+        print(row["name"][:24].ljust(24) + cells + f"{row['response_chars']:>9.1f}{mark}")
+    for k, s in table.get("steerability", {}).items():
+        print(
+            f"steerability {k}: spearman over samples {s['samples']} (n={s['n_samples']}), "
+            f"over grid means {s['grid_means']} (points={s['n_points']})"
+        )
+    for user, acc in table.get("pdpo_accuracy", {}).items():
+        print(f"P-DPO accuracy {user}: {acc['accuracy']:.3f} (margin {acc['margin']:.3f}, n={acc['n']})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  try:
-    objectives: list[Objective] = []
-    if args.reward or args.rewards_spec or not args.pdpo_eval:  # --pdpo-eval alone generates nothing
-      objectives = eval_grid.build_objectives(args.reward, args.rewards_spec)
-    policy = load_policy(args.model)
-    renderer = generate_cli.renderer_for(policy, args)
-    user_vocab = renderer.user_vocab
-    os.makedirs(args.out, exist_ok=True)
-    table: dict[str, Any] = {"model": policy.source, "step": policy.step, "stage": policy.stage}
-    if args.pdpo_eval:
-      table["pdpo_accuracy"] = _pdpo_accuracy(policy, args, renderer, user_vocab)
-    if objectives:
-      if not args.prompts:
-        raise ValueError("--prompts FILE.jsonl is needed to generate (one {'prompt': ...} per line)")
-      mode, points = _points(args, user_vocab)
-      prompts = read_prompts(args.prompts, args.max_prompts)
-      sampling = generate_cli.sampling_config(policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-      samples, scores = sweep(policy, renderer, prompts, points, objectives, sampling, seed=args.seed,
-                              num_samples=args.num_samples, batch_size=args.batch_size)
-      table.update(mode=mode, rewards={o.label: o.spec for o in objectives}, num_prompts=len(prompts),
-                   num_samples=args.num_samples, sampling=vars(sampling) | {"eos_ids": list(sampling.eos_ids)})
-      table.update(summarise(points, objectives, samples, scores))
-      with open(os.path.join(args.out, "samples.jsonl"), "w", encoding="utf-8") as f:
-        for x in samples:
-          f.write(json.dumps(x, ensure_ascii=False) + "\n")
-      from alignjax.online.pareto_plot import plot_pareto
+    args = build_parser().parse_args(argv)
+    try:
+        objectives: list[Objective] = []
+        if args.reward or args.rewards_spec or not args.pdpo_eval:  # --pdpo-eval alone generates nothing
+            objectives = eval_grid.build_objectives(args.reward, args.rewards_spec)
+        policy = load_policy(args.model)
+        renderer = generate_cli.renderer_for(policy, args)
+        user_vocab = renderer.user_vocab
+        os.makedirs(args.out, exist_ok=True)
+        table: dict[str, Any] = {"model": policy.source, "step": policy.step, "stage": policy.stage}
+        if args.pdpo_eval:
+            table["pdpo_accuracy"] = _pdpo_accuracy(policy, args, renderer, user_vocab)
+        if objectives:
+            if not args.prompts:
+                raise ValueError("--prompts FILE.jsonl is needed to generate (one {'prompt': ...} per line)")
+            mode, points = _points(args, user_vocab)
+            prompts = read_prompts(args.prompts, args.max_prompts)
+            sampling = generate_cli.sampling_config(
+                policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p
+            )
+            samples, scores = sweep(
+                policy,
+                renderer,
+                prompts,
+                points,
+                objectives,
+                sampling,
+                seed=args.seed,
+                num_samples=args.num_samples,
+                batch_size=args.batch_size,
+            )
+            table.update(
+                mode=mode,
+                rewards={o.label: o.spec for o in objectives},
+                num_prompts=len(prompts),
+                num_samples=args.num_samples,
+                sampling=vars(sampling) | {"eos_ids": list(sampling.eos_ids)},
+            )
+            table.update(summarise(points, objectives, samples, scores))
+            with open(os.path.join(args.out, "samples.jsonl"), "w", encoding="utf-8") as f:
+                for x in samples:
+                    f.write(json.dumps(x, ensure_ascii=False) + "\n")
+            from alignjax.online.pareto_plot import plot_pareto
 
-      plot_pareto(table, os.path.join(args.out, "pareto.png"))
-    with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
-      json.dump(table, f, indent=1, ensure_ascii=False)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    print(f"alignjax eval: error: {e}", file=sys.stderr)
-    return 2
-  _print_summary(table)
-  print(f"wrote {args.out}/table.json" + (", samples.jsonl, pareto.png" if "points" in table else ""))
-  return 0
+            plot_pareto(table, os.path.join(args.out, "pareto.png"))
+        with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
+            json.dump(table, f, indent=1, ensure_ascii=False)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"alignjax eval: error: {e}", file=sys.stderr)
+        return 2
+    _print_summary(table)
+    print(f"wrote {args.out}/table.json" + (", samples.jsonl, pareto.png" if "points" in table else ""))
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

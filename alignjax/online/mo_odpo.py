@@ -33,116 +33,143 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class MOODPOSection:
-  """`rewards`: one registry spec per objective, in the order data.templates.weights names them."""
+    """`rewards`: one registry spec per objective, in the order data.templates.weights names them."""
 
-  rewards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  alpha: float = 1.0
-  grid: int | None = None  # snap weights to multiples of 1/grid
-  num_samples: int = 2
-  max_new_tokens: int = 64
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  missing_eos_penalty: float = 0.0
+    rewards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    alpha: float = 1.0
+    grid: int | None = None  # snap weights to multiples of 1/grid
+    num_samples: int = 2
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    missing_eos_penalty: float = 0.0
 
 
 def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: int | None) -> np.ndarray:
-  """[n, k] weights on the simplex; with a grid, rounded to multiples of 1/grid summing to 1."""
-  w_NxK = rng.dirichlet(np.full(k, alpha), size=n)
-  if grid:
-    units_NxK = np.floor(w_NxK * grid).astype(np.int64)
-    # Largest remainders get the units lost to flooring, so each row sums to exactly grid.
-    short_N = grid - units_NxK.sum(-1)
-    order_NxK = np.argsort(-(w_NxK * grid - units_NxK), axis=-1)
-    for i in range(n):
-      units_NxK[i, order_NxK[i, : short_N[i]]] += 1
-    w_NxK = units_NxK / grid
-  return w_NxK
+    """[n, k] weights on the simplex; with a grid, rounded to multiples of 1/grid summing to 1."""
+    w_NxK = rng.dirichlet(np.full(k, alpha), size=n)
+    if grid:
+        units_NxK = np.floor(w_NxK * grid).astype(np.int64)
+        # Largest remainders get the units lost to flooring, so each row sums to exactly grid.
+        short_N = grid - units_NxK.sum(-1)
+        order_NxK = np.argsort(-(w_NxK * grid - units_NxK), axis=-1)
+        for i in range(n):
+            units_NxK[i, order_NxK[i, : short_N[i]]] += 1
+        w_NxK = units_NxK / grid
+    return w_NxK
 
 
 class OnlinePairSource(OnlineSource):
-  """Iterator-like: `next_for(params, step)` -> a PairBatch of freshly sampled pairs."""
+    """Iterator-like: `next_for(params, step)` -> a PairBatch of freshly sampled pairs."""
 
-  def __init__(self, prompt_pipeline, pair_cfg, tokenizer, model_cfg, section: MOODPOSection,
-               seed: int, per_host_batch: int, pad_id: int):
-    objectives = pair_cfg.templates.objectives
-    if not objectives:
-      raise ValueError("MO-ODPO needs data.templates.weights naming the objectives, e.g. "
-                       "'Answer with weights length={length:.0%}, keyword={keyword:.0%}.'")
-    if len(section.rewards) != len(objectives):
-      raise ValueError(f"loss.mo_odpo.rewards has {len(section.rewards)} entries for the "
-                       f"{len(objectives)} objectives {objectives} in data.templates.weights")
-    if section.num_samples < 2:
-      raise ValueError("loss.mo_odpo.num_samples must be at least 2 (chosen and rejected)")
-    super().__init__(prompt_pipeline)
-    self.objectives = objectives
-    self.section = section
-    self.seed = seed
-    self.rewards = [build_reward(spec, where=f"loss.mo_odpo.rewards[{i}]") for i, spec in enumerate(section.rewards)]
-    # A sampled answer can be unusable as a record (empty, say): such a prompt yields no
-    # pair this step and is counted, never fatal.
-    pair_cfg = dataclasses.replace(pair_cfg, on_bad_record="skip")
-    self.pair_cfg = pair_cfg
-    self.pairs = ExampleProcessor(pair_cfg, tokenizer)
-    self.builder = make_builder(pair_cfg, per_host_batch, pad_id)
-    sampling = SamplingConfig(
-        max_new_tokens=section.max_new_tokens, temperature=section.temperature, top_k=section.top_k,
-        top_p=section.top_p, eos_ids=(tokenizer.eos_token_id,), pad_id=pad_id,
-    )
-    self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)
+    def __init__(
+        self,
+        prompt_pipeline,
+        pair_cfg,
+        tokenizer,
+        model_cfg,
+        section: MOODPOSection,
+        seed: int,
+        per_host_batch: int,
+        pad_id: int,
+    ):
+        objectives = pair_cfg.templates.objectives
+        if not objectives:
+            raise ValueError(
+                "MO-ODPO needs data.templates.weights naming the objectives, e.g. "
+                "'Answer with weights length={length:.0%}, keyword={keyword:.0%}.'"
+            )
+        if len(section.rewards) != len(objectives):
+            raise ValueError(
+                f"loss.mo_odpo.rewards has {len(section.rewards)} entries for the "
+                f"{len(objectives)} objectives {objectives} in data.templates.weights"
+            )
+        if section.num_samples < 2:
+            raise ValueError("loss.mo_odpo.num_samples must be at least 2 (chosen and rejected)")
+        super().__init__(prompt_pipeline)
+        self.objectives = objectives
+        self.section = section
+        self.seed = seed
+        self.rewards = [
+            build_reward(spec, where=f"loss.mo_odpo.rewards[{i}]") for i, spec in enumerate(section.rewards)
+        ]
+        # A sampled answer can be unusable as a record (empty, say): such a prompt yields no
+        # pair this step and is counted, never fatal.
+        pair_cfg = dataclasses.replace(pair_cfg, on_bad_record="skip")
+        self.pair_cfg = pair_cfg
+        self.pairs = ExampleProcessor(pair_cfg, tokenizer)
+        self.builder = make_builder(pair_cfg, per_host_batch, pad_id)
+        sampling = SamplingConfig(
+            max_new_tokens=section.max_new_tokens,
+            temperature=section.temperature,
+            top_k=section.top_k,
+            top_p=section.top_p,
+            eos_ids=(tokenizer.eos_token_id,),
+            pad_id=pad_id,
+        )
+        self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)
 
-  def next_for(self, params, step: int, max_attempts: int = 8):
-    """A batch with at least one pair, or None when `max_attempts` prompt batches in a row
-    gave none (every prompt's samples tied: the trainer then skips the update). Passed-over
-    prompts are counted in online/prompts_without_pair."""
-    passed_over = 0
-    for attempt in range(max_attempts):
-      batch = self._try(params, step * max_attempts + attempt)
-      if batch is not None:
-        self.last_metrics["online/prompts_without_pair"] += passed_over
-        return batch
-      passed_over += self.last_metrics["online/prompts_without_pair"]
-    log.warning(
-        "MO-ODPO step %d: in %d prompt batches every prompt's samples scored the same; the policy "
-        "has stopped exploring (raise loss.mo_odpo.temperature or num_samples to keep it learning)",
-        step, max_attempts,
-    )
-    return None
+    def next_for(self, params, step: int, max_attempts: int = 8):
+        """A batch with at least one pair, or None when `max_attempts` prompt batches in a row
+        gave none (every prompt's samples tied: the trainer then skips the update). Passed-over
+        prompts are counted in online/prompts_without_pair."""
+        passed_over = 0
+        for attempt in range(max_attempts):
+            batch = self._try(params, step * max_attempts + attempt)
+            if batch is not None:
+                self.last_metrics["online/prompts_without_pair"] += passed_over
+                return batch
+            passed_over += self.last_metrics["online/prompts_without_pair"]
+        log.warning(
+            "MO-ODPO step %d: in %d prompt batches every prompt's samples scored the same; the policy "
+            "has stopped exploring (raise loss.mo_odpo.temperature or num_samples to keep it learning)",
+            step,
+            max_attempts,
+        )
+        return None
 
-  def _try(self, params, draw: int):
-    prompts = batch_prompts(next(self.prompt_pipeline))
-    rng = np.random.default_rng([self.seed, draw, jax.process_index()])
-    w_NxK = draw_weights(rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid)
-    weights = [dict(zip(self.objectives, map(float, w_K))) for w_K in w_NxK]
-    s = self.section.num_samples
-    rollout = self.roller.sample(params, [{"prompt": p, "weights": w} for p, w in zip(prompts, weights)], s, draw)
-    texts, hit_eos_NxS = rollout.texts, rollout.hit_eos.reshape(len(prompts), s)
-    plain = [plain_prompt_text(p) for p in prompts for _ in range(s)]
-    scores_NxSxK = np.stack([np.asarray(r(plain, texts), np.float64) for r in self.rewards], -1)
-    scores_NxSxK = scores_NxSxK.reshape(len(prompts), s, len(self.objectives))
-    scalar_NxS = (scores_NxSxK * w_NxK[:, None, :]).sum(-1)
-    scalar_NxS -= self.section.missing_eos_penalty * (~hit_eos_NxS)
+    def _try(self, params, draw: int):
+        prompts = batch_prompts(next(self.prompt_pipeline))
+        rng = np.random.default_rng([self.seed, draw, jax.process_index()])
+        w_NxK = draw_weights(rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid)
+        weights = [dict(zip(self.objectives, map(float, w_K))) for w_K in w_NxK]
+        s = self.section.num_samples
+        rollout = self.roller.sample(
+            params, [{"prompt": p, "weights": w} for p, w in zip(prompts, weights)], s, draw
+        )
+        texts, hit_eos_NxS = rollout.texts, rollout.hit_eos.reshape(len(prompts), s)
+        plain = [plain_prompt_text(p) for p in prompts for _ in range(s)]
+        scores_NxSxK = np.stack([np.asarray(r(plain, texts), np.float64) for r in self.rewards], -1)
+        scores_NxSxK = scores_NxSxK.reshape(len(prompts), s, len(self.objectives))
+        scalar_NxS = (scores_NxSxK * w_NxK[:, None, :]).sum(-1)
+        scalar_NxS -= self.section.missing_eos_penalty * (~hit_eos_NxS)
 
-    self.builder.reset()
-    kept = identical = 0
-    for i, (prompt, w) in enumerate(zip(prompts, weights)):
-      best, worst = int(np.argmax(scalar_NxS[i])), int(np.argmin(scalar_NxS[i]))
-      chosen, rejected = texts[i * s + best], texts[i * s + worst]
-      if chosen == rejected or scalar_NxS[i, best] == scalar_NxS[i, worst]:
-        identical += 1  # nothing to learn from this prompt this step
-        continue
-      example = self.pairs(raw_record({"prompt": prompt, "weights": w, "chosen": chosen, "rejected": rejected}, i))
-      if isinstance(example, Skipped):
-        identical += 1
-        continue
-      self.builder.add(example)
-      kept += 1
-    self.last_metrics = {
-        "online/pairs": float(kept),
-        "online/prompts_without_pair": float(identical),
-        "online/missing_eos": float(np.mean(~hit_eos_NxS)),
-        "online/response_chars": float(np.mean([len(t) for t in texts])),
-        "online/scalarised_score": float(np.mean(scalar_NxS)),
-        **{f"online/score/{name}": float(np.mean(scores_NxSxK[..., k])) for k, name in enumerate(self.objectives)},
-    }
-    return self.builder.build() if kept else None
+        self.builder.reset()
+        kept = identical = 0
+        for i, (prompt, w) in enumerate(zip(prompts, weights)):
+            best, worst = int(np.argmax(scalar_NxS[i])), int(np.argmin(scalar_NxS[i]))
+            chosen, rejected = texts[i * s + best], texts[i * s + worst]
+            if chosen == rejected or scalar_NxS[i, best] == scalar_NxS[i, worst]:
+                identical += 1  # nothing to learn from this prompt this step
+                continue
+            example = self.pairs(
+                raw_record({"prompt": prompt, "weights": w, "chosen": chosen, "rejected": rejected}, i)
+            )
+            if isinstance(example, Skipped):
+                identical += 1
+                continue
+            self.builder.add(example)
+            kept += 1
+        self.last_metrics = {
+            "online/pairs": float(kept),
+            "online/prompts_without_pair": float(identical),
+            "online/missing_eos": float(np.mean(~hit_eos_NxS)),
+            "online/response_chars": float(np.mean([len(t) for t in texts])),
+            "online/scalarised_score": float(np.mean(scalar_NxS)),
+            **{
+                f"online/score/{name}": float(np.mean(scores_NxSxK[..., k]))
+                for k, name in enumerate(self.objectives)
+            },
+        }
+        return self.builder.build() if kept else None

@@ -29,73 +29,101 @@ from alignjax.train.objectives import logps_from_hidden
 
 
 def load_reference(run_dir: str, stage: str):
-  """The stage's frozen reference parameters (NumPy), as the trainer saved them."""
-  from alignjax.convert import model_checkpoint as mc
+    """The stage's frozen reference parameters (NumPy), as the trainer saved them."""
+    from alignjax.convert import model_checkpoint as mc
 
-  root = os.path.join(run_dir, "reference", stage)
-  if not os.path.isdir(root):
-    raise FileNotFoundError(
-        f"{root}: no reference for stage {stage!r}; P-DPO accuracy needs the run directory of a "
-        "training run that reached that stage"
-    )
-  return mc.load_params(*mc.resolve(root))
+    root = os.path.join(run_dir, "reference", stage)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"{root}: no reference for stage {stage!r}; P-DPO accuracy needs the run directory of a "
+            "training run that reached that stage"
+        )
+    return mc.load_params(*mc.resolve(root))
 
 
 def _sequence_logps(params, cfg, tokens_BxL, positions_BxL, segment_ids_BxL, extra=None):
-  hidden_BxLxD = decoder.apply(params, cfg, tokens_BxL, positions_BxL, segment_ids_BxL, extra)
-  return logps_from_hidden(params, cfg, LossSection(), hidden_BxLxD, tokens_BxL)
+    hidden_BxLxD = decoder.apply(params, cfg, tokens_BxL, positions_BxL, segment_ids_BxL, extra)
+    return logps_from_hidden(params, cfg, LossSection(), hidden_BxLxD, tokens_BxL)
 
 
 def _margins_fn(cfg, beta: float, n_tokens: int):
-  @jax.jit
-  def margins(params, user_params, ref_params, batch):
-    index_BxT = jnp.argsort(1 - batch.user_slot_mask_BxL, axis=1, stable=True)[:, :n_tokens]
-    users_B = jnp.concatenate([batch.user_index_P, batch.user_index_P])
-    extra = decoder.ExtraEmbeddings(soft_tokens_BxTxD(user_params, users_B), index_BxT)
-    logps_BxL = _sequence_logps(params, cfg, batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL, extra)
-    chosen_P, rejected_P = data_ops.pair_sums(logps_BxL, batch)
-    ref_batch = data_ops.remove_user_slots(batch)
-    ref_BxL = _sequence_logps(ref_params, cfg, ref_batch.tokens_BxL, ref_batch.positions_BxL, ref_batch.segment_ids_BxL)
-    ref_chosen_P, ref_rejected_P = data_ops.pair_sums(ref_BxL, ref_batch)
-    return beta * ((chosen_P - ref_chosen_P) - (rejected_P - ref_rejected_P))
+    @jax.jit
+    def margins(params, user_params, ref_params, batch):
+        index_BxT = jnp.argsort(1 - batch.user_slot_mask_BxL, axis=1, stable=True)[:, :n_tokens]
+        users_B = jnp.concatenate([batch.user_index_P, batch.user_index_P])
+        extra = decoder.ExtraEmbeddings(soft_tokens_BxTxD(user_params, users_B), index_BxT)
+        logps_BxL = _sequence_logps(
+            params, cfg, batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL, extra
+        )
+        chosen_P, rejected_P = data_ops.pair_sums(logps_BxL, batch)
+        ref_batch = data_ops.remove_user_slots(batch)
+        ref_BxL = _sequence_logps(
+            ref_params, cfg, ref_batch.tokens_BxL, ref_batch.positions_BxL, ref_batch.segment_ids_BxL
+        )
+        ref_chosen_P, ref_rejected_P = data_ops.pair_sums(ref_BxL, ref_batch)
+        return beta * ((chosen_P - ref_chosen_P) - (rejected_P - ref_rejected_P))
 
-  return margins
+    return margins
 
 
 def user_accuracies(
-    policy: Policy, data_cfg: DataConfig, user_vocab: Vocab, ref_params: Any, eval_path: str,
-    beta: float, vocab_path: str, batch_size: int = 16,
+    policy: Policy,
+    data_cfg: DataConfig,
+    user_vocab: Vocab,
+    ref_params: Any,
+    eval_path: str,
+    beta: float,
+    vocab_path: str,
+    batch_size: int = 16,
 ) -> dict[str, dict[str, float]]:
-  """user id -> {accuracy, margin (mean), n} over the pairs of `eval_path`, plus "all".
+    """user id -> {accuracy, margin (mean), n} over the pairs of `eval_path`, plus "all".
 
-  `vocab_path` is where the run's user vocabulary is written for the pipeline, which
-  would otherwise number the users of the eval file on its own.
-  """
-  if USER_MODEL_KEY not in policy.extras:
-    raise ValueError(f"{policy.source}: the checkpoint has no user_model; per-user accuracy is for P-DPO runs")
-  if data_cfg.n_user_tokens == 0:
-    raise ValueError("the run config's stage reserves no user slots (data.n_user_tokens: 0); pass --stage "
-                     "naming the P-DPO stage")
-  user_vocab.save(vocab_path)
-  cfg = dataclasses.replace(
-      data_cfg, sources=[SourceConfig(path=eval_path)], record_type="preference", batch_size=batch_size,
-      shuffle=False, num_epochs=1, packing=False, worker_count=0, user_vocab_path=vocab_path,
-  )
-  margins = _margins_fn(policy.cfg, beta, data_cfg.n_user_tokens)
-  pipeline = make_pipeline(cfg, policy.tokenizer, process_index=0, process_count=1)
-  margin_P, user_P = [], []
-  for batch in pipeline:
-    valid = batch.pair_valid_P > 0
-    out = np.asarray(margins(policy.params, policy.extras[USER_MODEL_KEY], ref_params, batch))
-    margin_P.append(out[valid])
-    user_P.append(batch.user_index_P[valid])
-  pipeline.close()
-  margin_P, user_P = np.concatenate(margin_P), np.concatenate(user_P)
-  names = ["generic", *user_vocab.keys]
-  table = {}
-  for u in sorted(set(user_P.tolist())):
-    sel = user_P == u
-    table[names[u]] = {"accuracy": float(np.mean(margin_P[sel] > 0)), "margin": float(np.mean(margin_P[sel])),
-                       "n": int(sel.sum())}
-  table["all"] = {"accuracy": float(np.mean(margin_P > 0)), "margin": float(np.mean(margin_P)), "n": len(margin_P)}
-  return table
+    `vocab_path` is where the run's user vocabulary is written for the pipeline, which
+    would otherwise number the users of the eval file on its own.
+    """
+    if USER_MODEL_KEY not in policy.extras:
+        raise ValueError(
+            f"{policy.source}: the checkpoint has no user_model; per-user accuracy is for P-DPO runs"
+        )
+    if data_cfg.n_user_tokens == 0:
+        raise ValueError(
+            "the run config's stage reserves no user slots (data.n_user_tokens: 0); pass --stage "
+            "naming the P-DPO stage"
+        )
+    user_vocab.save(vocab_path)
+    cfg = dataclasses.replace(
+        data_cfg,
+        sources=[SourceConfig(path=eval_path)],
+        record_type="preference",
+        batch_size=batch_size,
+        shuffle=False,
+        num_epochs=1,
+        packing=False,
+        worker_count=0,
+        user_vocab_path=vocab_path,
+    )
+    margins = _margins_fn(policy.cfg, beta, data_cfg.n_user_tokens)
+    pipeline = make_pipeline(cfg, policy.tokenizer, process_index=0, process_count=1)
+    margin_P, user_P = [], []
+    for batch in pipeline:
+        valid = batch.pair_valid_P > 0
+        out = np.asarray(margins(policy.params, policy.extras[USER_MODEL_KEY], ref_params, batch))
+        margin_P.append(out[valid])
+        user_P.append(batch.user_index_P[valid])
+    pipeline.close()
+    margin_P, user_P = np.concatenate(margin_P), np.concatenate(user_P)
+    names = ["generic", *user_vocab.keys]
+    table = {}
+    for u in sorted(set(user_P.tolist())):
+        sel = user_P == u
+        table[names[u]] = {
+            "accuracy": float(np.mean(margin_P[sel] > 0)),
+            "margin": float(np.mean(margin_P[sel])),
+            "n": int(sel.sum()),
+        }
+    table["all"] = {
+        "accuracy": float(np.mean(margin_P > 0)),
+        "margin": float(np.mean(margin_P)),
+        "n": len(margin_P),
+    }
+    return table

@@ -23,87 +23,87 @@ _NOT_DECODER = (USER_MODEL_KEY, MASK_HEAD_KEY)
 
 @dataclasses.dataclass
 class Policy:
-  cfg: ModelConfig
-  params: dict[str, Any]  # the decoder's tree only
-  extras: dict[str, Any]  # user_model / mask_head, when the checkpoint has them
-  tokenizer: Any
-  source: str  # the path the user gave
-  step: int | None  # checkpoint step; None for a Hugging Face directory
-  run_dir: str | None  # the training run this came from, when it is one
-  stage: str | None  # the training stage that wrote the step (from its loop state)
+    cfg: ModelConfig
+    params: dict[str, Any]  # the decoder's tree only
+    extras: dict[str, Any]  # user_model / mask_head, when the checkpoint has them
+    tokenizer: Any
+    source: str  # the path the user gave
+    step: int | None  # checkpoint step; None for a Hugging Face directory
+    run_dir: str | None  # the training run this came from, when it is one
+    stage: str | None  # the training stage that wrote the step (from its loop state)
 
-  @property
-  def eos_ids(self) -> tuple[int, ...]:
-    ids = {self.tokenizer.eos_token_id}
-    model_eos = self.cfg.eos_token_id
-    ids.update(model_eos if isinstance(model_eos, tuple) else (model_eos,))
-    return tuple(sorted(i for i in ids if i is not None))
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        ids = {self.tokenizer.eos_token_id}
+        model_eos = self.cfg.eos_token_id
+        ids.update(model_eos if isinstance(model_eos, tuple) else (model_eos,))
+        return tuple(sorted(i for i in ids if i is not None))
 
-  @property
-  def pad_id(self) -> int:
-    pad = self.tokenizer.pad_token_id
-    return pad if pad is not None else self.tokenizer.eos_token_id
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
 
 def _checkpoint_dir(path: str) -> str | None:
-  """The checkpoint root or step directory `path` names, or None for an HF directory."""
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints")
-  if os.path.exists(os.path.join(path, "config.json")):
-    return None
-  return path
+    """The checkpoint root or step directory `path` names, or None for an HF directory."""
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return None
+    return path
 
 
 def _run_dir_of(root: str) -> str | None:
-  """A training run's directory: the parent of `checkpoints/`."""
-  return os.path.dirname(root) if os.path.basename(root) == "checkpoints" else None
+    """A training run's directory: the parent of `checkpoints/`."""
+    return os.path.dirname(root) if os.path.basename(root) == "checkpoints" else None
 
 
 def _stage_of(root: str, step: int) -> str | None:
-  """The stage name a training checkpoint recorded in its loop state (JSON)."""
-  path = os.path.join(root, str(step), "loop", "metadata")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f).get("stage")
+    """The stage name a training checkpoint recorded in its loop state (JSON)."""
+    path = os.path.join(root, str(step), "loop", "metadata")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("stage")
 
 
 def _tokenizer(root: str, run_dir: str | None):
-  from alignjax.convert import model_checkpoint as mc
-  from alignjax.data.load_tokenizer import load_tokenizer
+    from alignjax.convert import model_checkpoint as mc
+    from alignjax.data.load_tokenizer import load_tokenizer
 
-  candidates = [mc.tokenizer_path(root)]
-  if run_dir is not None:
-    candidates.append(os.path.join(run_dir, "tokenizer"))
-  for path in candidates:
-    if path is not None and os.path.isdir(path):
-      return load_tokenizer(path)
-  raise FileNotFoundError(
-      f"{root}: no tokenizer/ directory next to the checkpoint steps; copy the model's "
-      "tokenizer files (tokenizer.json, tokenizer_config.json) into it"
-  )
+    candidates = [mc.tokenizer_path(root)]
+    if run_dir is not None:
+        candidates.append(os.path.join(run_dir, "tokenizer"))
+    for path in candidates:
+        if path is not None and os.path.isdir(path):
+            return load_tokenizer(path)
+    raise FileNotFoundError(
+        f"{root}: no tokenizer/ directory next to the checkpoint steps; copy the model's "
+        "tokenizer files (tokenizer.json, tokenizer_config.json) into it"
+    )
 
 
 def load_policy(path: str, **execution: Any) -> Policy:
-  """Load a model for generation; `execution` overrides dtype / scan_layers / attention."""
-  import jax
+    """Load a model for generation; `execution` overrides dtype / scan_layers / attention."""
+    import jax
 
-  from alignjax.convert import api
-  from alignjax.convert import model_checkpoint as mc
-  from alignjax.data.load_tokenizer import load_tokenizer
+    from alignjax.convert import api
+    from alignjax.convert import model_checkpoint as mc
+    from alignjax.data.load_tokenizer import load_tokenizer
 
-  path = os.path.abspath(path.rstrip("/"))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such run, checkpoint or Hugging Face directory")
-  ckpt = _checkpoint_dir(path)
-  if ckpt is None:
-    cfg, params, _ = api.load_hf_model(path, **execution)
-    return Policy(cfg, params, {}, load_tokenizer(path), path, None, None, None)
-  root, step = mc.resolve(ckpt)
-  cfg = api.model_config_from_meta(mc.load_meta(root, step), **execution)
-  tree = mc.load_params(root, step)
-  params = {k: v for k, v in tree.items() if k not in _NOT_DECODER}
-  extras = {k: v for k, v in tree.items() if k in _NOT_DECODER}
-  run_dir = _run_dir_of(root)
-  params, extras = jax.device_put((params, extras))
-  return Policy(cfg, params, extras, _tokenizer(root, run_dir), path, step, run_dir, _stage_of(root, step))
+    path = os.path.abspath(path.rstrip("/"))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such run, checkpoint or Hugging Face directory")
+    ckpt = _checkpoint_dir(path)
+    if ckpt is None:
+        cfg, params, _ = api.load_hf_model(path, **execution)
+        return Policy(cfg, params, {}, load_tokenizer(path), path, None, None, None)
+    root, step = mc.resolve(ckpt)
+    cfg = api.model_config_from_meta(mc.load_meta(root, step), **execution)
+    tree = mc.load_params(root, step)
+    params = {k: v for k, v in tree.items() if k not in _NOT_DECODER}
+    extras = {k: v for k, v in tree.items() if k in _NOT_DECODER}
+    run_dir = _run_dir_of(root)
+    params, extras = jax.device_put((params, extras))
+    return Policy(cfg, params, extras, _tokenizer(root, run_dir), path, step, run_dir, _stage_of(root, step))

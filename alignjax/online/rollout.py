@@ -20,76 +20,78 @@ from alignjax.online.sampler import generate
 
 
 def raw_record(value: dict, index: int) -> RawRecord:
-  return RawRecord(Origin("<online>", index, "row"), value)
+    return RawRecord(Origin("<online>", index, "row"), value)
 
 
 def plain_prompt_text(prompt: Any) -> str:
-  """What reward functions and judges see: the user's request without any conditioning."""
-  if isinstance(prompt, str):
-    return prompt
-  users = [m["content"] for m in prompt if m.get("role") == "user"]
-  return users[-1] if users else ""
+    """What reward functions and judges see: the user's request without any conditioning."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
 
 
 def batch_prompts(prompt_batch) -> list[Any]:
-  """The valid records' prompts (str or messages) of a PromptBatch."""
-  return [json.loads(p) for p, valid in zip(prompt_batch.prompts, prompt_batch.example_valid_B) if valid]
+    """The valid records' prompts (str or messages) of a PromptBatch."""
+    return [json.loads(p) for p, valid in zip(prompt_batch.prompts, prompt_batch.example_valid_B) if valid]
 
 
 @dataclasses.dataclass
 class Rollout:
-  """num_samples responses per prompt, flattened prompt-major."""
+    """num_samples responses per prompt, flattened prompt-major."""
 
-  texts: list[str]
-  hit_eos: np.ndarray  # [N * num_samples] bool
+    texts: list[str]
+    hit_eos: np.ndarray  # [N * num_samples] bool
 
 
 class Roller:
-  def __init__(self, data_cfg, tokenizer, model_cfg, sampling, seed: int):
-    self.renderer = ExampleProcessor(dataclasses.replace(data_cfg, record_type="prompt", on_bad_record="skip"), tokenizer)
-    self.tokenizer = tokenizer
-    self.model_cfg = model_cfg
-    self.sampling = sampling
-    self.seed = seed
+    def __init__(self, data_cfg, tokenizer, model_cfg, sampling, seed: int):
+        self.renderer = ExampleProcessor(
+            dataclasses.replace(data_cfg, record_type="prompt", on_bad_record="skip"), tokenizer
+        )
+        self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
+        self.sampling = sampling
+        self.seed = seed
 
-  def prompt_ids(self, records: list[dict]) -> list[list[int]]:
-    out = []
-    for i, record in enumerate(records):
-      example = self.renderer(raw_record(record, i))
-      if isinstance(example, Skipped):
-        raise ValueError(f"online prompt {i} cannot be rendered ({example.reason}): {record}")
-      out.append(example.prompt_ids.tolist())
-    return out
+    def prompt_ids(self, records: list[dict]) -> list[list[int]]:
+        out = []
+        for i, record in enumerate(records):
+            example = self.renderer(raw_record(record, i))
+            if isinstance(example, Skipped):
+                raise ValueError(f"online prompt {i} cannot be rendered ({example.reason}): {record}")
+            out.append(example.prompt_ids.tolist())
+        return out
 
-  def sample(self, params, records: list[dict], num_samples: int, draw: int) -> Rollout:
-    ids = [p for p in self.prompt_ids(records) for _ in range(num_samples)]
-    key = jax.random.fold_in(jax.random.key(self.seed), draw * jax.process_count() + jax.process_index())
-    samples = generate(params, self.model_cfg, self.sampling, ids, key)
-    eos = self.tokenizer.eos_token_id
-    hit_eos = np.array([bool(t) and t[-1] == eos for t in samples])
-    texts = [self.tokenizer.decode([t for t in s if t != eos], skip_special_tokens=True) for s in samples]
-    return Rollout(texts, hit_eos)
+    def sample(self, params, records: list[dict], num_samples: int, draw: int) -> Rollout:
+        ids = [p for p in self.prompt_ids(records) for _ in range(num_samples)]
+        key = jax.random.fold_in(jax.random.key(self.seed), draw * jax.process_count() + jax.process_index())
+        samples = generate(params, self.model_cfg, self.sampling, ids, key)
+        eos = self.tokenizer.eos_token_id
+        hit_eos = np.array([bool(t) and t[-1] == eos for t in samples])
+        texts = [self.tokenizer.decode([t for t in s if t != eos], skip_special_tokens=True) for s in samples]
+        return Rollout(texts, hit_eos)
 
 
 class OnlineSource:
-  """What the trainer needs of an online batch source besides `next_for(params, step)`:
-  the prompt pipeline's state (saved with checkpoints) and its metrics plus the last step's."""
+    """What the trainer needs of an online batch source besides `next_for(params, step)`:
+    the prompt pipeline's state (saved with checkpoints) and its metrics plus the last step's."""
 
-  condition_vocab = None
-  user_vocab = None
+    condition_vocab = None
+    user_vocab = None
 
-  def __init__(self, prompt_pipeline):
-    self.prompt_pipeline = prompt_pipeline
-    self.last_metrics: dict[str, float] = {}
+    def __init__(self, prompt_pipeline):
+        self.prompt_pipeline = prompt_pipeline
+        self.last_metrics: dict[str, float] = {}
 
-  def metrics(self) -> dict[str, float]:
-    return {**self.prompt_pipeline.metrics(), **self.last_metrics}
+    def metrics(self) -> dict[str, float]:
+        return {**self.prompt_pipeline.metrics(), **self.last_metrics}
 
-  def get_state(self) -> dict:
-    return self.prompt_pipeline.get_state()
+    def get_state(self) -> dict:
+        return self.prompt_pipeline.get_state()
 
-  def set_state(self, state: dict) -> None:
-    self.prompt_pipeline.set_state(state)
+    def set_state(self, state: dict) -> None:
+        self.prompt_pipeline.set_state(state)
 
-  def close(self) -> None:
-    self.prompt_pipeline.close()
+    def close(self) -> None:
+        self.prompt_pipeline.close()

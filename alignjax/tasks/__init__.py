@@ -2,4 +2,7 @@
 
 from alignjax.tasks import conditioned_style, weighted_style
 
-BUILTIN_TASKS = {"conditioned_style": conditioned_style.write_task, "weighted_style": weighted_style.write_task}
+BUILTIN_TASKS = {
+    "conditioned_style": conditioned_style.write_task,
+    "weighted_style": weighted_style.write_task,
+}

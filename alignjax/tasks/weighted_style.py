@@ -29,27 +29,32 @@ REWARDS = (
 
 
 def _answer(rng: random.Random, topic: str) -> str:
-  words = [f"The {topic} is {rng.choice(ADJECTIVES)}."]
-  if rng.random() < 0.5:
-    words.append(f"Many people like the {topic}.")
-  rest = words[1:] + ["ok"] * rng.randint(0, 4)
-  rng.shuffle(rest)  # the keyword can come anywhere after the first sentence
-  return " ".join([words[0], *rest])
+    words = [f"The {topic} is {rng.choice(ADJECTIVES)}."]
+    if rng.random() < 0.5:
+        words.append(f"Many people like the {topic}.")
+    rest = words[1:] + ["ok"] * rng.randint(0, 4)
+    rng.shuffle(rest)  # the keyword can come anywhere after the first sentence
+    return " ".join([words[0], *rest])
 
 
-def write_task(out_dir: str, n_sft: int = 3000, n_prompts: int = 2000, n_eval: int = 24, seed: int = 0) -> dict[str, str]:
-  """sft.jsonl (random answers under random weights), prompts.jsonl, eval_prompts.jsonl."""
-  rng = random.Random(seed)
-  topics = sorted(set(TOPICS))
-  rng.shuffle(topics)
-  heldout, train = topics[: len(topics) // 5], topics[len(topics) // 5 :]
-  files = {
-      "sft": [
-          {"prompt": f"Tell me about the {t}.", "weights": dict(zip(OBJECTIVES, (w := rng.random(), 1 - w))),
-           "response": _answer(rng, t)}
-          for t in (rng.choice(train) for _ in range(n_sft))
-      ],
-      "prompts": [{"prompt": f"Tell me about the {rng.choice(train)}."} for _ in range(n_prompts)],
-      "eval_prompts": [{"prompt": f"Tell me about the {t}."} for t in heldout[:n_eval]],
-  }
-  return write_jsonl_files(out_dir, files)
+def write_task(
+    out_dir: str, n_sft: int = 3000, n_prompts: int = 2000, n_eval: int = 24, seed: int = 0
+) -> dict[str, str]:
+    """sft.jsonl (random answers under random weights), prompts.jsonl, eval_prompts.jsonl."""
+    rng = random.Random(seed)
+    topics = sorted(set(TOPICS))
+    rng.shuffle(topics)
+    heldout, train = topics[: len(topics) // 5], topics[len(topics) // 5 :]
+    files = {
+        "sft": [
+            {
+                "prompt": f"Tell me about the {t}.",
+                "weights": dict(zip(OBJECTIVES, (w := rng.random(), 1 - w))),
+                "response": _answer(rng, t),
+            }
+            for t in (rng.choice(train) for _ in range(n_sft))
+        ],
+        "prompts": [{"prompt": f"Tell me about the {rng.choice(train)}."} for _ in range(n_prompts)],
+        "eval_prompts": [{"prompt": f"Tell me about the {t}."} for t in heldout[:n_eval]],
+    }
+    return write_jsonl_files(out_dir, files)

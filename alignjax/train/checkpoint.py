@@ -23,99 +23,111 @@ LOOP_ITEM = "loop"
 
 
 class TrainCheckpointer:
-  def __init__(self, run_dir: str, *, keep: int = 3, async_save: bool = True):
-    self.root = os.path.abspath(os.path.join(run_dir, "checkpoints"))
-    self.manager = ocp.CheckpointManager(
-        self.root,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
-        ),
-    )
+    def __init__(self, run_dir: str, *, keep: int = 3, async_save: bool = True):
+        self.root = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        self.manager = ocp.CheckpointManager(
+            self.root,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            ),
+        )
 
-  def save(self, step: int, params: Any, opt_state: Any, loop_state: dict[str, Any],
-           model_meta: dict[str, Any], tokenizer_dir: str | None = None) -> None:
-    if tokenizer_dir is not None and jax.process_index() == 0 and mc.tokenizer_path(self.root) is None:
-      mc.copy_tokenizer(tokenizer_dir, self.root)
-    self.manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            mc.PARAMS_ITEM: ocp.args.StandardSave(params),
-            OPT_ITEM: ocp.args.StandardSave(opt_state),
-            LOOP_ITEM: ocp.args.JsonSave(loop_state),
-            mc.MODEL_ITEM: ocp.args.JsonSave(model_meta),
-        }),
-        force=True,
-    )
+    def save(
+        self,
+        step: int,
+        params: Any,
+        opt_state: Any,
+        loop_state: dict[str, Any],
+        model_meta: dict[str, Any],
+        tokenizer_dir: str | None = None,
+    ) -> None:
+        if tokenizer_dir is not None and jax.process_index() == 0 and mc.tokenizer_path(self.root) is None:
+            mc.copy_tokenizer(tokenizer_dir, self.root)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    mc.PARAMS_ITEM: ocp.args.StandardSave(params),
+                    OPT_ITEM: ocp.args.StandardSave(opt_state),
+                    LOOP_ITEM: ocp.args.JsonSave(loop_state),
+                    mc.MODEL_ITEM: ocp.args.JsonSave(model_meta),
+                }
+            ),
+            force=True,
+        )
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
 
-  def steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
-  def set_aside(self, step: int) -> str:
-    """Move a step that does not restore out of the way (kept for inspection): otherwise
-    the resumed run, reaching that step again, could not save it."""
-    dest = os.path.join(os.path.dirname(self.root), "checkpoints_unrestorable", str(step))
-    if jax.process_index() == 0:
-      if os.path.exists(dest):
-        shutil.rmtree(dest)
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      os.replace(os.path.join(self.root, str(step)), dest)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
+    def set_aside(self, step: int) -> str:
+        """Move a step that does not restore out of the way (kept for inspection): otherwise
+        the resumed run, reaching that step again, could not save it."""
+        dest = os.path.join(os.path.dirname(self.root), "checkpoints_unrestorable", str(step))
+        if jax.process_index() == 0:
+            if os.path.exists(dest):
+                shutil.rmtree(dest)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(os.path.join(self.root, str(step)), dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
 
-      multihost_utils.sync_global_devices(f"alignjax set aside checkpoint {step}")
-    self.manager.reload()
-    return dest
+            multihost_utils.sync_global_devices(f"alignjax set aside checkpoint {step}")
+        self.manager.reload()
+        return dest
 
-  def restore_loop(self, step: int) -> dict[str, Any]:
-    """The loop state of one step (cheap: decides which stage's optimizer to build)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()}))
-    return restored[LOOP_ITEM]
+    def restore_loop(self, step: int) -> dict[str, Any]:
+        """The loop state of one step (cheap: decides which stage's optimizer to build)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()}))
+        return restored[LOOP_ITEM]
 
-  def restore_arrays(self, step: int, abstract_params: Any, abstract_opt_state: Any):
-    """(params, opt_state) of one step, placed as the abstract trees' shardings say.
+    def restore_arrays(self, step: int, abstract_params: Any, abstract_opt_state: Any):
+        """(params, opt_state) of one step, placed as the abstract trees' shardings say.
 
-    `abstract_*` are trees of jax.ShapeDtypeStruct carrying the target shardings, so a
-    checkpoint written on one mesh restores onto another.
-    """
-    restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            mc.PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
-            OPT_ITEM: ocp.args.StandardRestore(abstract_opt_state),
-        }),
-    )
-    return restored[mc.PARAMS_ITEM], restored[OPT_ITEM]
+        `abstract_*` are trees of jax.ShapeDtypeStruct carrying the target shardings, so a
+        checkpoint written on one mesh restores onto another.
+        """
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    mc.PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+                    OPT_ITEM: ocp.args.StandardRestore(abstract_opt_state),
+                }
+            ),
+        )
+        return restored[mc.PARAMS_ITEM], restored[OPT_ITEM]
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 def save_reference(root: str, params: Any, model_meta: dict[str, Any]) -> None:
-  """A stage's frozen reference, as a model checkpoint (step 0) under `root`.
+    """A stage's frozen reference, as a model checkpoint (step 0) under `root`.
 
-  `params` may be sharded over several processes: every process calls this.
-  """
-  mc.save_model(root, params, model_meta, step=0)
+    `params` may be sharded over several processes: every process calls this.
+    """
+    mc.save_model(root, params, model_meta, step=0)
 
 
 def restore_reference(root: str, abstract_params: Any) -> Any | None:
-  """The reference saved under `root`, placed as `abstract_params` says; None if none was
-  committed (a save cut short leaves only Orbax's temporary directory, which is ignored)."""
-  if not os.path.isdir(root):
-    return None
-  manager = ocp.CheckpointManager(os.path.abspath(root), options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{mc.PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)})
+    """The reference saved under `root`, placed as `abstract_params` says; None if none was
+    committed (a save cut short leaves only Orbax's temporary directory, which is ignored)."""
+    if not os.path.isdir(root):
+        return None
+    manager = ocp.CheckpointManager(
+        os.path.abspath(root), options=ocp.CheckpointManagerOptions(read_only=True)
     )
-  finally:
-    manager.close()
-  return restored[mc.PARAMS_ITEM]
-
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{mc.PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)})
+        )
+    finally:
+        manager.close()
+    return restored[mc.PARAMS_ITEM]

@@ -20,22 +20,22 @@ from alignjax.sharding import MeshSection
 from alignjax.train.optim import OptimSection
 
 
-
 def _data_section_fields():
-  """`data:` takes every DataConfig key, with `train`/`eval` in place of `sources`."""
-  import typing
+    """`data:` takes every DataConfig key, with `train`/`eval` in place of `sources`."""
+    import typing
 
-  hints = typing.get_type_hints(DataConfig)
-  fields = []
-  for f in dataclasses.fields(DataConfig):
-    if f.name in ("sources", "batch_size"):
-      continue
-    default = (
-        dataclasses.field(default_factory=f.default_factory)
-        if f.default_factory is not dataclasses.MISSING else dataclasses.field(default=f.default)
-    )
-    fields.append((f.name, hints[f.name], default))
-  return fields
+    hints = typing.get_type_hints(DataConfig)
+    fields = []
+    for f in dataclasses.fields(DataConfig):
+        if f.name in ("sources", "batch_size"):
+            continue
+        default = (
+            dataclasses.field(default_factory=f.default_factory)
+            if f.default_factory is not dataclasses.MISSING
+            else dataclasses.field(default=f.default)
+        )
+        fields.append((f.name, hints[f.name], default))
+    return fields
 
 
 DataSection = dataclasses.make_dataclass(
@@ -54,211 +54,216 @@ DataSection = dataclasses.make_dataclass(
 
 
 def sources_from(value: Any, key: str) -> list[SourceConfig]:
-  if value is None:
-    return []
-  items = value if isinstance(value, list) else [value]
-  out = []
-  for i, item in enumerate(items):
-    if isinstance(item, str):
-      out.append(SourceConfig(path=item))
-    elif isinstance(item, dict):
-      try:
-        out.append(SourceConfig(**item))
-      except TypeError as e:
-        raise configlib.ConfigError(f"{key}[{i}]: {e}") from None
-    else:
-      raise configlib.ConfigError(f"{key}[{i}]: expected a path or a mapping, got {item!r}")
-  return out
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out.append(SourceConfig(path=item))
+        elif isinstance(item, dict):
+            try:
+                out.append(SourceConfig(**item))
+            except TypeError as e:
+                raise configlib.ConfigError(f"{key}[{i}]: {e}") from None
+        else:
+            raise configlib.ConfigError(f"{key}[{i}]: expected a path or a mapping, got {item!r}")
+    return out
 
 
 def data_config(section, sources: list[SourceConfig], batch_size: int, **changes) -> DataConfig:
-  values = {f.name: getattr(section, f.name) for f in dataclasses.fields(DataConfig)
-            if f.name not in ("sources", "batch_size")}
-  values["templates"] = configlib.to_dict(values["templates"])
-  values.update(changes)
-  return DataConfig(sources=sources, batch_size=batch_size, **values)
+    values = {
+        f.name: getattr(section, f.name)
+        for f in dataclasses.fields(DataConfig)
+        if f.name not in ("sources", "batch_size")
+    }
+    values["templates"] = configlib.to_dict(values["templates"])
+    values.update(changes)
+    return DataConfig(sources=sources, batch_size=batch_size, **values)
 
 
 @dataclasses.dataclass(frozen=True)
 class SparsePOSection:
-  """Token-weighted DPO (METHODS.md section 1). `weights`: ones (TDPO), given (from the
-  data's token weights), activations (MaPO reference-activation masks), learned (mask head).
-  """
+    """Token-weighted DPO (METHODS.md section 1). `weights`: ones (TDPO), given (from the
+    data's token weights), activations (MaPO reference-activation masks), learned (mask head).
+    """
 
-  weights: str = "ones"
-  mask_mode: str = "common"  # learned masks: one head (m_u = m_d) or two
-  kl: bool = False  # include the token-level KL term delta
-  lam_u: float = 0.0
-  lam_d: float = 0.0
-  mask_dropout: float = 0.01
-  mask_weight_decay: float = 0.01
+    weights: str = "ones"
+    mask_mode: str = "common"  # learned masks: one head (m_u = m_d) or two
+    kl: bool = False  # include the token-level KL term delta
+    lam_u: float = 0.0
+    lam_d: float = 0.0
+    mask_dropout: float = 0.01
+    mask_weight_decay: float = 0.01
 
-  def __post_init__(self):
-    if self.weights not in ("ones", "given", "activations", "learned"):
-      raise ValueError(f"loss.sparsepo.weights={self.weights!r}: use ones, given, activations or learned")
+    def __post_init__(self):
+        if self.weights not in ("ones", "given", "activations", "learned"):
+            raise ValueError(
+                f"loss.sparsepo.weights={self.weights!r}: use ones, given, activations or learned"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class PDPOSection:
-  """Personalised DPO (METHODS.md section 2); the user-token count is data.n_user_tokens."""
+    """Personalised DPO (METHODS.md section 2); the user-token count is data.n_user_tokens."""
 
-  alpha: float = 0.5
-  user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
-  num_clusters: int = 5
+    alpha: float = 0.5
+    user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
+    num_clusters: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
 class CUTSection:
-  """Contrastive unlikelihood training (METHODS.md section 4)."""
+    """Contrastive unlikelihood training (METHODS.md section 4)."""
 
-  lam: float = 1.1
-  a: float = 0.5
-  g: float = 0.0
-  detection: str = "ratio"  # ratio, or the paper's difference test
-  form: str = "paper"  # paper (L1 + L2) or code (the authors' (NLL + UL) / 2)
-  # Online mode: data.train holds prompts; the policy answers and this judge critiques.
-  judge: dict[str, Any] | None = None
-  sampling: OnlineSampling = dataclasses.field(default_factory=OnlineSampling)
+    lam: float = 1.1
+    a: float = 0.5
+    g: float = 0.0
+    detection: str = "ratio"  # ratio, or the paper's difference test
+    form: str = "paper"  # paper (L1 + L2) or code (the authors' (NLL + UL) / 2)
+    # Online mode: data.train holds prompts; the policy answers and this judge critiques.
+    judge: dict[str, Any] | None = None
+    sampling: OnlineSampling = dataclasses.field(default_factory=OnlineSampling)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSection:
-  """`type` names the objective: any DPO-family name (or a list summed with `weights`),
-  `sft`, `sparsepo` / `tdpo`, `pdpo`, or `cut`. Keys use TRL's names where TRL has them.
-  """
+    """`type` names the objective: any DPO-family name (or a list summed with `weights`),
+    `sft`, `sparsepo` / `tdpo`, `pdpo`, or `cut`. Keys use TRL's names where TRL has them.
+    """
 
-  type: Any = "sigmoid"
-  weights: list[float] | None = None
-  beta: float = 0.1
-  label_smoothing: float = 0.0
-  discopop_tau: float = 0.05
-  simpo_beta: float = 2.0
-  simpo_gamma: float = 0.5
-  orpo_lambda: float = 0.1
-  # Where reference log-probs come from: the frozen initial model in the same step,
-  # or files written by `alignjax precompute-ref`.
-  reference: str = "model"
-  # Vocabulary chunking of log-prob computation (memory vs. speed).
-  token_chunk: int = 1024
-  vocab_chunk: int = 8192
-  sparsepo: SparsePOSection = dataclasses.field(default_factory=SparsePOSection)
-  pdpo: PDPOSection = dataclasses.field(default_factory=PDPOSection)
-  cut: CUTSection = dataclasses.field(default_factory=CUTSection)
-  mo_odpo: MOODPOSection = dataclasses.field(default_factory=MOODPOSection)
+    type: Any = "sigmoid"
+    weights: list[float] | None = None
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    discopop_tau: float = 0.05
+    simpo_beta: float = 2.0
+    simpo_gamma: float = 0.5
+    orpo_lambda: float = 0.1
+    # Where reference log-probs come from: the frozen initial model in the same step,
+    # or files written by `alignjax precompute-ref`.
+    reference: str = "model"
+    # Vocabulary chunking of log-prob computation (memory vs. speed).
+    token_chunk: int = 1024
+    vocab_chunk: int = 8192
+    sparsepo: SparsePOSection = dataclasses.field(default_factory=SparsePOSection)
+    pdpo: PDPOSection = dataclasses.field(default_factory=PDPOSection)
+    cut: CUTSection = dataclasses.field(default_factory=CUTSection)
+    mo_odpo: MOODPOSection = dataclasses.field(default_factory=MOODPOSection)
 
-  def __post_init__(self):
-    if self.reference not in ("model", "precomputed"):
-      raise ValueError(f"loss.reference={self.reference!r}: use model or precomputed")
-    if self.reference == "precomputed" and self.stage_kind in ("sparsepo", "pdpo", "mo_odpo"):
-      why = {
-          "sparsepo": "it compares policy and reference token by token (and may read reference activations)",
-          "pdpo": "its reference sees rows without the user's soft-token slots, computed in the step",
-          "mo_odpo": "its pairs are sampled online, so there is nothing to precompute",
-      }[self.stage_kind]
-      raise ValueError(
-          f"loss.reference=precomputed is not supported for loss.type={self.type}: {why}. "
-          "Precomputed reference log-probs serve the DPO family (sigmoid, ipo, ...); "
-          "use loss.reference: model here"
-      )
+    def __post_init__(self):
+        if self.reference not in ("model", "precomputed"):
+            raise ValueError(f"loss.reference={self.reference!r}: use model or precomputed")
+        if self.reference == "precomputed" and self.stage_kind in ("sparsepo", "pdpo", "mo_odpo"):
+            why = {
+                "sparsepo": "it compares policy and reference token by token (and may read reference activations)",
+                "pdpo": "its reference sees rows without the user's soft-token slots, computed in the step",
+                "mo_odpo": "its pairs are sampled online, so there is nothing to precompute",
+            }[self.stage_kind]
+            raise ValueError(
+                f"loss.reference=precomputed is not supported for loss.type={self.type}: {why}. "
+                "Precomputed reference log-probs serve the DPO family (sigmoid, ipo, ...); "
+                "use loss.reference: model here"
+            )
 
-  @property
-  def names(self) -> tuple[str, ...]:
-    return (self.type,) if isinstance(self.type, str) else tuple(self.type)
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.type,) if isinstance(self.type, str) else tuple(self.type)
 
-  @property
-  def stage_kind(self) -> str:
-    """sft, cut, sparsepo (also tdpo), pdpo, mo_odpo, or preference (the DPO family)."""
-    if len(self.names) == 1 and self.names[0] in ("sft", "cut", "sparsepo", "pdpo", "mo_odpo"):
-      return self.names[0]
-    if self.names == ("tdpo",):
-      return "sparsepo"
-    return "preference"
+    @property
+    def stage_kind(self) -> str:
+        """sft, cut, sparsepo (also tdpo), pdpo, mo_odpo, or preference (the DPO family)."""
+        if len(self.names) == 1 and self.names[0] in ("sft", "cut", "sparsepo", "pdpo", "mo_odpo"):
+            return self.names[0]
+        if self.names == ("tdpo",):
+            return "sparsepo"
+        return "preference"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-  steps: int = 1000
-  batch_size: int = 8  # global: pairs (or examples / packed rows) per optimizer step
-  grad_accum: int = 1
-  log_every: int = 10
-  eval_every: int = 0  # 0: only at the end of each stage
-  eval_batches: int | None = None  # None: the whole eval set
-  save_every: int = 500
-  keep_checkpoints: int = 3
-  async_checkpointing: bool = True
-  # Two eval sets holding the same pairs under opposite conditions (the second with
-  # chosen and rejected swapped): `flip_agreement` is how often the implicit-reward
-  # preference between the two answers reverses with the condition (steerability).
-  flip_eval: list[str] | None = None
+    steps: int = 1000
+    batch_size: int = 8  # global: pairs (or examples / packed rows) per optimizer step
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end of each stage
+    eval_batches: int | None = None  # None: the whole eval set
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    # Two eval sets holding the same pairs under opposite conditions (the second with
+    # chosen and rejected swapped): `flip_agreement` is how often the implicit-reward
+    # preference between the two answers reverses with the condition (steerability).
+    flip_eval: list[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class LoggingSection:
-  tensorboard: bool = True
-  wandb: dict[str, Any] | None = None
-  progress_bar: bool = True
+    tensorboard: bool = True
+    wandb: dict[str, Any] | None = None
+    progress_bar: bool = True
 
 
 @dataclasses.dataclass
 class TrainConfig:
-  run_dir: str = "runs/default"
-  seed: int = 0
-  model: ModelSection = dataclasses.field(default_factory=ModelSection)
-  data: DataSection = dataclasses.field(default_factory=DataSection)
-  loss: LossSection = dataclasses.field(default_factory=LossSection)
-  optim: OptimSection = dataclasses.field(default_factory=OptimSection)
-  train: TrainSection = dataclasses.field(default_factory=TrainSection)
-  mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
-  logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
-  # Each stage: {name: ..., <dotted key>: value, ...} applied over the sections above.
-  stages: list[dict[str, Any]] | None = None
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    loss: LossSection = dataclasses.field(default_factory=LossSection)
+    optim: OptimSection = dataclasses.field(default_factory=OptimSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
+    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+    # Each stage: {name: ..., <dotted key>: value, ...} applied over the sections above.
+    stages: list[dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  name: str
-  config: TrainConfig
-  first_step: int  # global step at which the stage starts
-  last_step: int  # global step at which it ends (exclusive)
+    name: str
+    config: TrainConfig
+    first_step: int  # global step at which the stage starts
+    last_step: int  # global step at which it ends (exclusive)
 
 
 def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
-  tree = configlib.load_yaml(path)
-  for override in overrides:
-    configlib.apply_override(tree, override)
-  try:
-    cfg = configlib.from_dict(TrainConfig, tree)
-    stages(cfg, tree)  # validate every stage up front, not when it starts
-  except (configlib.ConfigError, ValueError) as e:
-    raise configlib.ConfigError(f"{path}: {e}") from None
-  cfg._tree = tree  # stages are rebuilt from the raw tree, with their overrides
-  cfg._argv = (path, *overrides)  # to name the exact `alignjax precompute-ref` command in errors
-  return cfg
+    tree = configlib.load_yaml(path)
+    for override in overrides:
+        configlib.apply_override(tree, override)
+    try:
+        cfg = configlib.from_dict(TrainConfig, tree)
+        stages(cfg, tree)  # validate every stage up front, not when it starts
+    except (configlib.ConfigError, ValueError) as e:
+        raise configlib.ConfigError(f"{path}: {e}") from None
+    cfg._tree = tree  # stages are rebuilt from the raw tree, with their overrides
+    cfg._argv = (path, *overrides)  # to name the exact `alignjax precompute-ref` command in errors
+    return cfg
 
 
 def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
-  """The run's stages with global step ranges; a config without `stages:` has one."""
-  tree = tree if tree is not None else getattr(cfg, "_tree", configlib.to_dict(cfg))
-  if not cfg.stages:
-    return [Stage("train", cfg, 0, cfg.train.steps)]
-  out, step = [], 0
-  base = {k: v for k, v in tree.items() if k != "stages"}
-  for i, stage in enumerate(cfg.stages):
-    stage = dict(stage)
-    name = str(stage.pop("name", f"stage{i}"))
-    stage_tree = configlib.to_dict(base)
-    for key, value in stage.items():
-      configlib.apply_override(stage_tree, f"{key}={_yaml_scalar(value)}")
-    try:
-      stage_cfg = configlib.from_dict(TrainConfig, stage_tree)
-    except configlib.ConfigError as e:
-      raise configlib.ConfigError(f"stages[{i}] ({name}): {e}") from None
-    out.append(Stage(name, stage_cfg, step, step + stage_cfg.train.steps))
-    step += stage_cfg.train.steps
-  return out
+    """The run's stages with global step ranges; a config without `stages:` has one."""
+    tree = tree if tree is not None else getattr(cfg, "_tree", configlib.to_dict(cfg))
+    if not cfg.stages:
+        return [Stage("train", cfg, 0, cfg.train.steps)]
+    out, step = [], 0
+    base = {k: v for k, v in tree.items() if k != "stages"}
+    for i, stage in enumerate(cfg.stages):
+        stage = dict(stage)
+        name = str(stage.pop("name", f"stage{i}"))
+        stage_tree = configlib.to_dict(base)
+        for key, value in stage.items():
+            configlib.apply_override(stage_tree, f"{key}={_yaml_scalar(value)}")
+        try:
+            stage_cfg = configlib.from_dict(TrainConfig, stage_tree)
+        except configlib.ConfigError as e:
+            raise configlib.ConfigError(f"stages[{i}] ({name}): {e}") from None
+        out.append(Stage(name, stage_cfg, step, step + stage_cfg.train.steps))
+        step += stage_cfg.train.steps
+    return out
 
 
 def _yaml_scalar(value: Any) -> str:
-  import json
+    import json
 
-  return json.dumps(value)  # JSON is YAML, so lists and mappings survive apply_override
+    return json.dumps(value)  # JSON is YAML, so lists and mappings survive apply_override

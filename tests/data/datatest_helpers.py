@@ -18,9 +18,7 @@ def write_jsonl(path, rows):
 
 def run(cfg: DataConfig, tokenizer, process_index=0, process_count=1):
     """All batches of a pipeline, closed afterwards."""
-    pipeline = make_pipeline(
-        cfg, tokenizer, process_index=process_index, process_count=process_count
-    )
+    pipeline = make_pipeline(cfg, tokenizer, process_index=process_index, process_count=process_count)
     try:
         return list(pipeline), pipeline
     finally:

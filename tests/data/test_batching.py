@@ -51,12 +51,8 @@ def test_packing_golden(tmp_path, byte_tok):
         256,
     ]
     assert x.segment_ids_BxL[0].tolist() == [1] * 4 + [2] * 4 + [3] * 5 + [4] * 4 + [0] * 3
-    assert (
-        x.positions_BxL[0].tolist() == [0, 1, 2, 3] * 2 + [0, 1, 2, 3, 4] + [0, 1, 2, 3] + [0] * 3
-    )
-    assert (
-        x.loss_mask_BxL[0].tolist() == [0, 0, 1, 1] * 2 + [0, 0, 1, 1, 1] + [0, 0, 1, 1] + [0] * 3
-    )
+    assert x.positions_BxL[0].tolist() == [0, 1, 2, 3] * 2 + [0, 1, 2, 3, 4] + [0, 1, 2, 3] + [0] * 3
+    assert x.loss_mask_BxL[0].tolist() == [0, 0, 1, 1] * 2 + [0, 0, 1, 1, 1] + [0, 0, 1, 1] + [0] * 3
     assert x.segment_pair_index_BxS.tolist() == [[0, 0, 1, 1]]
     assert x.segment_is_chosen_BxS.tolist() == [[1, 0, 1, 0]]
     assert x.pair_valid_P.tolist() == [1, 1]
@@ -151,9 +147,7 @@ def test_pair_sums_packed_and_padded_match_reference_under_jit(tmp_path, byte_to
 
 
 def test_remove_user_slots_gives_the_rows_without_slots(tmp_path, byte_tok):
-    rows = [
-        {"prompt": "ab", "chosen": "x" * (i + 1), "rejected": "yz", "user_id": i} for i in range(3)
-    ]
+    rows = [{"prompt": "ab", "chosen": "x" * (i + 1), "rejected": "yz", "user_id": i} for i in range(3)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     for packing in (False, True):
         kw = dict(

@@ -21,9 +21,7 @@ def test_ids_are_utf8_bytes_and_decode_back(byte_tok):
 
 
 def test_special_and_role_tokens_are_single_ids(byte_tok):
-    ids = byte_tok("<bos><|user|>a<|end|><|assistant|>b<eos>", add_special_tokens=False)[
-        "input_ids"
-    ]
+    ids = byte_tok("<bos><|user|>a<|end|><|assistant|>b<eos>", add_special_tokens=False)["input_ids"]
     assert ids == [257, 260, 97, 262, 261, 98, 258]
 
 

@@ -330,9 +330,7 @@ def test_token_weight_spans_on_plain_text(tmp_path, byte_tok):
             }
         ],
     )
-    b = one_batch(
-        path, byte_tok, max_length=16, max_prompt_length=8, buckets=[8, 16], token_weights=True
-    )
+    b = one_batch(path, byte_tok, max_length=16, max_prompt_length=8, buckets=[8, 16], token_weights=True)
     np.testing.assert_allclose(b.token_weights_BxL[0], [0, 0, 0, 1, 0.5, 0.5, 1, 1])
     np.testing.assert_allclose(b.token_weights_BxL[1], [0, 0, 0, 0, 2, 0.25, 0, 0])
 
@@ -374,9 +372,7 @@ def test_token_weight_spans_through_chat_template_offsets(tmp_path, llama_tok):
     ],
 )
 def test_bad_token_weights(tmp_path, byte_tok, bad):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [{"prompt": "Hi", "chosen": "abcd", "rejected": "xy", **bad}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "chosen": "abcd", "rejected": "xy", **bad}])
     cfg = DataConfig(
         sources=[{"path": path}],
         max_length=16,

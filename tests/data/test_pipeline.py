@@ -53,10 +53,7 @@ def _all_prompts(batches):
 
 
 def _as_lists(batches):
-    return [
-        (x.tokens_BxL.tolist(), x.segment_ids_BxL.tolist(), x.pair_valid_P.tolist())
-        for x in batches
-    ]
+    return [(x.tokens_BxL.tolist(), x.segment_ids_BxL.tolist(), x.pair_valid_P.tolist()) for x in batches]
 
 
 def _shards_cover_every_record_once(path, byte_tok, **kw):
@@ -146,9 +143,7 @@ def test_config_errors_name_the_key(records_path, byte_tok):
     with pytest.raises(ValueError, match=r"data.batch_size: 5 is not divisible by process_count=2"):
         make_pipeline(_cfg(records_path, batch_size=5), byte_tok, process_index=0, process_count=2)
     with pytest.raises(ValueError, match=r"data.max_prompt_length"):
-        make_pipeline(
-            _cfg(records_path, max_prompt_length=20), byte_tok, process_index=0, process_count=1
-        )
+        make_pipeline(_cfg(records_path, max_prompt_length=20), byte_tok, process_index=0, process_count=1)
     with pytest.raises(ValueError, match=r"unknown key\(s\) data.max_len"):
         DataConfig.from_dict({"max_len": 3})
 

@@ -57,9 +57,7 @@ def _keys_by_prompt(batches):
                 seg = x.segment_ids_BxL[r] == s + 1
                 if seg.any() and x.segment_is_chosen_BxS[r, s]:
                     prompt = x.tokens_BxL[r][seg & (x.loss_mask_BxL[r] == 0)][1:]
-                    prompts[int(x.segment_pair_index_BxS[r, s])] = bytes(
-                        prompt.astype(np.uint8)
-                    ).decode()
+                    prompts[int(x.segment_pair_index_BxS[r, s])] = bytes(prompt.astype(np.uint8)).decode()
         for p, key in enumerate(x.record_key_P.tolist()):
             if x.pair_valid_P[p]:
                 seen.append((prompts[p], key))

@@ -35,9 +35,7 @@ def _cfg(path, fmt="auto", data_dir=None):
 
 
 def _flatten(batches):
-    return [
-        (x.tokens_BxL.tolist(), x.loss_mask_BxL.tolist(), x.pair_valid_P.tolist()) for x in batches
-    ]
+    return [(x.tokens_BxL.tolist(), x.loss_mask_BxL.tolist(), x.pair_valid_P.tolist()) for x in batches]
 
 
 def _write_parquet(path):
@@ -83,9 +81,7 @@ def test_file_formats_yield_identical_batches(tmp_path, byte_tok, reference, nam
 def test_tfds_source_yields_identical_batches(tmp_path, byte_tok, reference):
     tfds = pytest.importorskip("tensorflow_datasets")
 
-    message = tfds.features.FeaturesDict(
-        {"role": tfds.features.Text(), "content": tfds.features.Text()}
-    )
+    message = tfds.features.FeaturesDict({"role": tfds.features.Text(), "content": tfds.features.Text()})
 
     class TinyPrefs(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")
@@ -180,9 +176,7 @@ def test_mixture_weights_are_per_record_rates(tmp_path, byte_tok):
     batches, p = run(cfg, byte_tok)
     seen = _prompts_seen(batches)
     assert p.records_per_epoch == 5 + 8
-    assert (
-        sum(n for k, n in seen.items() if k.startswith("b")) == 16
-    )  # each b record twice per epoch
+    assert sum(n for k, n in seen.items() if k.startswith("b")) == 16  # each b record twice per epoch
     assert all(seen[f"b{i}"] == 4 for i in range(4))
     assert sum(n for k, n in seen.items() if k.startswith("a")) == 10  # half of a, per epoch
     # The half of `a` is drawn afresh each epoch (seeded), not the same 5 records twice.

@@ -104,9 +104,7 @@ def test_eos_appended_after_template_turn_end_when_eos_differs(tmp_path):
 
 
 def test_plain_pair_llama_adds_bos_and_eos(tmp_path, llama_tok):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [{"prompt": "Hi there", "chosen": "good", "rejected": "bad"}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi there", "chosen": "good", "rejected": "bad"}])
     b = one_batch(path, llama_tok, max_length=16, max_prompt_length=8, buckets=[16])
     assert row(b, 0) == (
         llama_ids("<|begin_of_text|>", "Hi", "there", "good", "<|eot_id|>"),
@@ -135,9 +133,7 @@ def test_qwen_like_template_without_bos(tmp_path, qwen_tok):
 
 
 def test_qwen_like_plain_text_has_no_bos(tmp_path, qwen_tok):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [{"prompt": "Hi", "chosen": "good", "rejected": "bad"}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "chosen": "good", "rejected": "bad"}])
     b = one_batch(path, qwen_tok, max_length=16, max_prompt_length=8, buckets=[16])
     assert row(b, 0) == (qwen_ids("Hi", "good", "<|im_end|>"), [0, 1, 1])
 
@@ -170,9 +166,7 @@ def test_sft_messages_trains_on_last_assistant_turn(tmp_path, byte_tok):
             }
         ],
     )
-    b = one_batch(
-        path, byte_tok, record_type="sft", max_length=16, max_prompt_length=12, buckets=[16]
-    )
+    b = one_batch(path, byte_tok, record_type="sft", max_length=16, max_prompt_length=12, buckets=[16])
     expected = [BOS, SYS, ord("S"), END, USR, H, I_, END, AST, Y, O_, EOS]
     assert row(b, 0) == (expected, [0] * 9 + [1, 1, 1])
     assert b.example_valid_E.tolist() == [1]
@@ -181,9 +175,7 @@ def test_sft_messages_trains_on_last_assistant_turn(tmp_path, byte_tok):
 @pytest.mark.parametrize("key", ["response", "completion"])
 def test_sft_prompt_response_or_completion(tmp_path, byte_tok, key):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", key: "Yo"}])
-    b = one_batch(
-        path, byte_tok, record_type="sft", max_length=16, max_prompt_length=8, buckets=[16]
-    )
+    b = one_batch(path, byte_tok, record_type="sft", max_length=16, max_prompt_length=8, buckets=[16])
     assert row(b, 0) == ([BOS, H, I_, Y, O_, EOS], [0, 0, 0, 1, 1, 1])
 
 

@@ -13,17 +13,13 @@ def b(s):
 
 
 def test_prompt_keep_end_keeps_bos(tmp_path, byte_tok):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [{"prompt": "abcdefgh", "chosen": "X", "rejected": "x"}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "abcdefgh", "chosen": "X", "rejected": "x"}])
     out = one_batch(path, byte_tok, max_length=16, max_prompt_length=5, buckets=[16])
     assert row(out, 0) == ([BOS] + b("efgh") + b("X") + [EOS], [0] * 5 + [1, 1])
 
 
 def test_prompt_keep_start(tmp_path, byte_tok):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [{"prompt": "abcdefgh", "chosen": "X", "rejected": "x"}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "abcdefgh", "chosen": "X", "rejected": "x"}])
     out = one_batch(
         path,
         byte_tok,
@@ -36,9 +32,7 @@ def test_prompt_keep_start(tmp_path, byte_tok):
 
 
 def test_response_keeps_its_start_and_loses_eos(tmp_path, byte_tok):
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [{"prompt": "abcdefgh", "chosen": "XYZ", "rejected": "xy"}]
-    )
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "abcdefgh", "chosen": "XYZ", "rejected": "xy"}])
     out = one_batch(path, byte_tok, max_length=7, max_prompt_length=5, buckets=[8])
     assert row(out, 0) == ([BOS] + b("efgh") + b("XY"), [0] * 5 + [1, 1])
     assert row(out, 1) == ([BOS] + b("efgh") + b("xy"), [0] * 5 + [1, 1])
@@ -49,9 +43,7 @@ def test_user_slots_survive_prompt_truncation(tmp_path, byte_tok):
         tmp_path / "d.jsonl",
         [{"prompt": "abcdefgh", "chosen": "X", "rejected": "x", "user_id": "u"}],
     )
-    out = one_batch(
-        path, byte_tok, max_length=16, max_prompt_length=5, buckets=[16], n_user_tokens=2
-    )
+    out = one_batch(path, byte_tok, max_length=16, max_prompt_length=5, buckets=[16], n_user_tokens=2)
     assert row(out, 0) == ([BOS, 256, 256] + b("gh") + b("X") + [EOS], [0] * 5 + [1, 1])
     assert out.user_slot_mask_BxL[0, :7].tolist() == [0, 1, 1, 0, 0, 0, 0]
 

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 
-STANDIN = r'''
+STANDIN = r"""
 import json, os, shutil, subprocess, sys
 
 tool = os.path.basename(sys.argv[0])
@@ -61,7 +61,7 @@ elif tool == "alignjax":
     with open(os.path.join(out_dir, "alignjax.jsonl"), "a") as f:
         f.write(json.dumps({"argv": args, "env": env, "cwd": os.getcwd()}) + "\n")
     print(f"alignjax stand-in trained {args[1]}")
-'''
+"""
 
 TOOLS = ("gcloud", "sbatch", "srun", "scontrol", "nvidia-smi", "alignjax")
 
@@ -97,7 +97,12 @@ class Launcher:
         """Writes `text` to `path` and runs it with bash, as Slurm runs a batch script."""
         path.write_text(text)
         return subprocess.run(
-            ["bash", str(path)], cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=60
+            ["bash", str(path)],
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     def calls(self, tool: str | None = None) -> list[list[str]]:

@@ -27,7 +27,10 @@ def test_dry_run_prints_the_environment_and_the_train_command(launcher, tmp_path
     assert smi == ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader"]
     assert mem == ["export", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9"]
     # A flag the user set is kept, the scheduler flag is added after it.
-    assert flags == ["export", "XLA_FLAGS=--xla_dump_to=/tmp/d --xla_gpu_enable_latency_hiding_scheduler=true"]
+    assert flags == [
+        "export",
+        "XLA_FLAGS=--xla_dump_to=/tmp/d --xla_gpu_enable_latency_hiding_scheduler=true",
+    ]
     assert extra == ["export", "TEST_A=x y"]
     assert install[:4] == ["python3", "-m", "pip", "install"] and install[4:5] == ["-e"]
     assert install[5].endswith("[cuda]") and install[5].removesuffix("[cuda]") == str(REPO)
@@ -53,7 +56,12 @@ def test_run_checks_gpus_and_trains_with_xla_settings(launcher, tmp_path, config
 
 def test_mem_fraction_flag_overrides_the_environment(launcher, tmp_path, config):
     result = launcher.run(
-        "gpu_train.sh", "--mem-fraction", "0.8", config, cwd=tmp_path, env={"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}
+        "gpu_train.sh",
+        "--mem-fraction",
+        "0.8",
+        config,
+        cwd=tmp_path,
+        env={"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"},
     )
     assert result.returncode == 0, result.stderr
     assert launcher.trainings()[0]["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.8"
@@ -93,6 +101,8 @@ def test_bad_arguments_name_what_to_fix(launcher, tmp_path, config, args, messag
 
 def test_alignjax_missing_from_path_is_reported(launcher, tmp_path, config):
     launcher.remove("alignjax")
-    result = launcher.run("gpu_train.sh", config, cwd=tmp_path, env={"PATH": f"{launcher.bin_dir}:/usr/bin:/bin"})
+    result = launcher.run(
+        "gpu_train.sh", config, cwd=tmp_path, env={"PATH": f"{launcher.bin_dir}:/usr/bin:/bin"}
+    )
     assert result.returncode == 2
     assert "alignjax is not on PATH" in result.stderr

@@ -13,7 +13,9 @@ def names(tarball):
 
 
 def pack(*args):
-    return subprocess.run(["bash", str(LAUNCH / "pack_src.sh"), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        ["bash", str(LAUNCH / "pack_src.sh"), *map(str, args)], capture_output=True, text=True
+    )
 
 
 def make_checkout(root):

@@ -56,7 +56,9 @@ def test_submit_then_job_starts_one_process_per_node(launcher, tmp_path, config)
     assert "s3cr3t" not in batch_script and "--env TEST_SECRET " in batch_script
 
     # Now be the batch job: run its script inside a (fake) two-node allocation.
-    job = launcher.run_file(tmp_path / "job.sh", batch_script, cwd=tmp_path, env={**INSIDE_JOB, "TEST_SECRET": "s3cr3t"})
+    job = launcher.run_file(
+        tmp_path / "job.sh", batch_script, cwd=tmp_path, env={**INSIDE_JOB, "TEST_SECRET": "s3cr3t"}
+    )
     assert job.returncode == 0, job.stderr
     assert [c[0] for c in launcher.calls()[1:]] == ["scontrol", "srun", "alignjax", "alignjax"]
     assert launcher.calls("scontrol") == [["scontrol", "show", "hostnames", "node[01-02]"]]
@@ -72,12 +74,24 @@ def test_submit_then_job_starts_one_process_per_node(launcher, tmp_path, config)
 
 
 def test_inside_allocation_dry_run_prints_exports_and_srun(launcher, tmp_path, config):
-    result = launcher.run("slurm_train.sh", "--port", "5555", "--dry-run", config, *OVERRIDES, cwd=tmp_path, env=INSIDE_JOB)
+    result = launcher.run(
+        "slurm_train.sh", "--port", "5555", "--dry-run", config, *OVERRIDES, cwd=tmp_path, env=INSIDE_JOB
+    )
     assert result.returncode == 0, result.stderr
     assert [c[0] for c in launcher.calls()] == ["scontrol"]  # a query; srun is not called
     *exports, srun = launcher.commands(result.stdout)
-    assert exports[:2] == [["export", "ALIGNJAX_COORDINATOR=node01:5555"], ["export", "ALIGNJAX_NUM_PROCESSES=2"]]
-    assert srun[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--label"]
+    assert exports[:2] == [
+        ["export", "ALIGNJAX_COORDINATOR=node01:5555"],
+        ["export", "ALIGNJAX_NUM_PROCESSES=2"],
+    ]
+    assert srun[:6] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        "--label",
+    ]
     assert srun[6:8] == ["bash", "-c"] and "ALIGNJAX_PROCESS_ID=$SLURM_PROCID" in srun[8]
     assert srun[-4:] == ["train", config, *OVERRIDES]
 
@@ -87,9 +101,15 @@ def test_inside_allocation_dry_run_prints_exports_and_srun(launcher, tmp_path, c
     [
         (["--gpus-per-node", "8", "configs/tiny.yaml"], "missing --nodes N"),
         (["--nodes", "2", "configs/tiny.yaml"], "missing --gpus-per-node G"),
-        (["--nodes", "two", "--gpus-per-node", "8", "configs/tiny.yaml"], "--nodes 'two' is not a positive integer"),
+        (
+            ["--nodes", "two", "--gpus-per-node", "8", "configs/tiny.yaml"],
+            "--nodes 'two' is not a positive integer",
+        ),
         (["--nodes", "2", "--gpus-per-node", "8"], "missing CONFIG"),
-        (["--nodes", "2", "--gpus-per-node", "8", "configs/nope.yaml"], "config 'configs/nope.yaml' not found"),
+        (
+            ["--nodes", "2", "--gpus-per-node", "8", "configs/nope.yaml"],
+            "config 'configs/nope.yaml' not found",
+        ),
     ],
 )
 def test_bad_arguments_name_what_to_fix(launcher, tmp_path, config, args, message):

@@ -8,7 +8,7 @@ import pytest
 
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 WHERE = ["--zone", "us-central2-b", "--project", "my-proj", "--worker=all"]
-OVERRIDES = ["train.steps=10", "train.name=my run", "data.template=it's \"quoted\" $HOME"]
+OVERRIDES = ["train.steps=10", "train.name=my run", 'data.template=it\'s "quoted" $HOME']
 
 
 @pytest.fixture
@@ -44,7 +44,10 @@ def tpu_args(src, *extra):
 
 def test_dry_run_prints_every_command_and_calls_nothing(launcher, src):
     result = launcher.run(
-        "tpu_train.sh", *tpu_args(src, "--env", "XLA_FLAGS=--xla_a --xla_b", "--dry-run"), "configs/tiny.yaml", *OVERRIDES
+        "tpu_train.sh",
+        *tpu_args(src, "--env", "XLA_FLAGS=--xla_a --xla_b", "--dry-run"),
+        "configs/tiny.yaml",
+        *OVERRIDES,
     )
     assert result.returncode == 0, result.stderr
     assert launcher.calls() == []
@@ -116,9 +119,14 @@ def test_pasting_the_dry_run_does_what_the_run_does(launcher, src, tmp_path):
     worker_home = tmp_path / "worker"
     (worker_home / "alignjax" / "venv" / "bin").mkdir(parents=True)
     (worker_home / "alignjax" / "venv" / "bin" / "activate").write_text("")
-    dry = launcher.run("tpu_train.sh", *tpu_args(src, "--skip-install", "--dry-run"), "configs/tiny.yaml", *OVERRIDES)
+    dry = launcher.run(
+        "tpu_train.sh", *tpu_args(src, "--skip-install", "--dry-run"), "configs/tiny.yaml", *OVERRIDES
+    )
     pasted = subprocess.run(
-        ["bash", "-e"], input=dry.stdout, env={**launcher.env, "STANDIN_WORKER_HOME": str(worker_home)}, text=True
+        ["bash", "-e"],
+        input=dry.stdout,
+        env={**launcher.env, "STANDIN_WORKER_HOME": str(worker_home)},
+        text=True,
     )
     assert pasted.returncode == 0
     (training,) = launcher.trainings()
@@ -144,7 +152,10 @@ def test_ref_ships_the_commit_not_the_working_tree(launcher, src):
         (["--tpu", "p", "--zone", "z", "configs/nope.yaml"], "config 'configs/nope.yaml' not found"),
         (["--tpu", "p", "--zone", "z", "configs/tiny.yaml", "--dry-run"], "'--dry-run' after CONFIG"),
         (["--tpu", "p", "--zone", "z", "--env", "1BAD=x", "configs/tiny.yaml"], "'1BAD' is not a valid"),
-        (["--tpu", "p", "--zone", "z", "--env", "TEST_UNSET_VAR", "configs/tiny.yaml"], "TEST_UNSET_VAR is not set"),
+        (
+            ["--tpu", "p", "--zone", "z", "--env", "TEST_UNSET_VAR", "configs/tiny.yaml"],
+            "TEST_UNSET_VAR is not set",
+        ),
         (["--tpu", "p", "--zone", "z", "--bogus", "configs/tiny.yaml"], "unknown option '--bogus'"),
     ],
 )

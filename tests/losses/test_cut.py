@@ -36,7 +36,7 @@ def np_cut(with_, without, mask, negative, lam, a, g, detection, form):
     n = neg.sum()
     if form == "paper":
         log_1mp = np.log(1 - np.where(flagged, p_without, 0.0))
-        terms = np.where(flagged, a * p_with ** g * log_1mp, without)
+        terms = np.where(flagged, a * p_with**g * log_1mp, without)
         ul = -terms[neg].sum() / max(n, 1)
         loss = nll + ul
     else:
@@ -48,8 +48,13 @@ def np_cut(with_, without, mask, negative, lam, a, g, detection, form):
     return loss, nll, ul, flagged[neg].mean() if n else 0.0
 
 
-CASES = [("ratio", "paper", 0.0), ("difference", "paper", 1.0), ("ratio", "paper", 2.0),
-         ("ratio", "code", 0.0), ("difference", "code", 0.0)]
+CASES = [
+    ("ratio", "paper", 0.0),
+    ("difference", "paper", 1.0),
+    ("ratio", "paper", 2.0),
+    ("ratio", "code", 0.0),
+    ("difference", "code", 0.0),
+]
 
 
 @pytest.mark.parametrize("detection,form,g", CASES)
@@ -57,7 +62,8 @@ def test_cut_matches_numpy(detection, form, g):
     with_, without, mask, negative = random_views(0)
     cfg = CUTConfig(lam=1.2, a=0.5, g=g, detection=detection, form=form)
     loss, metrics = jax.jit(lambda *x: cut_loss(*x, cfg))(
-        jnp.float32(with_), jnp.float32(without), jnp.asarray(mask), jnp.asarray(negative))
+        jnp.float32(with_), jnp.float32(without), jnp.asarray(mask), jnp.asarray(negative)
+    )
     want, nll, ul, frac = np_cut(with_, without, mask, negative, 1.2, 0.5, g, detection, form)
     assert 0.0 < frac < 1.0  # the batch exercises both branches
     np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -68,8 +74,9 @@ def test_cut_matches_numpy(detection, form, g):
 
 def test_no_flagged_tokens_is_plain_nll():
     with_, without, mask, negative = random_views(1)
-    loss, metrics = cut_loss(jnp.float32(with_), jnp.float32(without), jnp.asarray(mask),
-                             jnp.asarray(negative), CUTConfig(lam=1e9))
+    loss, metrics = cut_loss(
+        jnp.float32(with_), jnp.float32(without), jnp.asarray(mask), jnp.asarray(negative), CUTConfig(lam=1e9)
+    )
     keep = mask > 0
     neg = keep & negative[:, None]
     want = -with_[keep].mean() - without[neg].mean()  # Align-P/N NLL + Misalign NLL
@@ -80,8 +87,13 @@ def test_no_flagged_tokens_is_plain_nll():
 def test_code_form_without_negatives_is_nll_alone():
     with_, without, mask, _ = random_views(2)
     negative = np.zeros(B, bool)
-    loss, _ = cut_loss(jnp.float32(with_), jnp.float32(without), jnp.asarray(mask),
-                       jnp.asarray(negative), CUTConfig(form="code"))
+    loss, _ = cut_loss(
+        jnp.float32(with_),
+        jnp.float32(without),
+        jnp.asarray(mask),
+        jnp.asarray(negative),
+        CUTConfig(form="code"),
+    )
     np.testing.assert_allclose(loss, -with_[mask > 0].mean(), rtol=1e-6)
 
 
@@ -92,8 +104,15 @@ def test_detection_is_detached_and_focal_weight_carries_no_gradient():
         args = (jnp.asarray(with_), jnp.asarray(without), jnp.asarray(mask), jnp.asarray(negative))
         # Numerically differentiable only in the Misalign view: the focal weight and the
         # detection read the with-judgment view but are (by design) constants to autodiff.
-        check_grads(jax.jit(lambda wo: cut_loss(args[0], wo, args[2], args[3], cfg)[0]), args[1:2],
-                    order=1, modes=["rev"], eps=1e-7, atol=1e-6, rtol=1e-6)
+        check_grads(
+            jax.jit(lambda wo: cut_loss(args[0], wo, args[2], args[3], cfg)[0]),
+            args[1:2],
+            order=1,
+            modes=["rev"],
+            eps=1e-7,
+            atol=1e-6,
+            rtol=1e-6,
+        )
         d_with = jax.grad(lambda w: cut_loss(w, *args[1:], cfg)[0])(args[0])
     # Only the NLL reaches the with-judgment view: -1/N on every response token.
     keep = mask > 0

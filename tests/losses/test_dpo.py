@@ -39,8 +39,9 @@ def np_reference(name, lw, ll, rw, rl, nw, nl, cfg, bco_mean=0.0):
         "hinge": lambda: np.maximum(0.0, 1 - b * d),
         "ipo": lambda: (r_w / nw - r_l / nl - 1 / (2 * b)) ** 2,
         "robust": lambda: (-(1 - e) * logsig(b * d) + e * logsig(-b * d)) / (1 - 2 * e),
-        "exo_pair": lambda: (sig(b * d) * (logsig(b * d) - np.log(1 - e))
-                             + sig(-b * d) * (logsig(-b * d) - np.log(e))),
+        "exo_pair": lambda: (
+            sig(b * d) * (logsig(b * d) - np.log(1 - e)) + sig(-b * d) * (logsig(-b * d) - np.log(e))
+        ),
         "nca_pair": lambda: -logsig(b * r_w) - 0.5 * logsig(-b * r_w) - 0.5 * logsig(-b * r_l),
         "bco_pair": lambda: -logsig(b * r_w - bco_mean) - logsig(-(b * r_l - bco_mean)),
         "sppo_hard": lambda: (r_w - 1 / (2 * b)) ** 2 + (r_l + 1 / (2 * b)) ** 2,
@@ -49,14 +50,19 @@ def np_reference(name, lw, ll, rw, rl, nw, nl, cfg, bco_mean=0.0):
         "aot_unpaired": lambda: smoothed(b * (np.sort(r_w) - np.sort(r_l)), e),
         "apo_zero": lambda: 1 - sig(b * r_w) + sig(b * r_l),
         "apo_down": lambda: sig(b * r_w) + 1 - sig(b * d),
-        "discopop": lambda: ((1 - sig(b * d / cfg.discopop_tau)) * -logsig(b * d)
-                             + sig(b * d / cfg.discopop_tau) * np.exp(-b * d)),
+        "discopop": lambda: (
+            (1 - sig(b * d / cfg.discopop_tau)) * -logsig(b * d)
+            + sig(b * d / cfg.discopop_tau) * np.exp(-b * d)
+        ),
         "sigmoid_norm": lambda: -logsig(b * (r_w / nw - r_l / nl)),
         "sft": lambda: np.full_like(lw, nll),
         "simpo": lambda: smoothed(cfg.simpo_beta * (avg_w - avg_l) - cfg.simpo_gamma, e),
         "cpo": lambda: smoothed(b * (lw - ll), e),
-        "orpo": lambda: nll - cfg.orpo_lambda * logsig(
-            (avg_w - avg_l) - (np.log(1 - np.exp(avg_w)) - np.log(1 - np.exp(avg_l)))),
+        "orpo": lambda: (
+            nll
+            - cfg.orpo_lambda
+            * logsig((avg_w - avg_l) - (np.log(1 - np.exp(avg_w)) - np.log(1 - np.exp(avg_l))))
+        ),
     }
     return table[name]()
 
@@ -93,8 +99,14 @@ def pairs_from_tokens(tokens, dtype=jnp.float32):
         s, n = sequence_logps(jnp.asarray(pol, dtype), jnp.asarray(mask))
         r, _ = sequence_logps(jnp.asarray(ref, dtype), jnp.asarray(mask))
         sums[side] = (s, n, r)
-    return PairLogps(sums["chosen"][0], sums["rejected"][0], sums["chosen"][1],
-                     sums["rejected"][1], sums["chosen"][2], sums["rejected"][2])
+    return PairLogps(
+        sums["chosen"][0],
+        sums["rejected"][0],
+        sums["chosen"][1],
+        sums["rejected"][1],
+        sums["chosen"][2],
+        sums["rejected"][2],
+    )
 
 
 def np_sums(tokens):
@@ -102,16 +114,20 @@ def np_sums(tokens):
     for side in ("chosen", "rejected"):
         pol, ref, mask = tokens[side]
         keep = mask > 0
-        out.append((np.where(keep, pol, 0.0).sum(1), np.where(keep, ref, 0.0).sum(1),
-                    keep.sum(1).astype(np.float64)))
+        out.append(
+            (np.where(keep, pol, 0.0).sum(1), np.where(keep, ref, 0.0).sum(1), keep.sum(1).astype(np.float64))
+        )
     (lw, rw, nw), (ll, rl, nl) = out
     return lw, ll, rw, rl, nw, nl
 
 
 def config_for(name):
-    return DPOConfig(loss_type=(name,), beta=BETA,
-                     label_smoothing=EPS if name not in ("sigmoid_norm",) else 0.0,
-                     discopop_tau=TAU)
+    return DPOConfig(
+        loss_type=(name,),
+        beta=BETA,
+        label_smoothing=EPS if name not in ("sigmoid_norm",) else 0.0,
+        discopop_tau=TAU,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -164,8 +180,15 @@ def test_each_loss_gradient_in_float64(name):
             return dpo_loss(pairs, cfg, state)[0]
 
         # Sorting (aot) is piecewise smooth; the random batch has no ties.
-        check_grads(jax.jit(f), (base.chosen_logps_B, base.rejected_logps_B), order=1,
-                    modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+        check_grads(
+            jax.jit(f),
+            (base.chosen_logps_B, base.rejected_logps_B),
+            order=1,
+            modes=["rev"],
+            eps=1e-6,
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_sigmoid_is_ln2_when_policy_equals_reference():
@@ -179,12 +202,13 @@ def test_sigmoid_is_ln2_when_policy_equals_reference():
 
 def test_weighted_sum_of_losses_is_rpo():
     tokens = random_token_batch(seed=11)
-    cfg = DPOConfig(loss_type=["sigmoid", "sft", "ipo"], loss_weights=[1.0, 0.5, 0.25],
-                    beta=BETA)
+    cfg = DPOConfig(loss_type=["sigmoid", "sft", "ipo"], loss_weights=[1.0, 0.5, 0.25], beta=BETA)
     loss, metrics, _ = dpo_loss(pairs_from_tokens(tokens), cfg)
     lw, ll, rw, rl, nw, nl = np_sums(tokens)
-    want = sum(w * np_reference(n, lw, ll, rw, rl, nw, nl, cfg).mean()
-               for n, w in [("sigmoid", 1.0), ("sft", 0.5), ("ipo", 0.25)])
+    want = sum(
+        w * np_reference(n, lw, ll, rw, rl, nw, nl, cfg).mean()
+        for n, w in [("sigmoid", 1.0), ("sft", 0.5), ("ipo", 0.25)]
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     np.testing.assert_allclose(metrics["nll_loss"], -lw.sum() / nw.sum(), rtol=1e-5)
 
@@ -232,6 +256,8 @@ def test_reference_free_losses_need_no_reference():
     cfg = DPOConfig(loss_type=("simpo", "sft"))
     loss, _, _ = dpo_loss(pairs, cfg)
     lw, ll, rw, rl, nw, nl = np_sums(tokens)
-    want = (np_reference("simpo", lw, ll, rw, rl, nw, nl, cfg).mean()
-            + np_reference("sft", lw, ll, rw, rl, nw, nl, cfg).mean())
+    want = (
+        np_reference("simpo", lw, ll, rw, rl, nw, nl, cfg).mean()
+        + np_reference("sft", lw, ll, rw, rl, nw, nl, cfg).mean()
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-5)

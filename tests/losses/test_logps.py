@@ -50,9 +50,15 @@ def _logps_and_grads(hidden, unembed, targets, cotangent, **kw):
 def test_logps_and_grads_match_float64_reference_in_float32(token_chunk, vocab_chunk, cap):
     hidden, unembed, targets, cotangent = _inputs()
     want = _np_logps_and_grads(hidden, unembed, targets, cotangent, cap)
-    got = _logps_and_grads(jnp.float32(hidden), jnp.float32(unembed), jnp.asarray(targets),
-                           jnp.float32(cotangent), final_logit_softcap=cap,
-                           token_chunk=token_chunk, vocab_chunk=vocab_chunk)
+    got = _logps_and_grads(
+        jnp.float32(hidden),
+        jnp.float32(unembed),
+        jnp.asarray(targets),
+        jnp.float32(cotangent),
+        final_logit_softcap=cap,
+        token_chunk=token_chunk,
+        vocab_chunk=vocab_chunk,
+    )
     for g, w in zip(got, want):
         assert g.dtype == jnp.float32
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=2e-6)
@@ -60,15 +66,19 @@ def test_logps_and_grads_match_float64_reference_in_float32(token_chunk, vocab_c
 
 def test_chunked_equals_naive_jax_path_in_float32():
     hidden, unembed, targets, cotangent = (jnp.asarray(x) for x in _inputs(seed=3))
-    hidden, unembed, cotangent = hidden.astype(jnp.float32), unembed.astype(jnp.float32), \
-        cotangent.astype(jnp.float32)
+    hidden, unembed, cotangent = (
+        hidden.astype(jnp.float32),
+        unembed.astype(jnp.float32),
+        cotangent.astype(jnp.float32),
+    )
 
     def naive(h, w):
         logits = jnp.einsum("bld,dv->blv", h, w, precision=jax.lax.Precision.HIGHEST)
         return jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
 
     want = (naive(hidden, unembed),) + jax.grad(
-        lambda h, w: jnp.sum(naive(h, w) * cotangent), argnums=(0, 1))(hidden, unembed)
+        lambda h, w: jnp.sum(naive(h, w) * cotangent), argnums=(0, 1)
+    )(hidden, unembed)
     got = _logps_and_grads(hidden, unembed, targets, cotangent, token_chunk=3, vocab_chunk=7)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=2e-6)
@@ -78,9 +88,15 @@ def test_logps_exact_in_float64():
     hidden, unembed, targets, cotangent = _inputs(seed=1, scale=3.0)
     want = _np_logps_and_grads(hidden, unembed, targets, cotangent, cap=4.0)
     with jax.enable_x64(True):
-        got = _logps_and_grads(jnp.asarray(hidden), jnp.asarray(unembed), jnp.asarray(targets),
-                               jnp.asarray(cotangent), final_logit_softcap=4.0,
-                               token_chunk=4, vocab_chunk=6)
+        got = _logps_and_grads(
+            jnp.asarray(hidden),
+            jnp.asarray(unembed),
+            jnp.asarray(targets),
+            jnp.asarray(cotangent),
+            final_logit_softcap=4.0,
+            token_chunk=4,
+            vocab_chunk=6,
+        )
         for g, w in zip(got, want):
             assert g.dtype == jnp.float64
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
@@ -90,8 +106,9 @@ def test_bf16_inputs_are_scored_in_float32():
     hidden, unembed, targets, _ = _inputs(seed=2)
     h16, w16 = jnp.bfloat16(hidden), jnp.bfloat16(unembed)
     # The reference sees exactly the bf16-rounded values, upcast: only the arithmetic differs.
-    want, _, _ = _np_logps_and_grads(np.asarray(h16, np.float64), np.asarray(w16, np.float64),
-                                     targets, np.zeros((B, L)))
+    want, _, _ = _np_logps_and_grads(
+        np.asarray(h16, np.float64), np.asarray(w16, np.float64), targets, np.zeros((B, L))
+    )
     got = token_logps(h16, w16, jnp.asarray(targets), token_chunk=4, vocab_chunk=8)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-6)
@@ -106,8 +123,14 @@ def test_out_of_range_targets_score_zero_without_gradient():
     targets[1, 3] = V
     want_logps, _, _ = _np_logps_and_grads(hidden, unembed, np.clip(targets, 0, V - 1), cotangent)
     valid = (targets >= 0) & (targets < V)
-    got, dh, _ = _logps_and_grads(jnp.float32(hidden), jnp.float32(unembed), jnp.asarray(targets),
-                                  jnp.float32(cotangent), token_chunk=3, vocab_chunk=7)
+    got, dh, _ = _logps_and_grads(
+        jnp.float32(hidden),
+        jnp.float32(unembed),
+        jnp.asarray(targets),
+        jnp.float32(cotangent),
+        token_chunk=3,
+        vocab_chunk=7,
+    )
     np.testing.assert_allclose(got, np.where(valid, want_logps, 0.0), rtol=1e-6, atol=2e-6)
     np.testing.assert_array_equal(np.asarray(dh)[~valid], 0.0)
 
@@ -138,9 +161,12 @@ def test_token_kl_matches_float64_reference(token_chunk, vocab_chunk, cap):
     want = _np_kl_and_grads(hp, wp, hr, wr, cotangent, cap)
     args = [jnp.float32(x) for x in (hp, wp, hr, wr)]
     kw = dict(final_logit_softcap=cap, token_chunk=token_chunk, vocab_chunk=vocab_chunk)
-    _, grads = jax.jit(jax.value_and_grad(
-        lambda *a: jnp.sum(token_kl(*a, **kw) * jnp.float32(cotangent)), argnums=(0, 1, 2, 3),
-    ))(*args)
+    _, grads = jax.jit(
+        jax.value_and_grad(
+            lambda *a: jnp.sum(token_kl(*a, **kw) * jnp.float32(cotangent)),
+            argnums=(0, 1, 2, 3),
+        )
+    )(*args)
     kl = jax.jit(lambda *a: token_kl(*a, **kw))(*args)
     np.testing.assert_allclose(kl, want[0], rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(grads[0], want[1], rtol=1e-5, atol=2e-6)

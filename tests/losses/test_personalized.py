@@ -23,14 +23,20 @@ def random_batch(seed, ids=(0, 1, 3, 3, 2, 7, -1, 1)):
     ref_w, ref_l = -rng.uniform(5, 40, b), -rng.uniform(5, 40, b)
     return dict(
         ids=np.asarray(ids),
-        user_w=ref_w + rng.normal(scale=3, size=b), user_l=ref_l + rng.normal(scale=3, size=b),
-        gen_w=ref_w + rng.normal(scale=3, size=b), gen_l=ref_l + rng.normal(scale=3, size=b),
-        ref_w=ref_w, ref_l=ref_l)
+        user_w=ref_w + rng.normal(scale=3, size=b),
+        user_l=ref_l + rng.normal(scale=3, size=b),
+        gen_w=ref_w + rng.normal(scale=3, size=b),
+        gen_l=ref_l + rng.normal(scale=3, size=b),
+        ref_w=ref_w,
+        ref_l=ref_l,
+    )
 
 
 def to_jax(d, dtype=jnp.float32):
-    return PersonalizedLogps(jnp.asarray(d["ids"]), *(jnp.asarray(d[k], dtype) for k in (
-        "user_w", "user_l", "gen_w", "gen_l", "ref_w", "ref_l")))
+    return PersonalizedLogps(
+        jnp.asarray(d["ids"]),
+        *(jnp.asarray(d[k], dtype) for k in ("user_w", "user_l", "gen_w", "gen_l", "ref_w", "ref_l")),
+    )
 
 
 def np_pdpo(d, beta, alpha):
@@ -64,8 +70,13 @@ def test_pdpo_loss_and_per_user_accuracy_match_numpy(alpha):
 def test_alpha_zero_is_generic_dpo():
     d = random_batch(1)
     loss, _ = pdpo_loss(to_jax(d), PDPOConfig(num_users=NUM_USERS, alpha=0.0))
-    generic = PairLogps(*(jnp.float32(d[k]) for k in ("gen_w", "gen_l")), jnp.ones(8),
-                        jnp.ones(8), jnp.float32(d["ref_w"]), jnp.float32(d["ref_l"]))
+    generic = PairLogps(
+        *(jnp.float32(d[k]) for k in ("gen_w", "gen_l")),
+        jnp.ones(8),
+        jnp.ones(8),
+        jnp.float32(d["ref_w"]),
+        jnp.float32(d["ref_l"]),
+    )
     dpo, _, _ = dpo_loss(generic, DPOConfig(beta=0.1))
     np.testing.assert_allclose(loss, dpo, rtol=1e-6)
 
@@ -85,8 +96,16 @@ def test_pdpo_gradients_float64():
         base = to_jax(d, jnp.float64)
 
         def f(user_w, gen_l):
-            return pdpo_loss(base._replace(user_chosen_logps_B=user_w,
-                                           generic_rejected_logps_B=gen_l), cfg)[0]
+            return pdpo_loss(base._replace(user_chosen_logps_B=user_w, generic_rejected_logps_B=gen_l), cfg)[
+                0
+            ]
 
-        check_grads(jax.jit(f), (base.user_chosen_logps_B, base.generic_rejected_logps_B), order=1,
-                    modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-6)
+        check_grads(
+            jax.jit(f),
+            (base.user_chosen_logps_B, base.generic_rejected_logps_B),
+            order=1,
+            modes=["rev"],
+            eps=1e-6,
+            atol=1e-7,
+            rtol=1e-6,
+        )

@@ -22,8 +22,9 @@ def test_sequence_logps_matches_numpy():
     sums, counts = jax.jit(sequence_logps)(jnp.float32(logps), jnp.asarray(mask))
     np.testing.assert_allclose(sums, [logps[b][mask[b] > 0].sum() for b in range(4)], rtol=1e-6)
     np.testing.assert_array_equal(counts, mask.sum(1))
-    np.testing.assert_allclose(masked_mean(jnp.float32(logps), jnp.asarray(mask)),
-                               logps[mask > 0].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        masked_mean(jnp.float32(logps), jnp.asarray(mask)), logps[mask > 0].mean(), rtol=1e-6
+    )
 
 
 def test_sft_is_token_mean_nll_with_gradient():

@@ -59,12 +59,12 @@ def np_sparsepo(a, beta, lam_u, lam_d, with_kl=True):
 
 def to_jax(a, dtype=jnp.float32, with_kl=True):
     c, r = a["chosen"], a["rejected"]
-    tokens = TokenPairLogps(*(jnp.asarray(x, dtype) for x in (
-        c["pol"], r["pol"], c["ref"], r["ref"], c["mask"], r["mask"])),
+    tokens = TokenPairLogps(
+        *(jnp.asarray(x, dtype) for x in (c["pol"], r["pol"], c["ref"], r["ref"], c["mask"], r["mask"])),
         chosen_kl_BxL=jnp.asarray(c["kl"], dtype) if with_kl else None,
-        rejected_kl_BxL=jnp.asarray(r["kl"], dtype) if with_kl else None)
-    weights = TokenWeights(*(jnp.asarray(x, dtype) for x in (
-        c["m_u"], r["m_u"], c["m_d"], r["m_d"])))
+        rejected_kl_BxL=jnp.asarray(r["kl"], dtype) if with_kl else None,
+    )
+    weights = TokenWeights(*(jnp.asarray(x, dtype) for x in (c["m_u"], r["m_u"], c["m_d"], r["m_d"])))
     return tokens, weights
 
 
@@ -127,9 +127,20 @@ def test_sparsepo_gradients_into_logps_and_weights_float64():
             w = weights._replace(reward_chosen_BxL=m_u_w + 0.5, kl_rejected_BxL=m_d_l)
             return sparsepo_loss(t, w, cfg)[0]
 
-        check_grads(jax.jit(f), (tokens.chosen_logps_BxL, tokens.chosen_kl_BxL,
-                        weights.reward_chosen_BxL, weights.kl_rejected_BxL),
-                    order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-6)
+        check_grads(
+            jax.jit(f),
+            (
+                tokens.chosen_logps_BxL,
+                tokens.chosen_kl_BxL,
+                weights.reward_chosen_BxL,
+                weights.kl_rejected_BxL,
+            ),
+            order=1,
+            modes=["rev"],
+            eps=1e-6,
+            atol=1e-7,
+            rtol=1e-6,
+        )
 
 
 def test_shared_weights_use_one_mask_for_reward_and_kl():
@@ -137,8 +148,7 @@ def test_shared_weights_use_one_mask_for_reward_and_kl():
     for side in ("chosen", "rejected"):
         a[side]["m_d"] = a[side]["m_u"]
     tokens, weights = to_jax(a)
-    loss, _ = sparsepo_loss(tokens, shared_weights(weights.reward_chosen_BxL,
-                                                   weights.reward_rejected_BxL))
+    loss, _ = sparsepo_loss(tokens, shared_weights(weights.reward_chosen_BxL, weights.reward_rejected_BxL))
     np.testing.assert_allclose(loss, np_sparsepo(a, 0.1, 0.0, 0.0)[0], rtol=1e-5)
 
 
@@ -166,16 +176,19 @@ def test_activation_mask_matches_numpy_and_has_no_gradient():
     mask[0, :2] = 0  # prompt
     mask[1, 5:] = 0  # padding
     mask[2, :6] = 0  # one response token: no ranking -> weight 1
-    acts = {"mlp_out": rng.normal(size=(2, 3, 7, 4)), "attn_q": rng.normal(size=(3, 3, 7, 6)),
-            "residual": rng.normal(size=(1, 3, 7, 5)) * 10.0}
-    got = jax.jit(activation_mask)({k: jnp.float32(v) for k, v in acts.items()},
-                                   jnp.asarray(mask))
+    acts = {
+        "mlp_out": rng.normal(size=(2, 3, 7, 4)),
+        "attn_q": rng.normal(size=(3, 3, 7, 6)),
+        "residual": rng.normal(size=(1, 3, 7, 5)) * 10.0,
+    }
+    got = jax.jit(activation_mask)({k: jnp.float32(v) for k, v in acts.items()}, jnp.asarray(mask))
     want = np_activation_mask(acts, mask)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert float(got[2, 6]) == 1.0 and float(jnp.max(got)) <= 1.0 and float(jnp.min(got)) >= 0.0
 
     grad = jax.jit(jax.grad(lambda x: activation_mask({"mlp_out": x}, jnp.asarray(mask)).sum()))(
-        jnp.float32(acts["mlp_out"]))
+        jnp.float32(acts["mlp_out"])
+    )
     np.testing.assert_array_equal(grad, 0.0)
 
 

@@ -16,8 +16,7 @@ def np_branch(p, h):
     mu = h.mean(-1, keepdims=True)
     var = h.var(-1, keepdims=True)
     normed = (h - mu) / np.sqrt(var + 1e-6) * p["norm"]["scale"] + p["norm"]["bias"]
-    s = np.maximum(np.einsum("nbld,nd->nbl", normed, p["layer_w"])
-                   + p["layer_b"][:, None, None], 0.0)
+    s = np.maximum(np.einsum("nbld,nd->nbl", normed, p["layer_w"]) + p["layer_b"][:, None, None], 0.0)
     return np.maximum(np.einsum("nbl,n->bl", s, p["layer_mix"]), 0.0)
 
 
@@ -73,16 +72,17 @@ def test_no_gradient_reaches_the_reference_hidden_states():
 
 
 def test_optimizer_gives_the_mask_head_its_own_weight_decay():
-    params = {"model": {"w": jnp.full((3,), 2.0)},
-              "mask_head": {"reward": {"layer_w": jnp.full((2, 4), 2.0)}}}
+    params = {
+        "model": {"w": jnp.full((3,), 2.0)},
+        "mask_head": {"reward": {"layer_w": jnp.full((2, 4), 2.0)}},
+    }
     labels = mask_head_labels(params)
     assert labels == {"model": {"w": "model"}, "mask_head": {"reward": {"layer_w": "mask_head"}}}
     tx = mask_head_optimizer(optax.sgd(0.1), learning_rate=0.5, weight_decay=0.01)
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     # AdamW with zero gradient: the update is pure decoupled decay, -lr * wd * param.
-    np.testing.assert_allclose(updates["mask_head"]["reward"]["layer_w"], -0.5 * 0.01 * 2.0,
-                               rtol=1e-6)
+    np.testing.assert_allclose(updates["mask_head"]["reward"]["layer_w"], -0.5 * 0.01 * 2.0, rtol=1e-6)
     np.testing.assert_array_equal(updates["model"]["w"], 0.0)
 
 

@@ -30,13 +30,18 @@ def test_clamp_user_ids():
 
 
 def test_soft_token_index_follows_bos():
-    np.testing.assert_array_equal(soft_token_index(jnp.array([0, 3]), 3),
-                                  [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(soft_token_index(jnp.array([0, 3]), 3), [[1, 2, 3], [4, 5, 6]])
 
 
 def _apply(form, seed=1):
-    model = UserModel(num_users=U, width=D, num_tokens=T, form=form, num_clusters=K,
-                      token_init=vocab_rows_init(jnp.asarray(_vocab())))
+    model = UserModel(
+        num_users=U,
+        width=D,
+        num_tokens=T,
+        form=form,
+        num_clusters=K,
+        token_init=vocab_rows_init(jnp.asarray(_vocab())),
+    )
     params = model.init(jax.random.key(0), jnp.asarray(IDS))["params"]
     params = _randomised(params, seed)
     return params, np.asarray(model.apply({"params": params}, jnp.asarray(IDS)))
@@ -63,12 +68,19 @@ def test_cluster_form_is_a_softmax_mixture_of_prototypes():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("form,table", [("individual", "generic"), ("direct", "tokens"),
-                                        ("cluster", "prototypes")])
+@pytest.mark.parametrize(
+    "form,table", [("individual", "generic"), ("direct", "tokens"), ("cluster", "prototypes")]
+)
 def test_tokens_start_as_vocabulary_rows(form, table):
     vocab = _vocab()
-    model = UserModel(num_users=U, width=D, num_tokens=T, form=form, num_clusters=K,
-                      token_init=vocab_rows_init(jnp.asarray(vocab)))
+    model = UserModel(
+        num_users=U,
+        width=D,
+        num_tokens=T,
+        form=form,
+        num_clusters=K,
+        token_init=vocab_rows_init(jnp.asarray(vocab)),
+    )
     params = model.init(jax.random.key(7), jnp.asarray(IDS))["params"]
     rows = np.asarray(params[table]).reshape(-1, D)
     for row in rows:

@@ -18,107 +18,154 @@ from alignjax.online.online_cut import OnlineCutSource, OnlineSampling
 from alignjax.online.rewards import build_reward
 
 TEMPLATE = "Weights: short {short:.0%}, ok {ok:.0%}."
-REWARDS = [{"name": "length", "unit": "chars", "target": 0, "scale": 0.1},
-           {"name": "keyword_count", "keywords": ["o"], "cap": 3}]
+REWARDS = [
+    {"name": "length", "unit": "chars", "target": 0, "scale": 0.1},
+    {"name": "keyword_count", "keywords": ["o"], "cap": 3},
+]
 
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = model_config_from_hf(preset_config("tiny", vocab_size=VOCAB_SIZE, num_hidden_layers=1, hidden_size=32,
-                                           intermediate_size=64))
-  return cfg, decoder.init_params(cfg, jax.random.key(0))
+    cfg = model_config_from_hf(
+        preset_config(
+            "tiny", vocab_size=VOCAB_SIZE, num_hidden_layers=1, hidden_size=32, intermediate_size=64
+        )
+    )
+    return cfg, decoder.init_params(cfg, jax.random.key(0))
 
 
 @pytest.fixture()
 def prompts_file(tmp_path):
-  path = tmp_path / "prompts.jsonl"
-  path.write_text("".join(json.dumps({"prompt": f"Say something about {w}."}) + "\n"
-                          for w in ["cats", "dogs", "rain", "tea", "maps", "ink"]))
-  return str(path)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"Say something about {w}."}) + "\n"
+            for w in ["cats", "dogs", "rain", "tea", "maps", "ink"]
+        )
+    )
+    return str(path)
 
 
 def _data_cfg(path, **kw):
-  return DataConfig(sources=[SourceConfig(path=path)], record_type="prompt", batch_size=4, max_length=128,
-                    max_prompt_length=96, shuffle=False, num_epochs=None, templates=TemplateConfig(weights=TEMPLATE), **kw)
+    return DataConfig(
+        sources=[SourceConfig(path=path)],
+        record_type="prompt",
+        batch_size=4,
+        max_length=128,
+        max_prompt_length=96,
+        shuffle=False,
+        num_epochs=None,
+        templates=TemplateConfig(weights=TEMPLATE),
+        **kw,
+    )
 
 
 def mentions_prompt(prompts, responses, word):
-  return [None if word in r else f"Mention {word}." for r in responses]
+    return [None if word in r else f"Mention {word}." for r in responses]
 
 
 @pytest.mark.parametrize("grid", [None, 4])
 def test_draw_weights_lie_on_the_simplex(grid):
-  w = draw_weights(np.random.default_rng(0), 2000, 3, alpha=1.0, grid=grid)
-  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-12)
-  assert (w >= 0).all()
-  if grid:
-    np.testing.assert_allclose(w * grid, np.round(w * grid), atol=1e-12)
-  # Dirichlet(1, 1, 1) has mean 1/3 per objective; snapping keeps it close.
-  np.testing.assert_allclose(w.mean(0), 1 / 3, atol=0.03)
+    w = draw_weights(np.random.default_rng(0), 2000, 3, alpha=1.0, grid=grid)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-12)
+    assert (w >= 0).all()
+    if grid:
+        np.testing.assert_allclose(w * grid, np.round(w * grid), atol=1e-12)
+    # Dirichlet(1, 1, 1) has mean 1/3 per objective; snapping keeps it close.
+    np.testing.assert_allclose(w.mean(0), 1 / 3, atol=0.03)
 
 
 def _source(model, path, seed=0):
-  cfg, _ = model
-  tok = make_byte_tokenizer()
-  dcfg = _data_cfg(path)
-  section = MOODPOSection(rewards=REWARDS, num_samples=3, max_new_tokens=12, temperature=1.0, grid=4)
-  pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
-  return OnlinePairSource(make_pipeline(dcfg, tok), pair_cfg, tok, cfg, section, seed=seed, per_host_batch=4,
-                          pad_id=tok.pad_token_id), tok
+    cfg, _ = model
+    tok = make_byte_tokenizer()
+    dcfg = _data_cfg(path)
+    section = MOODPOSection(rewards=REWARDS, num_samples=3, max_new_tokens=12, temperature=1.0, grid=4)
+    pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
+    return OnlinePairSource(
+        make_pipeline(dcfg, tok),
+        pair_cfg,
+        tok,
+        cfg,
+        section,
+        seed=seed,
+        per_host_batch=4,
+        pad_id=tok.pad_token_id,
+    ), tok
 
 
 def test_pairs_prefer_the_higher_weighted_score_and_replay_exactly(model, prompts_file):
-  cfg, params = model
-  source, tok = _source(model, prompts_file)
-  batch = source.next_for(params, step=7)
-  assert batch.pair_valid_P.sum() == source.last_metrics["online/pairs"] > 0
-  rewards = [build_reward(r) for r in REWARDS]
-  p = batch.num_pairs
-  for i in range(p):
-    if not batch.pair_valid_P[i]:
-      continue
-    texts = []
-    for row in (i, p + i):
-      ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
-      texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
-    prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
-    prompt_text = tok.decode(prompt_ids.tolist(), skip_special_tokens=False)
-    w_short = float(prompt_text.split("Weights: short ")[1].split("%")[0]) / 100
-    w = np.array([w_short, 1 - w_short])
-    scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
-    chosen_score, rejected_score = scores @ w
-    assert chosen_score > rejected_score, (texts, w)
-  # The same step of a fresh source (a resumed run) yields the same batch.
-  again, _ = _source(model, prompts_file)
-  replay = again.next_for(params, step=7)
-  np.testing.assert_array_equal(replay.tokens_BxL, batch.tokens_BxL)
+    cfg, params = model
+    source, tok = _source(model, prompts_file)
+    batch = source.next_for(params, step=7)
+    assert batch.pair_valid_P.sum() == source.last_metrics["online/pairs"] > 0
+    rewards = [build_reward(r) for r in REWARDS]
+    p = batch.num_pairs
+    for i in range(p):
+        if not batch.pair_valid_P[i]:
+            continue
+        texts = []
+        for row in (i, p + i):
+            ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
+            texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
+        prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
+        prompt_text = tok.decode(prompt_ids.tolist(), skip_special_tokens=False)
+        w_short = float(prompt_text.split("Weights: short ")[1].split("%")[0]) / 100
+        w = np.array([w_short, 1 - w_short])
+        scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
+        chosen_score, rejected_score = scores @ w
+        assert chosen_score > rejected_score, (texts, w)
+    # The same step of a fresh source (a resumed run) yields the same batch.
+    again, _ = _source(model, prompts_file)
+    replay = again.next_for(params, step=7)
+    np.testing.assert_array_equal(replay.tokens_BxL, batch.tokens_BxL)
 
 
 def test_threshold_judge_and_python_judge():
-  judge = build_judge({"name": "threshold", "reward": {"name": "length", "unit": "words"}, "threshold": 2,
-                       "below": False, "critique": "{score:.0f} words is too many"})
-  assert judge(["q", "q"], ["one two", "one two three"]) == [None, "3 words is too many"]
-  py = build_judge({"name": "python", "function": f"{__name__}:mentions_prompt", "word": "tea"})
-  assert py(["tea?", "tea?"], ["I like tea", "no"]) == [None, "Mention tea."]
-  with pytest.raises(ValueError, match="unknown judge 'llm'"):
-    build_judge({"name": "llm"})
+    judge = build_judge(
+        {
+            "name": "threshold",
+            "reward": {"name": "length", "unit": "words"},
+            "threshold": 2,
+            "below": False,
+            "critique": "{score:.0f} words is too many",
+        }
+    )
+    assert judge(["q", "q"], ["one two", "one two three"]) == [None, "3 words is too many"]
+    py = build_judge({"name": "python", "function": f"{__name__}:mentions_prompt", "word": "tea"})
+    assert py(["tea?", "tea?"], ["I like tea", "no"]) == [None, "Mention tea."]
+    with pytest.raises(ValueError, match="unknown judge 'llm'"):
+        build_judge({"name": "llm"})
 
 
 def test_online_cut_marks_judged_responses_unsatisfactory(model, prompts_file):
-  cfg, params = model
-  tok = make_byte_tokenizer()
-  dcfg = _data_cfg(prompts_file)
-  judge = {"name": "threshold", "reward": {"name": "length", "unit": "chars"}, "threshold": 6, "below": False,
-           "critique": "Too long."}
-  source = OnlineCutSource(make_pipeline(dcfg, tok), DataConfig(**{**dcfg.__dict__, "record_type": "cut"}), tok, cfg,
-                           judge, OnlineSampling(max_new_tokens=12), seed=0, per_host_batch=4, pad_id=tok.pad_token_id)
-  batch = source.next_for(params, step=0)
-  e = batch.is_satisfactory_E.shape[0]
-  for i in range(e):
-    if not batch.example_valid_E[i]:
-      continue
-    ids = batch.tokens_BxL[i][batch.loss_mask_BxL[i] == 1]
-    text = tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True)
-    assert bool(batch.is_satisfactory_E[i]) == (len(text) <= 6), text
-    row_text = tok.decode(batch.tokens_BxL[i].tolist(), skip_special_tokens=False)
-    assert ("Too long." in row_text) == (not batch.is_satisfactory_E[i])
+    cfg, params = model
+    tok = make_byte_tokenizer()
+    dcfg = _data_cfg(prompts_file)
+    judge = {
+        "name": "threshold",
+        "reward": {"name": "length", "unit": "chars"},
+        "threshold": 6,
+        "below": False,
+        "critique": "Too long.",
+    }
+    source = OnlineCutSource(
+        make_pipeline(dcfg, tok),
+        DataConfig(**{**dcfg.__dict__, "record_type": "cut"}),
+        tok,
+        cfg,
+        judge,
+        OnlineSampling(max_new_tokens=12),
+        seed=0,
+        per_host_batch=4,
+        pad_id=tok.pad_token_id,
+    )
+    batch = source.next_for(params, step=0)
+    e = batch.is_satisfactory_E.shape[0]
+    for i in range(e):
+        if not batch.example_valid_E[i]:
+            continue
+        ids = batch.tokens_BxL[i][batch.loss_mask_BxL[i] == 1]
+        text = tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True)
+        assert bool(batch.is_satisfactory_E[i]) == (len(text) <= 6), text
+        row_text = tok.decode(batch.tokens_BxL[i].tolist(), skip_special_tokens=False)
+        assert ("Too long." in row_text) == (not batch.is_satisfactory_E[i])

@@ -17,101 +17,105 @@ PROMPT_LENGTHS = (3, 9, 13)
 
 
 def _prompts(seed, lengths=PROMPT_LENGTHS):
-  rng = np.random.default_rng(seed)
-  return [rng.integers(3, 96, size=n).tolist() for n in lengths]
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, 96, size=n).tolist() for n in lengths]
 
 
 def _hf_greedy(hf_model, prompt, eos_id):
-  """transformers on one unpadded prompt; stops early only when it emits `eos_id`."""
-  with torch.no_grad():
-    out = hf_model.generate(
-        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=T, do_sample=False, eos_token_id=eos_id, pad_token_id=0,
-    )
-  return out[0, len(prompt):].tolist()
+    """transformers on one unpadded prompt; stops early only when it emits `eos_id`."""
+    with torch.no_grad():
+        out = hf_model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=T,
+            do_sample=False,
+            eos_token_id=eos_id,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def _scan(name):
-  # Scanning the deeper models keeps compile time down and covers scanned decode.
-  return FAMILY_CONFIGS[name]["num_hidden_layers"] > 2
+    # Scanning the deeper models keeps compile time down and covers scanned decode.
+    return FAMILY_CONFIGS[name]["num_hidden_layers"] > 2
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
 def test_greedy_matches_transformers(tiny_family, name):
-  _, hf_model, cfg, params = tiny_family(name, _scan(name))
-  prompts = _prompts(seed=len(name))
-  ours = sampler.generate(params, cfg, GREEDY, prompts, jax.random.key(0))
-  for prompt, row in zip(prompts, ours):
-    assert row == _hf_greedy(hf_model, prompt, EOS)
+    _, hf_model, cfg, params = tiny_family(name, _scan(name))
+    prompts = _prompts(seed=len(name))
+    ours = sampler.generate(params, cfg, GREEDY, prompts, jax.random.key(0))
+    for prompt, row in zip(prompts, ours):
+        assert row == _hf_greedy(hf_model, prompt, EOS)
 
 
 def test_rows_stop_at_their_own_eos(tiny_family):
-  _, hf_model, cfg, params = tiny_family("llama2")
-  prompts = _prompts(seed=5)
-  free_run = sampler.generate(params, cfg, GREEDY, prompts, jax.random.key(0))
-  # An id row 0 first emits at step 3 becomes the EOS, so row 0 must stop there.
-  eos = next(tok for tok in free_run[0][3:] if tok not in free_run[0][:3])
-  stop_at = free_run[0].index(eos)
-  settings = SamplingConfig(max_new_tokens=T, temperature=0.0, eos_ids=(eos, 95), pad_id=0)
-  tokens_BxLp, lengths_B = sampler.left_pad(prompts, pad_id=0)
-  out = sampler.make_sampler(cfg, settings)(params, tokens_BxLp, lengths_B, jax.random.key(0))
-  tokens, lengths, hit_eos = (np.asarray(x) for x in out)
-  assert lengths[0] == stop_at + 1 and hit_eos[0]
-  assert (tokens[0, stop_at + 1:] == 0).all()
-  for b, prompt in enumerate(prompts):
-    expected = _hf_greedy(hf_model, prompt, [eos, 95])
-    assert tokens[b, : lengths[b]].tolist() == expected
-    assert hit_eos[b] == (expected[-1] in (eos, 95))
-    assert lengths[b] == len(expected)
+    _, hf_model, cfg, params = tiny_family("llama2")
+    prompts = _prompts(seed=5)
+    free_run = sampler.generate(params, cfg, GREEDY, prompts, jax.random.key(0))
+    # An id row 0 first emits at step 3 becomes the EOS, so row 0 must stop there.
+    eos = next(tok for tok in free_run[0][3:] if tok not in free_run[0][:3])
+    stop_at = free_run[0].index(eos)
+    settings = SamplingConfig(max_new_tokens=T, temperature=0.0, eos_ids=(eos, 95), pad_id=0)
+    tokens_BxLp, lengths_B = sampler.left_pad(prompts, pad_id=0)
+    out = sampler.make_sampler(cfg, settings)(params, tokens_BxLp, lengths_B, jax.random.key(0))
+    tokens, lengths, hit_eos = (np.asarray(x) for x in out)
+    assert lengths[0] == stop_at + 1 and hit_eos[0]
+    assert (tokens[0, stop_at + 1 :] == 0).all()
+    for b, prompt in enumerate(prompts):
+        expected = _hf_greedy(hf_model, prompt, [eos, 95])
+        assert tokens[b, : lengths[b]].tolist() == expected
+        assert hit_eos[b] == (expected[-1] in (eos, 95))
+        assert lengths[b] == len(expected)
 
 
 def test_top_k_1_equals_greedy(tiny_family):
-  _, _, cfg, params = tiny_family("qwen2")
-  prompts = _prompts(seed=6)
-  greedy = sampler.generate(params, cfg, GREEDY, prompts, jax.random.key(0))
-  top1 = SamplingConfig(max_new_tokens=T, temperature=1.5, top_k=1, eos_ids=(EOS,), pad_id=0)
-  assert sampler.generate(params, cfg, top1, prompts, jax.random.key(3)) == greedy
+    _, _, cfg, params = tiny_family("qwen2")
+    prompts = _prompts(seed=6)
+    greedy = sampler.generate(params, cfg, GREEDY, prompts, jax.random.key(0))
+    top1 = SamplingConfig(max_new_tokens=T, temperature=1.5, top_k=1, eos_ids=(EOS,), pad_id=0)
+    assert sampler.generate(params, cfg, top1, prompts, jax.random.key(3)) == greedy
 
 
 def test_sampling_is_reproducible_from_the_rng(tiny_family):
-  _, _, cfg, params = tiny_family("llama2")
-  prompts = _prompts(seed=7) * 4
-  settings = SamplingConfig(max_new_tokens=T, temperature=1.0, top_p=0.9, eos_ids=(EOS,), pad_id=0)
-  first = sampler.generate(params, cfg, settings, prompts, jax.random.key(11))
-  assert sampler.generate(params, cfg, settings, prompts, jax.random.key(11)) == first
-  assert sampler.generate(params, cfg, settings, prompts, jax.random.key(12)) != first
+    _, _, cfg, params = tiny_family("llama2")
+    prompts = _prompts(seed=7) * 4
+    settings = SamplingConfig(max_new_tokens=T, temperature=1.0, top_p=0.9, eos_ids=(EOS,), pad_id=0)
+    first = sampler.generate(params, cfg, settings, prompts, jax.random.key(11))
+    assert sampler.generate(params, cfg, settings, prompts, jax.random.key(11)) == first
+    assert sampler.generate(params, cfg, settings, prompts, jax.random.key(12)) != first
 
 
 def test_temperature_draws_follow_the_softened_distribution(tiny_family):
-  """First tokens of many copies of one prompt vs softmax(logits / T) from transformers."""
-  _, hf_model, cfg, params = tiny_family("llama2")
-  prompt = _prompts(seed=8, lengths=(6,))[0]
-  temperature, n = 2.0, 4096
-  settings = SamplingConfig(max_new_tokens=1, temperature=temperature, pad_id=0)
-  drawn = sampler.generate(params, cfg, settings, [prompt] * n, jax.random.key(0))
-  counts = np.bincount([row[0] for row in drawn], minlength=cfg.vocab_size)
-  with torch.no_grad():
-    logits = hf_model(torch.tensor([prompt])).logits[0, -1].double().numpy()
-  probs = np.exp(logits / temperature - np.max(logits / temperature))
-  probs /= probs.sum()
-  # Total variation of an n-sample histogram over ~96 outcomes is ~0.06 at this n.
-  assert 0.5 * np.abs(counts / n - probs).sum() < 0.1
-  assert probs.max() < 0.5  # the temperature flattened the distribution enough to matter
+    """First tokens of many copies of one prompt vs softmax(logits / T) from transformers."""
+    _, hf_model, cfg, params = tiny_family("llama2")
+    prompt = _prompts(seed=8, lengths=(6,))[0]
+    temperature, n = 2.0, 4096
+    settings = SamplingConfig(max_new_tokens=1, temperature=temperature, pad_id=0)
+    drawn = sampler.generate(params, cfg, settings, [prompt] * n, jax.random.key(0))
+    counts = np.bincount([row[0] for row in drawn], minlength=cfg.vocab_size)
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([prompt])).logits[0, -1].double().numpy()
+    probs = np.exp(logits / temperature - np.max(logits / temperature))
+    probs /= probs.sum()
+    # Total variation of an n-sample histogram over ~96 outcomes is ~0.06 at this n.
+    assert 0.5 * np.abs(counts / n - probs).sum() < 0.1
+    assert probs.max() < 0.5  # the temperature flattened the distribution enough to matter
 
 
 def test_prompt_lengths_share_power_of_two_buckets(tiny_family):
-  assert [sampler.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
-  tokens, lengths = sampler.left_pad([[5, 6, 7], [8]], pad_id=0, min_bucket=4)
-  np.testing.assert_array_equal(tokens, [[0, 5, 6, 7], [0, 0, 0, 8]])
-  np.testing.assert_array_equal(lengths, [3, 1])
-  with pytest.raises(ValueError, match="at least one token"):
-    sampler.left_pad([[5], []], pad_id=0)
+    assert [sampler.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+    tokens, lengths = sampler.left_pad([[5, 6, 7], [8]], pad_id=0, min_bucket=4)
+    np.testing.assert_array_equal(tokens, [[0, 5, 6, 7], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(lengths, [3, 1])
+    with pytest.raises(ValueError, match="at least one token"):
+        sampler.left_pad([[5], []], pad_id=0)
 
-  _, _, cfg, params = tiny_family("llama2")
-  settings = SamplingConfig(max_new_tokens=2, temperature=0.0, pad_id=0)
-  fn = sampler.make_sampler(cfg, settings)
-  for lengths_of_call in [(3, 9), (13, 2), (16, 1)]:
-    sampler.generate(params, cfg, settings, _prompts(0, lengths_of_call), jax.random.key(0))
-  assert sampler.make_sampler(cfg, settings) is fn
-  # All three calls ran one compiled program (a private counter, but the direct evidence).
-  assert fn._cache_size() == 1
+    _, _, cfg, params = tiny_family("llama2")
+    settings = SamplingConfig(max_new_tokens=2, temperature=0.0, pad_id=0)
+    fn = sampler.make_sampler(cfg, settings)
+    for lengths_of_call in [(3, 9), (13, 2), (16, 1)]:
+        sampler.generate(params, cfg, settings, _prompts(0, lengths_of_call), jax.random.key(0))
+    assert sampler.make_sampler(cfg, settings) is fn
+    # All three calls ran one compiled program (a private counter, but the direct evidence).
+    assert fn._cache_size() == 1

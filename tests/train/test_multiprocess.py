@@ -18,89 +18,108 @@ from alignjax.data.pipeline import make_pipeline
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(reference_run, config_for, log_path, compile_cache):
-  """Each process reads its own shard of the shuffled data ([process_index::2]) and
-  numbers its pairs from 0; the global batch must still be the one-process batch."""
-  config, run_dir = config_for("two_processes")
-  port = portpicker.pick_unused_port()
-  procs = [
-      th.start(config, devices=1, cache_dir=compile_cache, log_path=log_path(f"process{i}"), env={
-          "ALIGNJAX_COORDINATOR": f"127.0.0.1:{port}",
-          "ALIGNJAX_NUM_PROCESSES": "2",
-          "ALIGNJAX_PROCESS_ID": str(i),
-          "PYTHONFAULTHANDLER": "1",  # SIGABRT below prints every thread's stack
-      })
-      for i in range(2)
-  ]
-  deadline = time.monotonic() + 200
-  while time.monotonic() < deadline and any(proc.poll() is None for proc in procs):
-    time.sleep(0.2)
-  hung = [i for i, proc in enumerate(procs) if proc.poll() is None]
-  for i in hung:
-    procs[i].send_signal(signal.SIGABRT)
-    procs[i].wait(timeout=30)
-  assert not hung, "processes %s hung (stacks at the end):\n%s" % (
-      hung, "\n".join(th.log_text(procs[i])[-8000:] for i in hung))
-  for i, proc in enumerate(procs):
-    assert proc.returncode == 0, f"process {i} exited {proc.returncode}:\n{th.log_text(proc)[-5000:]}"
+    """Each process reads its own shard of the shuffled data ([process_index::2]) and
+    numbers its pairs from 0; the global batch must still be the one-process batch."""
+    config, run_dir = config_for("two_processes")
+    port = portpicker.pick_unused_port()
+    procs = [
+        th.start(
+            config,
+            devices=1,
+            cache_dir=compile_cache,
+            log_path=log_path(f"process{i}"),
+            env={
+                "ALIGNJAX_COORDINATOR": f"127.0.0.1:{port}",
+                "ALIGNJAX_NUM_PROCESSES": "2",
+                "ALIGNJAX_PROCESS_ID": str(i),
+                "PYTHONFAULTHANDLER": "1",  # SIGABRT below prints every thread's stack
+            },
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and any(proc.poll() is None for proc in procs):
+        time.sleep(0.2)
+    hung = [i for i, proc in enumerate(procs) if proc.poll() is None]
+    for i in hung:
+        procs[i].send_signal(signal.SIGABRT)
+        procs[i].wait(timeout=30)
+    assert not hung, "processes %s hung (stacks at the end):\n%s" % (
+        hung,
+        "\n".join(th.log_text(procs[i])[-8000:] for i in hung),
+    )
+    for i, proc in enumerate(procs):
+        assert proc.returncode == 0, f"process {i} exited {proc.returncode}:\n{th.log_text(proc)[-5000:]}"
 
-  # Only process 0 writes metrics; th.losses fails on a step logged twice.
-  losses = th.losses(run_dir)
-  steps = range(1, th.TOTAL_STEPS + 1)
-  assert sorted(losses) == list(steps)
-  th.assert_losses_match(losses, reference_run.losses, steps, 1e-4, "2 processes vs 1 process")
-  # Eval's per-pair margins live on both processes and are gathered before aggregating.
-  th.assert_eval_match(run_dir, reference_run.run_dir, 1e-4, "2 processes vs 1 process")
-  step, params = th.final_params(run_dir)
-  assert step == th.TOTAL_STEPS
-  th.assert_trees_close(params, reference_run.final_params, 1e-4, "final parameters, 2 processes vs 1")
+    # Only process 0 writes metrics; th.losses fails on a step logged twice.
+    losses = th.losses(run_dir)
+    steps = range(1, th.TOTAL_STEPS + 1)
+    assert sorted(losses) == list(steps)
+    th.assert_losses_match(losses, reference_run.losses, steps, 1e-4, "2 processes vs 1 process")
+    # Eval's per-pair margins live on both processes and are gathered before aggregating.
+    th.assert_eval_match(run_dir, reference_run.run_dir, 1e-4, "2 processes vs 1 process")
+    step, params = th.final_params(run_dir)
+    assert step == th.TOTAL_STEPS
+    th.assert_trees_close(params, reference_run.final_params, 1e-4, "final parameters, 2 processes vs 1")
 
-  # Parameters really were split over the two processes' devices.
-  specs = th.saved_specs(os.path.join(run_dir, "checkpoints", str(step), "params"))
-  assert {str(mesh) for mesh, _ in specs.values()} == {str({"data": 1, "fsdp": 2, "tensor": 1})}
-  assert specs["['layers_0']['gate']['kernel']"][1][0] == "fsdp"
-  # One data-iterator state per process, so each resumes its own shard.
-  loop = os.path.join(run_dir, "checkpoints", str(step), "loop", "metadata")
-  with open(loop) as f:
-    data_states = json.load(f)["data_state"]
-  assert len(data_states) == 2 and data_states[0] != data_states[1]
+    # Parameters really were split over the two processes' devices.
+    specs = th.saved_specs(os.path.join(run_dir, "checkpoints", str(step), "params"))
+    assert {str(mesh) for mesh, _ in specs.values()} == {str({"data": 1, "fsdp": 2, "tensor": 1})}
+    assert specs["['layers_0']['gate']['kernel']"][1][0] == "fsdp"
+    # One data-iterator state per process, so each resumes its own shard.
+    loop = os.path.join(run_dir, "checkpoints", str(step), "loop", "metadata")
+    with open(loop) as f:
+        data_states = json.load(f)["data_state"]
+    assert len(data_states) == 2 and data_states[0] != data_states[1]
 
 
 def test_process_shards_of_shuffled_data_together_are_the_one_process_batches(tmp_path):
-  """The global batch of two processes is the same set of records as one process's batch."""
-  from alignjax.data.byte_tokenizer import make_byte_tokenizer
-  from alignjax.tasks.conditioned_style import write_task
+    """The global batch of two processes is the same set of records as one process's batch."""
+    from alignjax.data.byte_tokenizer import make_byte_tokenizer
+    from alignjax.tasks.conditioned_style import write_task
 
-  paths = write_task(str(tmp_path), n_train=64, n_eval=8, seed=3)
-  cfg = DataConfig(sources=[SourceConfig(path=paths["train"])], batch_size=8, max_length=128,
-                   max_prompt_length=64, shuffle=True, seed=5, num_epochs=None,
-                   condition_field="condition", templates=TemplateConfig(user_info="{user_info}\n{prompt}"))
-  tokenizer = make_byte_tokenizer()
+    paths = write_task(str(tmp_path), n_train=64, n_eval=8, seed=3)
+    cfg = DataConfig(
+        sources=[SourceConfig(path=paths["train"])],
+        batch_size=8,
+        max_length=128,
+        max_prompt_length=64,
+        shuffle=True,
+        seed=5,
+        num_epochs=None,
+        condition_field="condition",
+        templates=TemplateConfig(user_info="{user_info}\n{prompt}"),
+    )
+    tokenizer = make_byte_tokenizer()
 
-  def sequences(batch):
-    """The (chosen, rejected) token sequences of every pair of a padded batch."""
-    p = batch.num_pairs
-    rows = [tuple(int(t) for t, s in zip(tok, seg) if s > 0) for tok, seg in zip(batch.tokens_BxL, batch.segment_ids_BxL)]
-    return sorted(zip(rows[:p], rows[p:]))
+    def sequences(batch):
+        """The (chosen, rejected) token sequences of every pair of a padded batch."""
+        p = batch.num_pairs
+        rows = [
+            tuple(int(t) for t, s in zip(tok, seg) if s > 0)
+            for tok, seg in zip(batch.tokens_BxL, batch.segment_ids_BxL)
+        ]
+        return sorted(zip(rows[:p], rows[p:]))
 
-  one = make_pipeline(cfg, tokenizer, process_index=0, process_count=1)
-  shards = [make_pipeline(cfg, tokenizer, process_index=i, process_count=2) for i in range(2)]
-  for _ in range(10):  # more than one epoch of 64 records
-    expected = sequences(next(one))
-    got = sorted(sum((sequences(next(shard)) for shard in shards), []))
-    assert got == expected
-  for pipeline in (one, *shards):
-    pipeline.close()
+    one = make_pipeline(cfg, tokenizer, process_index=0, process_count=1)
+    shards = [make_pipeline(cfg, tokenizer, process_index=i, process_count=2) for i in range(2)]
+    for _ in range(10):  # more than one epoch of 64 records
+        expected = sequences(next(one))
+        got = sorted(sum((sequences(next(shard)) for shard in shards), []))
+        assert got == expected
+    for pipeline in (one, *shards):
+        pipeline.close()
 
 
 def test_row_regrouping_restores_the_chosen_then_rejected_layout():
-  """Two processes' padded pair batches, concatenated as make_array_from_process_local_data
-  does, are regrouped into rows [0, P) chosen and [P, 2P) rejected."""
-  from alignjax.train.loop import _regroup_rows
+    """Two processes' padded pair batches, concatenated as make_array_from_process_local_data
+    does, are regrouped into rows [0, P) chosen and [P, 2P) rejected."""
+    from alignjax.train.loop import _regroup_rows
 
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
-  # Process q holds 3 pairs: rows "q c i" then "q r i"; values encode (process, half, pair).
-  local = [np.array([[100 * q + 10 * half + i] for half in (0, 1) for i in range(3)]) for q in (0, 1)]
-  rows = np.concatenate(local)
-  out = np.asarray(_regroup_rows({"tokens_BxL": rows}, 2, mesh)["tokens_BxL"])
-  expected = [[100 * q + 10 * half + i] for half in (0, 1) for q in (0, 1) for i in range(3)]
-  np.testing.assert_array_equal(out, expected)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+    # Process q holds 3 pairs: rows "q c i" then "q r i"; values encode (process, half, pair).
+    local = [np.array([[100 * q + 10 * half + i] for half in (0, 1) for i in range(3)]) for q in (0, 1)]
+    rows = np.concatenate(local)
+    out = np.asarray(_regroup_rows({"tokens_BxL": rows}, 2, mesh)["tokens_BxL"])
+    expected = [[100 * q + 10 * half + i] for half in (0, 1) for q in (0, 1) for i in range(3)]
+    np.testing.assert_array_equal(out, expected)
