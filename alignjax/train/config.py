@@ -9,6 +9,7 @@ overrides applied on top of the base config for that stage only.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from alignjax import configlib
@@ -69,6 +70,23 @@ def sources_from(value: Any, key: str) -> list[SourceConfig]:
         else:
             raise configlib.ConfigError(f"{key}[{i}]: expected a path or a mapping, got {item!r}")
     return out
+
+
+def resolve_builtin_paths(path_or_list, data_dir: str | None):
+    """`builtin:NAME` paths point into the generated task directory."""
+
+    def one(p):
+        if isinstance(p, str) and p.startswith("builtin:"):
+            if data_dir is None:
+                raise ValueError(f"{p!r} needs data.builtin to be set")
+            return os.path.join(data_dir, p.split(":", 1)[1] + ".jsonl")
+        if isinstance(p, dict) and "path" in p:
+            return dict(p, path=one(p["path"]))
+        return p
+
+    if isinstance(path_or_list, list):
+        return [one(p) for p in path_or_list]
+    return one(path_or_list)
 
 
 def data_config(section, sources: list[SourceConfig], batch_size: int, **changes) -> DataConfig:

@@ -10,7 +10,6 @@ uninterrupted run would have been. SIGTERM (preemption) saves the current step f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -24,15 +23,16 @@ import numpy as np
 
 from alignjax import sharding
 from alignjax.bench import device_peak_flops
-from alignjax.data.batch import CutBatch, PairBatch
 from alignjax.data.pipeline import make_pipeline
 from alignjax.models import decoder
 from alignjax.models.config import ModelConfig
 from alignjax.models.loading import LoadedModel, load_model
 from alignjax.train import checkpoint as ckpt_lib
+from alignjax.train.evaluation import evaluate
+from alignjax.train.multihost import everywhere, gather_states, global_batch
 from alignjax.train import objectives
 from alignjax.train import step as step_lib
-from alignjax.train.config import Stage, TrainConfig, data_config, sources_from, stages
+from alignjax.train.config import Stage, TrainConfig, data_config, resolve_builtin_paths, sources_from, stages
 from alignjax.train.metrics import MetricsWriter, ProgressBar
 from alignjax.train.optim import make_optimizer, schedule
 
@@ -62,7 +62,7 @@ class RunContext:
     pad_id: int
 
 
-def _tokenizer_for(loaded: LoadedModel, run_dir: str):
+def tokenizer_for(loaded: LoadedModel, run_dir: str):
     """The model's own tokenizer, or the built-in byte tokenizer for presets."""
     import transformers
 
@@ -77,7 +77,7 @@ def _tokenizer_for(loaded: LoadedModel, run_dir: str):
     return tokenizer, path
 
 
-def _builtin_data(cfg: TrainConfig) -> str | None:
+def prepare_builtin_data(cfg: TrainConfig) -> str | None:
     if not cfg.data.builtin:
         return None
     from alignjax.tasks import BUILTIN_TASKS
@@ -95,23 +95,6 @@ def _builtin_data(cfg: TrainConfig) -> str | None:
         os.replace(os.path.join(scratch, name), os.path.join(out, name))
     os.rmdir(scratch)
     return out
-
-
-def _resolve(path_or_list, data_dir: str | None):
-    """`builtin:NAME` paths point into the generated task directory."""
-
-    def one(p):
-        if isinstance(p, str) and p.startswith("builtin:"):
-            if data_dir is None:
-                raise ValueError(f"{p!r} needs data.builtin to be set")
-            return os.path.join(data_dir, p.split(":", 1)[1] + ".jsonl")
-        if isinstance(p, dict) and "path" in p:
-            return dict(p, path=one(p["path"]))
-        return p
-
-    if isinstance(path_or_list, list):
-        return [one(p) for p in path_or_list]
-    return one(path_or_list)
 
 
 def _opt_shardings(opt_shapes, param_shapes, param_shardings, mesh):
@@ -159,7 +142,7 @@ def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shap
         raise ValueError(
             f"stage {stage.name}: data.train is not set (a path, a list of paths, or builtin:NAME)"
         )
-    sources = sources_from(_resolve(scfg.data.train, ctx.data_dir), "data.train")
+    sources = sources_from(resolve_builtin_paths(scfg.data.train, ctx.data_dir), "data.train")
     dcfg = data_config(scfg.data, sources, micro_batch, seed=scfg.data.seed + stage_index, num_epochs=None)
     if dcfg.n_user_tokens > 0 and dcfg.user_vocab_path is None:
         # Saved with the run, so eval and generation map user ids exactly as training did.
@@ -219,115 +202,11 @@ def _stage_setup(ctx: "RunContext", stage: Stage, stage_index: int, decoder_shap
     )
 
 
-def _gather_states(state: dict) -> list[dict]:
-    """Every process's data-iterator state, so process 0's checkpoint holds them all."""
-    if jax.process_count() == 1:
-        return [state]
-    from jax.experimental import multihost_utils
-
-    blob = np.frombuffer(json.dumps(state).encode(), np.uint8)
-    longest = int(np.max(multihost_utils.process_allgather(np.array([blob.size]))))
-    padded = np.zeros(longest, np.uint8)
-    padded[: blob.size] = blob
-    gathered = multihost_utils.process_allgather(padded)
-    return [
-        json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(gathered).reshape(-1, longest)
-    ]
-
-
-def _agree_on_length(local, pad_id: int):
-    """Hosts pick length buckets from their own rows; a global array needs one length."""
-    if jax.process_count() == 1:
-        return local
-    from jax.experimental import multihost_utils
-
-    length = local.tokens_BxL.shape[1]
-    longest = int(np.max(multihost_utils.process_allgather(np.array([length]))))
-    if longest == length:
-        return local
-    changes = {}
-    for f in dataclasses.fields(local):
-        value = getattr(local, f.name)
-        if f.name.endswith("_BxL") and value is not None:
-            fill = pad_id if f.name == "tokens_BxL" else 0
-            changes[f.name] = np.pad(value, ((0, 0), (0, longest - length)), constant_values=fill)
-    return dataclasses.replace(local, **changes)
-
-
-def _global_batch(local, mesh: jax.sharding.Mesh, pad_id: int):
-    """This process's batch -> the global batch, laid out as if one process had read every row.
-
-    Each process numbers its pairs / examples from 0, so those indices are offset by the
-    processes before it. Two layouts are positional: padded pairs (rows [0, P) chosen,
-    [P, 2P) rejected, pair i in rows i and P + i) and CUT's two views (rows e and E + e);
-    the processes' blocks of rows are regrouped half by half so that holds globally too.
-    Per-pair arrays come out in process order: process q's pairs follow process q - 1's.
-    """
-    if getattr(local, "record_key_P", None) is not None:
-        # Host bookkeeping (int64, which the devices would truncate to int32): the reference
-        # log-probs it looks up are attached already.
-        local = dataclasses.replace(local, record_key_P=None)
-    local = _agree_on_length(local, pad_id)
-    count = jax.process_count()
-    if count == 1:
-        return sharding.global_batch(local, mesh)
-    offsets = {"segment_pair_index_BxS": "pair_valid_P", "segment_example_index_BxS": "example_valid_E"}
-    changes = {}
-    for name, counted in offsets.items():
-        value = getattr(local, name, None)
-        if value is not None:
-            changes[name] = value + jax.process_index() * len(getattr(local, counted))
-    local = dataclasses.replace(local, **changes)
-    batch = sharding.global_batch(local, mesh)
-    rows = local.tokens_BxL.shape[0]
-    positional = isinstance(local, CutBatch) or (isinstance(local, PairBatch) and rows == 2 * local.num_pairs)
-    if not positional:
-        return batch
-    row_fields = {
-        f.name: getattr(batch, f.name)
-        for f in dataclasses.fields(batch)
-        if f.name.endswith(("_BxL", "_BxS")) and getattr(batch, f.name) is not None
-    }
-    return dataclasses.replace(batch, **_regroup_rows(row_fields, count, mesh))
-
-
-@functools.partial(jax.jit, static_argnames=("count", "mesh"))
-def _regroup_rows(rows_by_name, count: int, mesh):
-    """Rows [c_0, r_0, c_1, r_1, ...] (process q's halves c_q, r_q) -> [c_0, c_1, ..., r_0, r_1, ...]."""
-    out = {}
-    for name, x in rows_by_name.items():
-        per_process = x.shape[0] // count
-        half = per_process // 2
-        first = [q * per_process + np.arange(half) for q in range(count)]
-        second = [q * per_process + half + np.arange(half) for q in range(count)]
-        order = np.concatenate(first + second)
-        out[name] = jax.lax.with_sharding_constraint(x[order], sharding.batch_sharding(mesh, x.ndim))
-    return out
-
-
-def _to_host(x) -> np.ndarray:
-    """A global array's value on this host, gathering shards other processes hold."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _next_batch(pipeline, params, ctx: "RunContext", step: int):
     """The next local batch; online sources sample it from the current policy."""
     if hasattr(pipeline, "next_for"):
         return pipeline.next_for({k: v for k, v in params.items() if k in ctx.param_shardings}, step)
     return next(pipeline)
-
-
-def _every_process_has(has: bool) -> bool:
-    """Whether every process has a batch: the compiled step is collective, so all or none run it."""
-    if jax.process_count() == 1:
-        return has
-    from jax.experimental import multihost_utils
-
-    return bool(np.min(multihost_utils.process_allgather(np.array([int(has)]))))
 
 
 class _Stopper:
@@ -352,80 +231,6 @@ class _Stopper:
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def _eval_sets(stage_cfg: TrainConfig, data_dir) -> dict[str, Any]:
-    value = stage_cfg.data.eval
-    if value is None:
-        return {}
-    if isinstance(value, dict) and "path" not in value:
-        return {name: _resolve(v, data_dir) for name, v in value.items()}
-    return {"eval": _resolve(value, data_dir)}
-
-
-def evaluate(ctx: RunContext, stage: Stage, eval_fn, params, ref_params, loss_state, rng, tables=None):
-    """Per-set metrics over whole eval sets (per-pair values aggregated on the host).
-
-    `tables`: precomputed reference log-probs by set (`loss.reference: precomputed`).
-    """
-    scfg = stage.config
-    out, margins = {}, {}
-    for name, paths in _eval_sets(scfg, ctx.data_dir).items():
-        dcfg = data_config(
-            scfg.data,
-            sources_from(paths, f"data.eval.{name}"),
-            scfg.train.batch_size,
-            shuffle=False,
-            num_epochs=1,
-            worker_count=0,
-        )
-        pipeline = make_pipeline(dcfg, ctx.tokenizer)
-        sums: dict[str, float] = {}
-        n_batches = 0
-        per_pair: dict[str, list] = {"margin_P": [], "valid_P": [], "condition_P": []}
-        for batch in pipeline:
-            if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
-                break
-            if tables:
-                from alignjax.train import precompute
-
-                batch = tables[precompute.eval_label(name)].attach(batch)
-            metrics, pairs = eval_fn(
-                params, ref_params, _global_batch(batch, ctx.mesh, ctx.pad_id), loss_state, rng
-            )
-            for k, v in metrics.items():
-                if np.ndim(v) == 0:
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            for k in per_pair:
-                if k in pairs:
-                    per_pair[k].append(_to_host(pairs[k]))
-            n_batches += 1
-        pipeline.close()
-        prefix = name if name != "eval" else ""
-        key = lambda k: f"{prefix}/{k}" if prefix else k  # noqa: E731
-        for k, v in sums.items():
-            out[key(k)] = v / max(n_batches, 1)
-        if per_pair["margin_P"]:
-            margin = np.concatenate(per_pair["margin_P"])
-            valid = np.concatenate(per_pair["valid_P"]) > 0
-            condition = np.concatenate(per_pair["condition_P"])
-            margins[name] = margin[valid]
-            # Exact over the set, not a mean of batch means.
-            out[key("rewards/accuracies")] = float(np.mean(margin[valid] > 0))
-            out[key("rewards/margins")] = float(np.mean(margin[valid]))
-            vocab = pipeline.condition_vocab
-            if vocab is not None:
-                for cid in sorted(set(condition[valid].tolist()) - {0}):
-                    sel = valid & (condition == cid)
-                    out[key(f"rewards/accuracies/{vocab.keys[cid - 1]}")] = float(np.mean(margin[sel] > 0))
-    flip = scfg.train.flip_eval
-    if flip and all(n in margins for n in flip) and len(margins[flip[0]]) == len(margins[flip[1]]):
-        # The second set holds the same (A, B) under the opposite condition with the labels
-        # swapped, so its margin is r(B) - r(A): the preference between A and B reverses with
-        # the condition exactly when both margins are positive or both negative.
-        a, b = margins[flip[0]], margins[flip[1]]
-        out["flip_agreement"] = float(np.mean(np.sign(a) * np.sign(b) > 0))
-    return out
 
 
 def _write_run_config(cfg: TrainConfig) -> None:
@@ -495,7 +300,7 @@ def _run_stage(
             "step": at_step,
             "stage": stage.name,
             "stage_index": stage_index,
-            "data_state": _gather_states(pipeline.get_state()),
+            "data_state": gather_states(pipeline.get_state()),
             "loss_state": _loss_state_to_json(loss_state),
             "skipped_steps": skipped_total,
         }
@@ -516,13 +321,13 @@ def _run_stage(
             n_micro = 0
             for micro in range(scfg.train.grad_accum):
                 local = _next_batch(pipeline, params, ctx, step * scfg.train.grad_accum + micro)
-                if not _every_process_has(local is not None):
+                if not everywhere(local is not None):
                     continue  # an online source found nothing to learn from (all samples tied)
                 n_micro += 1
                 window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * process_count
                 if tables:
                     local = tables["data.train"].attach(local)
-                batch = _global_batch(local, ctx.mesh, ctx.pad_id)
+                batch = global_batch(local, ctx.mesh, ctx.pad_id)
                 rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), micro)
                 micro_grads, micro_metrics, loss_state = grads_fn(params, ref_params, batch, loss_state, rng)
                 grads = micro_grads if grads is None else add_fn(grads, micro_grads)
@@ -701,14 +506,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     os.makedirs(cfg.run_dir, exist_ok=True)
     _write_run_config(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
-    data_dir = _builtin_data(cfg)
+    data_dir = prepare_builtin_data(cfg)
     all_stages = stages(cfg)
 
     from alignjax.data.byte_tokenizer import VOCAB_SIZE
 
     rng = jax.random.key(cfg.seed)
     loaded = load_model(cfg.model, rng, vocab_size=VOCAB_SIZE if cfg.model.preset else None)
-    tokenizer, tokenizer_dir = _tokenizer_for(loaded, cfg.run_dir)
+    tokenizer, tokenizer_dir = tokenizer_for(loaded, cfg.run_dir)
     model_cfg = loaded.cfg
     param_shapes = jax.eval_shape(lambda p: p, loaded.params)
     logical = decoder.logical_axes(model_cfg)
@@ -775,7 +580,7 @@ def _restore(ctx: RunContext, all_stages: list[Stage], init_params):
             )
         except Exception as e:  # a partial or corrupt step must not end the run
             error = f"{type(e).__name__}: {e}"
-        if not _everywhere(error is None):  # every process resumes from the same step
+        if not everywhere(error is None):  # every process resumes from the same step
             error = error or "another process could not restore it"
             log.warning(
                 "checkpoint step %d in %s does not restore (%s); trying an older one",
@@ -803,12 +608,3 @@ def _restore(ctx: RunContext, all_stages: list[Stage], init_params):
         )
     params = jax.device_put(init_params, ctx.param_shardings)
     return 0, params, None
-
-
-def _everywhere(ok: bool) -> bool:
-    """Whether `ok` holds on every process."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.min(multihost_utils.process_allgather(np.array([int(ok)]))))

@@ -41,8 +41,16 @@ from alignjax.data.pipeline import make_pipeline
 from alignjax.data.records import split_record_key
 from alignjax.data.sources import open_sources
 from alignjax.models import decoder
-from alignjax.train import loop, objectives
-from alignjax.train.config import LossSection, Stage, TrainConfig, data_config, sources_from
+from alignjax.train import evaluation, loop, objectives
+from alignjax.train.multihost import everywhere, global_batch, to_host
+from alignjax.train.config import (
+    LossSection,
+    Stage,
+    TrainConfig,
+    data_config,
+    resolve_builtin_paths,
+    sources_from,
+)
 
 log = logging.getLogger("alignjax.precompute")
 
@@ -202,7 +210,7 @@ def _differences(old, new, key: str) -> list[str]:
 
 
 def eval_label(name: str) -> str:
-    """The table label of eval set `name` (see `loop._eval_sets`)."""
+    """The table label of eval set `name` (see `evaluation.eval_sets`)."""
     return "data.eval" if name == "eval" else f"data.eval.{name}"
 
 
@@ -215,10 +223,10 @@ def data_sets(stage_cfg: TrainConfig, data_dir: str | None, batch_size: int) -> 
     """
     if stage_cfg.data.train is None:
         raise ValueError("data.train is not set (a path, a list of paths, or builtin:NAME)")
-    sets = [("data.train", sources_from(loop._resolve(stage_cfg.data.train, data_dir), "data.train"))]
+    sets = [("data.train", sources_from(resolve_builtin_paths(stage_cfg.data.train, data_dir), "data.train"))]
     sets += [
         (eval_label(name), sources_from(paths, eval_label(name)))
-        for name, paths in loop._eval_sets(stage_cfg, data_dir).items()
+        for name, paths in evaluation.eval_sets(stage_cfg, data_dir).items()
     ]
     return [
         (
@@ -376,11 +384,11 @@ def compute_table(params, model_cfg, loss: LossSection, dcfg: DataConfig, tokeni
                     record_key_P=np.zeros_like(last.record_key_P),
                 )
             last = local
-            chosen_P, rejected_P = sums_fn(params, loop._global_batch(local, mesh, pad_id))
+            chosen_P, rejected_P = sums_fn(params, global_batch(local, mesh, pad_id))
             valid_P = _gather(local.pair_valid_P) > 0
             keys.append(_gather(local.record_key_P)[valid_P])
-            chosen.append(loop._to_host(chosen_P)[valid_P])
-            rejected.append(loop._to_host(rejected_P)[valid_P])
+            chosen.append(to_host(chosen_P)[valid_P])
+            rejected.append(to_host(rejected_P)[valid_P])
     keys_N = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     order = np.argsort(keys_N, kind="stable")
     keys_N = keys_N[order]
@@ -395,7 +403,7 @@ def compute_table(params, model_cfg, loss: LossSection, dcfg: DataConfig, tokeni
 def _anywhere(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
-    return not loop._everywhere(not flag)
+    return not everywhere(not flag)
 
 
 def _starting_params(cfg: TrainConfig, stage: Stage, index: int, initial_params):
@@ -432,12 +440,12 @@ def precompute(cfg: TrainConfig) -> list[str]:
     sharding.maybe_initialize_distributed()
     os.makedirs(cfg.run_dir, exist_ok=True)
     mesh = sharding.make_mesh(cfg.mesh)
-    data_dir = loop._builtin_data(cfg)
+    data_dir = loop.prepare_builtin_data(cfg)
     # As the trainer loads it: the same seed gives a preset the same initial parameters.
     loaded = load_model(
         cfg.model, jax.random.key(cfg.seed), vocab_size=VOCAB_SIZE if cfg.model.preset else None
     )
-    tokenizer, _ = loop._tokenizer_for(loaded, cfg.run_dir)
+    tokenizer, _ = loop.tokenizer_for(loaded, cfg.run_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     shapes = jax.eval_shape(lambda p: p, loaded.params)
     shardings = sharding.tree_shardings(decoder.logical_axes(loaded.cfg), shapes, mesh)

@@ -114,7 +114,7 @@ def test_process_shards_of_shuffled_data_together_are_the_one_process_batches(tm
 def test_row_regrouping_restores_the_chosen_then_rejected_layout():
     """Two processes' padded pair batches, concatenated as make_array_from_process_local_data
     does, are regrouped into rows [0, P) chosen and [P, 2P) rejected."""
-    from alignjax.train.loop import _regroup_rows
+    from alignjax.train.multihost import _regroup_rows
 
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
     # Process q holds 3 pairs: rows "q c i" then "q r i"; values encode (process, half, pair).
