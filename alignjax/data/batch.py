@@ -59,6 +59,8 @@ class PairBatch:
     token_weights_BxL: np.ndarray | None = None  # float32, when data.token_weights
     ref_chosen_logps_P: np.ndarray | None = None  # float32, summed over the response
     ref_rejected_logps_P: np.ndarray | None = None  # float32
+    # Per-pair loss weights (MO-ODPO's one-winner-per-objective pairs carry w_k); None = 1.
+    pair_weight_P: np.ndarray | None = None  # float32
 
     @property
     def num_pairs(self) -> int:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from alignjax.losses import dpo_family as fam
 from alignjax.losses.dpo_family import PairLogps
-from alignjax.losses.sequence import as_float, masked_mean
+from alignjax.losses.sequence import as_float
 
 
 class LossSpec(NamedTuple):
@@ -166,7 +166,8 @@ def dpo_loss(
     """Weighted sum of the configured losses, TRL metrics, and the next state.
 
     valid_B: 1 for real pairs, 0 for the unused slots of a packed or padded batch;
-      every batch mean (losses and metrics) then runs over real pairs only.
+      every batch mean (losses and metrics) then runs over real pairs only. Non-negative
+      weights other than 1 weigh pairs in those means (MO-ODPO's per-objective winners).
 
     Returns (loss scalar, metrics dict of scalars, new state). Metrics:
     rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
@@ -182,7 +183,9 @@ def dpo_loss(
     if valid_B is None:
         mean = jnp.mean
     else:
-        mean = lambda x_B: masked_mean(x_B, valid_B)  # noqa: E731
+        weight_B = as_float(valid_B)
+        total = jnp.maximum(jnp.sum(weight_B), jnp.finfo(weight_B.dtype).tiny)
+        mean = lambda x_B: jnp.sum(jnp.where(weight_B > 0, as_float(x_B) * weight_B, 0.0)) / total  # noqa: E731
     loss = jnp.zeros((), as_float(pairs.chosen_logps_B).dtype)
     metrics = {}
     for name, weight in zip(config.loss_type, config.loss_weights):

@@ -44,6 +44,9 @@ class MOODPOSection:
     top_k: int = 0
     top_p: float = 1.0
     missing_eos_penalty: float = 0.0
+    # One pair per objective (best vs worst on that objective alone), weighted by its
+    # weight: the loss is sum_k w_k DPO_k, instead of DPO on the scalarised score.
+    per_objective_winners: bool = False
 
 
 def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: int | None) -> np.ndarray:
@@ -99,7 +102,8 @@ class OnlinePairSource(OnlineSource):
         pair_cfg = dataclasses.replace(pair_cfg, on_bad_record="skip")
         self.pair_cfg = pair_cfg
         self.pairs = ExampleProcessor(pair_cfg, tokenizer)
-        self.builder = make_builder(pair_cfg, per_host_batch, pad_id)
+        pairs_per_prompt = len(objectives) if section.per_objective_winners else 1
+        self.builder = make_builder(pair_cfg, per_host_batch * pairs_per_prompt, pad_id)
         sampling = SamplingConfig(
             max_new_tokens=section.max_new_tokens,
             temperature=section.temperature,
@@ -147,19 +151,32 @@ class OnlinePairSource(OnlineSource):
 
         self.builder.reset()
         kept = identical = 0
-        for i, (prompt, w) in enumerate(zip(prompts, weights)):
-            best, worst = int(np.argmax(scalar_NxS[i])), int(np.argmin(scalar_NxS[i]))
+        pair_weights = []
+        # Scalarised: one pair per prompt on s = sum_k w_k R_k. Per objective: one pair per
+        # prompt and objective on R_k alone, weighted by w_k.
+        if self.section.per_objective_winners:
+            penalty_NxS = self.section.missing_eos_penalty * (~hit_eos_NxS)
+            choices = [
+                (i, scores_NxSxK[i, :, k] - penalty_NxS[i], w_NxK[i, k])
+                for i in range(len(prompts))
+                for k in range(len(self.objectives))
+                if w_NxK[i, k] > 0
+            ]
+        else:
+            choices = [(i, scalar_NxS[i], 1.0) for i in range(len(prompts))]
+        for i, score_S, pair_weight in choices:
+            best, worst = int(np.argmax(score_S)), int(np.argmin(score_S))
             chosen, rejected = texts[i * s + best], texts[i * s + worst]
-            if chosen == rejected or scalar_NxS[i, best] == scalar_NxS[i, worst]:
+            if chosen == rejected or score_S[best] == score_S[worst]:
                 identical += 1  # nothing to learn from this prompt this step
                 continue
-            example = self.pairs(
-                raw_record({"prompt": prompt, "weights": w, "chosen": chosen, "rejected": rejected}, i)
-            )
+            record = {"prompt": prompts[i], "weights": weights[i], "chosen": chosen, "rejected": rejected}
+            example = self.pairs(raw_record(record, i))
             if isinstance(example, Skipped):
                 identical += 1
                 continue
             self.builder.add(example)
+            pair_weights.append(pair_weight)
             kept += 1
         self.last_metrics = {
             "online/pairs": float(kept),
@@ -172,4 +189,12 @@ class OnlinePairSource(OnlineSource):
                 for k, name in enumerate(self.objectives)
             },
         }
-        return self.builder.build() if kept else None
+        if not kept:
+            return None
+        batch = self.builder.build()
+        if not self.section.per_objective_winners:
+            return batch
+        # Pairs fill the batch's slots in the order they were added.
+        weight_P = np.zeros(batch.num_pairs, np.float32)
+        weight_P[np.flatnonzero(batch.pair_valid_P)] = pair_weights
+        return dataclasses.replace(batch, pair_weight_P=weight_P)

@@ -153,7 +153,8 @@ def _preference(cfg, loss, info) -> Objective:
                 ref_chosen_logps_B=ref.chosen_logps_B, ref_rejected_logps_B=ref.rejected_logps_B
             )
         valid_P = batch.pair_valid_P.astype(jnp.float32)
-        value, metrics, state = dpo_loss(policy, dpo, state, valid_B=valid_P)
+        weight_P = valid_P if batch.pair_weight_P is None else valid_P * batch.pair_weight_P
+        value, metrics, state = dpo_loss(policy, dpo, state, valid_B=weight_P)
         chosen_r_P, rejected_r_P = implicit_rewards(policy, dpo)
         per_pair = _pair_outputs(metrics, chosen_r_P - rejected_r_P, batch, info["num_conditions"])
         return value, (metrics, state, per_pair)

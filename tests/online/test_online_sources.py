@@ -169,3 +169,47 @@ def test_online_cut_marks_judged_responses_unsatisfactory(model, prompts_file):
         assert bool(batch.is_satisfactory_E[i]) == (len(text) <= 6), text
         row_text = tok.decode(batch.tokens_BxL[i].tolist(), skip_special_tokens=False)
         assert ("Too long." in row_text) == (not batch.is_satisfactory_E[i])
+
+
+def test_per_objective_winners_pair_each_objective_with_its_weight(model, prompts_file):
+    cfg, params = model
+    tok = make_byte_tokenizer()
+    dcfg = _data_cfg(prompts_file)
+    section = MOODPOSection(
+        rewards=REWARDS, num_samples=3, max_new_tokens=12, temperature=1.0, grid=4, per_objective_winners=True
+    )
+    pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
+    source = OnlinePairSource(
+        make_pipeline(dcfg, tok), pair_cfg, tok, cfg, section, seed=0, per_host_batch=4, pad_id=tok.pad_token_id
+    )
+    batch = source.next_for(params, step=3)
+    rewards = [build_reward(r) for r in REWARDS]
+    p = batch.num_pairs
+    assert batch.pair_weight_P is not None and batch.pair_valid_P.sum() > 0
+    np.testing.assert_array_equal(batch.pair_weight_P[batch.pair_valid_P == 0], 0.0)
+    for i in np.flatnonzero(batch.pair_valid_P):
+        texts = []
+        for row in (i, p + i):
+            ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
+            texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
+        prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
+        w_short = float(tok.decode(prompt_ids.tolist()).split("Weights: short ")[1].split("%")[0]) / 100
+        w = np.array([w_short, 1 - w_short])
+        scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
+        # The pair is the best vs the worst on one objective k, and carries w_k.
+        ks = [k for k in range(2) if np.isclose(w[k], batch.pair_weight_P[i])]
+        assert ks and any(scores[0, k] > scores[1, k] for k in ks), (texts, w, batch.pair_weight_P[i])
+
+
+def test_dpo_pair_weights_give_the_weighted_mean():
+    from alignjax.losses.dpo import DPOConfig, dpo_loss
+    from alignjax.losses.dpo_family import PairLogps
+
+    rng = np.random.default_rng(0)
+    c, r, rc, rr = (rng.normal(size=6) * 5 for _ in range(4))
+    lens = np.full(6, 4.0)
+    weights = np.array([0.25, 0.75, 1.0, 0.0, 0.5, 0.5])
+    loss, _, _ = dpo_loss(PairLogps(c, r, lens, lens, rc, rr), DPOConfig(beta=0.1), {}, valid_B=weights)
+    z = 0.1 * ((c - rc) - (r - rr))
+    per_pair = np.log1p(np.exp(-z))  # -log sigmoid(z), float64
+    np.testing.assert_allclose(float(loss), np.sum(weights * per_pair) / np.sum(weights), rtol=1e-5)
