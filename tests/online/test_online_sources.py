@@ -60,6 +60,22 @@ def _data_cfg(path, **kw):
     )
 
 
+def _pair_texts(batch, tok, i):
+    """Pair i's chosen and rejected answers, decoded from their response tokens."""
+    p = batch.num_pairs
+    texts = []
+    for row in (i, p + i):
+        ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
+        texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
+    return texts
+
+
+def _short_weight(batch, tok, i):
+    """The weight of the first objective, read back from pair i's rendered prompt."""
+    prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
+    return float(tok.decode(prompt_ids.tolist()).split("Weights: short ")[1].split("%")[0]) / 100
+
+
 def mentions_prompt(prompts, responses, word):
     return [None if word in r else f"Mention {word}." for r in responses]
 
@@ -103,13 +119,8 @@ def test_pairs_prefer_the_higher_weighted_score_and_replay_exactly(model, prompt
     for i in range(p):
         if not batch.pair_valid_P[i]:
             continue
-        texts = []
-        for row in (i, p + i):
-            ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
-            texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
-        prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
-        prompt_text = tok.decode(prompt_ids.tolist(), skip_special_tokens=False)
-        w_short = float(prompt_text.split("Weights: short ")[1].split("%")[0]) / 100
+        texts = _pair_texts(batch, tok, i)
+        w_short = _short_weight(batch, tok, i)
         w = np.array([w_short, 1 - w_short])
         scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
         chosen_score, rejected_score = scores @ w
@@ -180,20 +191,22 @@ def test_per_objective_winners_pair_each_objective_with_its_weight(model, prompt
     )
     pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
     source = OnlinePairSource(
-        make_pipeline(dcfg, tok), pair_cfg, tok, cfg, section, seed=0, per_host_batch=4, pad_id=tok.pad_token_id
+        make_pipeline(dcfg, tok),
+        pair_cfg,
+        tok,
+        cfg,
+        section,
+        seed=0,
+        per_host_batch=4,
+        pad_id=tok.pad_token_id,
     )
     batch = source.next_for(params, step=3)
     rewards = [build_reward(r) for r in REWARDS]
-    p = batch.num_pairs
     assert batch.pair_weight_P is not None and batch.pair_valid_P.sum() > 0
     np.testing.assert_array_equal(batch.pair_weight_P[batch.pair_valid_P == 0], 0.0)
     for i in np.flatnonzero(batch.pair_valid_P):
-        texts = []
-        for row in (i, p + i):
-            ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
-            texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
-        prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
-        w_short = float(tok.decode(prompt_ids.tolist()).split("Weights: short ")[1].split("%")[0]) / 100
+        texts = _pair_texts(batch, tok, i)
+        w_short = _short_weight(batch, tok, i)
         w = np.array([w_short, 1 - w_short])
         scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
         # The pair is the best vs the worst on one objective k, and carries w_k.
