@@ -89,13 +89,5 @@ class ModelConfig:
     def scale(self) -> float:
         return self.query_scale or self.head_dim**-0.5
 
-    @property
-    def rope_by_type(self) -> dict[str, RopeConfig]:
-        return dict(self.rope)
-
-    @property
-    def has_sliding_layers(self) -> bool:
-        return SLIDING in self.layer_types and self.sliding_window is not None
-
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
