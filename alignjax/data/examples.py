@@ -3,7 +3,8 @@
 This is the per-record Grain map: decode, validate, condition, render, tokenize,
 truncate. Under `on_bad_record: error` a bad record raises `DataError` naming
 its file and line; under `skip` it becomes a `Skipped` for the batcher to
-count. Length drops are always counted, never raised.
+count. Length drops are always counted, never raised. A `DataSetupError` (a missing
+package, a template that does not compile) stops the run in either mode.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from alignjax.data.formats import (
 from alignjax.data.records import (
     LENGTH_DROP_REASONS,
     BadRecord,
+    DataSetupError,
     RawRecord,
     Skipped,
     bad_record_error,
@@ -115,6 +117,8 @@ class ExampleProcessor:
             if self.cfg.on_bad_record == "error" and e.reason not in LENGTH_DROP_REASONS:
                 raise bad_record_error(raw.origin, e) from None
             return Skipped(e.reason, str(raw.origin), raw.epoch)
+        except DataSetupError as e:
+            raise DataSetupError(f"{e} (met first at {raw.origin})") from e.__cause__
 
     def _ids(self, cond: Conditioning) -> tuple[int, int]:
         user = self.user_vocab.index(cond.user_key) if self.user_vocab else 0

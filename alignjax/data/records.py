@@ -90,6 +90,12 @@ class DataError(ValueError):
     """A bad record under `on_bad_record: error`, or a data problem at start-up."""
 
 
+class DataSetupError(DataError):
+    """Not the record's fault: a missing package, a chat template that does not compile,
+    a broken tokenizer. It stops the run under either `on_bad_record` mode, since
+    skipping would drop every record for a reason no record can fix."""
+
+
 def bad_record_error(origin: Origin | str, err: BadRecord) -> DataError:
     return DataError(
         f"{origin}: {err.reason}: {err.detail}. Fix the record, or set "

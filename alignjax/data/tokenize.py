@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from alignjax.data.formats import ResponseWeights, Text
-from alignjax.data.records import BadRecord
+from alignjax.data.records import BadRecord, DataSetupError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +107,8 @@ class SequenceTokenizer:
             if response is None:
                 return prompt_text, None
             full = self._apply(prompt + response, add_generation_prompt=False)
-        except Exception as e:  # Jinja raises many types, e.g. "roles must alternate"
-            raise BadRecord("template_error", f"chat template failed: {e}") from None
+        except Exception as e:
+            raise _template_failure(e) from e
         if not full.startswith(prompt_text):
             raise BadRecord(
                 "template_error",
@@ -227,6 +227,39 @@ class SequenceTokenizer:
             n_bos=n_bos,
             response_weights=None if response_weights is None else response_weights[:budget],
         )
+
+
+# What a template raises when it rejects one record's messages: Jinja's own errors
+# (`raise_exception`, undefined fields) and Python errors from fields of the wrong shape.
+_RECORD_TEMPLATE_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError)
+
+
+def _template_failure(err: Exception) -> Exception:
+    """A `BadRecord` when the template rejected this record; otherwise `DataSetupError`:
+    a missing package or a template that does not compile would fail every record alike,
+    so skipping it would silently drop the whole data set."""
+    try:
+        import jinja2
+    except ImportError:
+        jinja2 = None
+    if isinstance(err, ImportError):
+        return DataSetupError(
+            f"the chat template cannot run because a package is missing: {str(err).rstrip('.')}. "
+            "This is not a problem with the data: install the package and rerun"
+        )
+    if jinja2 is not None and isinstance(err, jinja2.TemplateSyntaxError):
+        return DataSetupError(
+            f"the chat template does not compile (template line {err.lineno}: {err.message}); "
+            "fix data.chat_template, or the tokenizer's chat_template"
+        )
+    if (jinja2 is not None and isinstance(err, jinja2.TemplateError)) or isinstance(
+        err, _RECORD_TEMPLATE_ERRORS
+    ):
+        return BadRecord("template_error", f"chat template failed: {err}")
+    return DataSetupError(
+        f"rendering the chat template failed with {type(err).__name__}: {err}. "
+        "This is not a problem with the data: check the tokenizer and the environment"
+    )
 
 
 def response_content(response: Text) -> str:

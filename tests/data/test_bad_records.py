@@ -14,7 +14,7 @@ from datatest_helpers import FIXTURES, run, write_jsonl
 from alignjax.data.byte_tokenizer import CHAT_TEMPLATE
 from alignjax.data.config import DataConfig
 from alignjax.data.pipeline import make_pipeline
-from alignjax.data.records import DataError
+from alignjax.data.records import DataError, DataSetupError
 
 BAD = os.path.join(FIXTURES, "bad_records.jsonl")
 NO_SYSTEM_TEMPLATE = (
@@ -110,3 +110,61 @@ def test_empty_prompt_without_bos_is_a_bad_record(tmp_path, qwen_tok):
     cfg = DataConfig(sources=[{"path": path}], max_length=16, max_prompt_length=8, buckets=[16])
     with pytest.raises(DataError, match=r":1: empty_prompt: "):
         run(cfg, qwen_tok)
+
+
+def _without_jinja(monkeypatch):
+    """transformers as it runs where jinja2 is not installed: its own ImportError."""
+    from transformers.utils import chat_template_utils
+
+    monkeypatch.setattr(chat_template_utils, "is_jinja_available", lambda: False)
+    # Earlier tests may have compiled this template already; exceptions are never cached.
+    chat_template_utils._compile_jinja_template.cache_clear()
+
+
+@pytest.mark.parametrize("on_bad_record", ["error", "skip"])
+def test_missing_template_package_stops_in_both_modes(tmp_path, byte_tok, monkeypatch, on_bad_record):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _CONVERSATION}] * 3)
+    _without_jinja(monkeypatch)
+    pipeline = make_pipeline(_sft_cfg(path, on_bad_record), byte_tok, process_index=0, process_count=1)
+    with pytest.raises(DataSetupError) as err:
+        list(pipeline)
+    message = str(err.value)
+    assert "requires jinja2" in message and "not a problem with the data" in message
+    assert f"{path}:1" in message  # where it was met
+    assert "on_bad_record" not in message  # skipping cannot help
+    assert pipeline.skipped_counts() == {}
+
+
+@pytest.mark.parametrize("on_bad_record", ["error", "skip"])
+def test_template_that_does_not_compile_stops_in_both_modes(tmp_path, byte_tok, on_bad_record):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _CONVERSATION}] * 3)
+    cfg = _sft_cfg(path, on_bad_record, chat_template="{% for m in messages %}{{ m['content'] }")
+    pipeline = make_pipeline(cfg, byte_tok, process_index=0, process_count=1)
+    with pytest.raises(DataSetupError, match=r"does not compile .*fix data\.chat_template"):
+        list(pipeline)
+    assert pipeline.skipped_counts() == {}
+
+
+def test_template_rejecting_one_record_is_still_a_bad_record(tmp_path, byte_tok):
+    system = [{"role": "system", "content": "Be brief."}, *_CONVERSATION]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": _CONVERSATION}, {"messages": system}])
+    cfg = _sft_cfg(path, "skip", chat_template=NO_SYSTEM_TEMPLATE)
+    batches, p = run(cfg, byte_tok)
+    assert p.skipped_counts() == {"template_error": 1} and len(batches) == 1
+
+
+_CONVERSATION = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+
+
+def _sft_cfg(path, on_bad_record, **kw):
+    return DataConfig(
+        sources=[{"path": path}],
+        record_type="sft",
+        on_bad_record=on_bad_record,
+        max_length=64,
+        max_prompt_length=None,
+        buckets=[64],
+        batch_size=1,
+        shuffle=False,
+        **kw,
+    )
