@@ -12,28 +12,7 @@ import argparse
 import json
 import time
 
-# Dense bf16 peak FLOP/s per chip, for MFU; None where no single figure applies (CPU).
-DEVICE_PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-}
-
-
-def device_peak_flops() -> float | None:
-    import jax
-
-    kind = jax.devices()[0].device_kind
-    for name, peak in DEVICE_PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return peak
-    return None
+from alignjax.errors import run_command
 
 
 def _logps(args) -> dict:
@@ -64,7 +43,7 @@ def _generate(args) -> dict:
 
 
 def _train(args) -> dict:
-    """Time `args.steps` steps of a config after a warm-up step (compilation excluded)."""
+    """Time `args.steps` steps of a config after as many warm-up steps (compilation excluded)."""
     import tempfile
 
     from alignjax.train.config import load_config
@@ -78,8 +57,9 @@ def _train(args) -> dict:
             "logging.tensorboard=false",
             "train.save_every=1000000",
             "data.eval=null",
+            # Two windows of `steps` steps: the first includes compilation, the second is timed.
             f"train.log_every={args.steps}",
-            f"train.steps={args.steps + 1}",
+            f"train.steps={2 * args.steps}",
             "stages=null",
         ]
         cfg = load_config(args.config, overrides)
@@ -94,6 +74,7 @@ def _train(args) -> dict:
         "steps": args.steps,
         "wall_s_including_compile": total,
         "tokens_per_sec": last.get("tokens_per_sec"),
+        "step_time_s": last.get("step_time_s"),
         "mfu": last.get("mfu"),
         "device": __import__("jax").devices()[0].device_kind,
         "loss": last.get("loss"),
@@ -123,5 +104,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.set_defaults(fn=_train)
     args = parser.parse_args(argv)
+    return run_command("bench", _print_report, args)
+
+
+def _print_report(args: argparse.Namespace) -> int:
     print(json.dumps(args.fn(args), indent=2, default=str))
     return 0

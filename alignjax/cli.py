@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from alignjax.errors import run_command
+
 
 def _convert(args: argparse.Namespace) -> int:
     from alignjax.convert import api
@@ -25,8 +27,8 @@ def _describe(args: argparse.Namespace) -> int:
     import numpy as np
 
     from alignjax import configlib
+    from alignjax.convert.loading import ModelSection, load_model
     from alignjax.models import decoder, head
-    from alignjax.models.loading import ModelSection, load_model
 
     tree = configlib.load_yaml(args.config)
     for override in args.overrides:
@@ -118,8 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read a training config: every method must be registered first, the
+# online ones (MO-ODPO, online CUT) included.
+_CONFIG_COMMANDS = ("train", "precompute-ref", "bench")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _CONFIG_COMMANDS:
+        import alignjax.online  # noqa: F401  (registers the online methods)
     if argv and argv[0] == "plot":
         from alignjax import plot
 
@@ -141,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return precompute.main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # configlib.ConfigError is a ValueError
-        print(f"alignjax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.command, args.func, args)
 
 
 if __name__ == "__main__":

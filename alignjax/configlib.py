@@ -76,12 +76,21 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    # A class with open sections takes extra keys whose types a registry declares (a
+    # method's `loss.<name>` section), collected into its `sections` field.
+    open_sections = cls.__open_sections__() if hasattr(cls, "__open_sections__") else {}
+    valid = [k for k in fields if not (open_sections and k == "sections")] + list(open_sections)
+    kwargs, sections = {}, {}
     for key, value in data.items():
         dotted = f"{where}.{key}" if where else key
-        if key not in fields:
-            raise ConfigError(f"unknown config key {dotted!r}{_suggest(key, list(fields))}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
+        if key in open_sections:
+            sections[key] = _coerce(value, open_sections[key], dotted)
+        elif key not in valid:
+            raise ConfigError(f"unknown config key {dotted!r}{_suggest(key, valid)}")
+        else:
+            kwargs[key] = _coerce(value, hints[key], dotted)
+    if sections:
+        kwargs["sections"] = sections
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -90,7 +99,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if hasattr(obj, "__open_sections__"):
+            out.update(out.pop("sections"))  # back to the keys they were given as
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -107,7 +119,12 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r} is not of the form key=value")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"override {override!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})"
+        ) from None
     parts = key.strip().split(".")
     node = tree
     i = 0

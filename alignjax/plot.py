@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from alignjax.errors import MissingDependencyError, run_command
+
 EVAL_PREFIX = "eval/"
 PER_CONDITION_PREFIX = "rewards/accuracies/"
 
@@ -211,12 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="PNG to write (default: RUN_DIR/plots/curves.png)")
     parser.add_argument("--smoothing", type=float, default=0.0, help="EMA weight in [0, 1) for train curves")
     args = parser.parse_args(argv)
-    try:
-        paths = plot_run(args.run_dir, args.out, smoothing=args.smoothing)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"alignjax plot: error: {e}", file=sys.stderr)
-        return 2
-    for path in paths:
+    return run_command("plot", _plot, args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    for path in plot_run(args.run_dir, args.out, smoothing=args.smoothing):
         print(f"wrote {path}")
     return 0
 
@@ -227,7 +228,7 @@ def _import_matplotlib_figure():
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError("`alignjax plot` needs matplotlib: pip install matplotlib") from e
+        raise MissingDependencyError("`alignjax plot` needs matplotlib: pip install matplotlib") from e
     return Figure
 
 

@@ -12,6 +12,7 @@ from alignjax.convert.hf import params_from_tensors, tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import hf_class_name, load_hf_config_dict, model_config_from_hf
+from alignjax.models.parts import split_parts
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -59,7 +60,8 @@ def orbax_to_hf(ckpt: str, out_dir: str, *, max_shard_bytes: int = 5 * 1024**3) 
     root, step = mc.resolve(ckpt)
     meta = mc.load_meta(root, step)
     cfg = model_config_from_meta(meta)
-    params = mc.load_params(root, step)
+    # A training checkpoint may hold parts beside the decoder (a mask head, a user model).
+    params, _ = split_parts(mc.load_params(root, step))
     hf_config = dict(meta["hf_config"])
     hf_config.setdefault("architectures", [hf_class_name(cfg.model_type)])
     default_dtype = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"

@@ -8,7 +8,7 @@ so worker processes start fast.
 from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch
 from alignjax.data.byte_tokenizer import make_byte_tokenizer
 from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
-from alignjax.data.load_tokenizer import load_tokenizer
+from alignjax.data.load_tokenizer import load_tokenizer, tokenizer_pad_id
 from alignjax.data.pipeline import Pipeline, load_state, make_pipeline, save_state
 from alignjax.data.records import DataError
 from alignjax.data.sources import write_array_record
@@ -30,5 +30,6 @@ __all__ = [
     "make_byte_tokenizer",
     "make_pipeline",
     "save_state",
+    "tokenizer_pad_id",
     "write_array_record",
 ]

@@ -66,6 +66,12 @@ class PairBatch:
     def num_pairs(self) -> int:
         return self.pair_valid_P.shape[0]
 
+    @property
+    def rows_in_halves(self) -> bool:
+        """Whether row i's partner is row B/2 + i (padded pairs), so a multi-host batch
+        must keep the halves apart when it joins the processes' rows."""
+        return self.tokens_BxL.shape[0] == 2 * self.num_pairs
+
 
 @dataclasses.dataclass(frozen=True)
 class SftBatch:
@@ -102,6 +108,9 @@ class CutBatch:
     example_valid_E: np.ndarray  # int32
     score_E: np.ndarray  # float32, NaN when the record has none
     condition_id_E: np.ndarray  # int32
+
+    # Example e's two views are rows e and E + e.
+    rows_in_halves = True
 
 
 @dataclasses.dataclass(frozen=True)

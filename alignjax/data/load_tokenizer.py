@@ -1,8 +1,11 @@
-"""The one way the pipeline gets a tokenizer: a local directory, or the built-in bytes."""
+"""The one way the pipeline gets a tokenizer (a local directory, or the built-in bytes), and
+the one rule for the id that pads its batches."""
 
 from __future__ import annotations
 
 import os
+
+from alignjax.data.records import DataSetupError
 
 BYTE_TOKENIZER = "byte"
 
@@ -25,3 +28,18 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(spec)
+
+
+def tokenizer_pad_id(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its EOS token (many causal
+    LMs, Llama's among them, ship without a pad token). Padding is masked out everywhere, so
+    any real id works; these two keep it inside the vocabulary the model was trained on."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        token_id = getattr(tokenizer, attr, None)
+        if token_id is not None:
+            return int(token_id)
+    where = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    raise DataSetupError(
+        f"tokenizer {where!r} has neither a pad token nor an EOS token, so batches cannot be "
+        "padded; set pad_token or eos_token in its tokenizer_config.json"
+    )

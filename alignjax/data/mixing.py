@@ -16,7 +16,7 @@ import grain
 import numpy as np
 from grain.experimental import index_shuffle
 
-from alignjax.data.records import record_key
+from alignjax.data.records import MAX_SOURCE_ROWS, MAX_SOURCES, record_key
 
 
 class MixtureMapDataset(grain.MapDataset):
@@ -27,6 +27,7 @@ class MixtureMapDataset(grain.MapDataset):
         super().__init__()
         self._sources = list(sources)
         self._lengths = np.array([len(s) for s in sources], np.int64)
+        _check_keyable(self._sources, self._lengths)
         self._draws = np.array(
             [max(1, round(n * w)) if n else 0 for n, w in zip(self._lengths, weights, strict=True)],
             np.int64,
@@ -59,6 +60,21 @@ class MixtureMapDataset(grain.MapDataset):
 
     def __str__(self) -> str:
         return f"MixtureMapDataset({len(self._sources)} sources, draws={self.draws_per_epoch})"
+
+
+def _check_keyable(sources: Sequence, lengths: np.ndarray) -> None:
+    """Every row gets a record key: checked here, at start-up, not when a worker reaches it."""
+    if len(sources) > MAX_SOURCES:
+        raise ValueError(
+            f"data.sources: {len(sources):,} data files, but record keys name at most "
+            f"{MAX_SOURCES:,}; merge small files"
+        )
+    for source, n in zip(sources, lengths):
+        if n > MAX_SOURCE_ROWS:
+            raise ValueError(
+                f"data.sources: {source!r} has {int(n):,} rows, but record keys name at most "
+                f"{MAX_SOURCE_ROWS:,} per file; split it into several files"
+            )
 
 
 def describe_mixture(sources: Sequence, draws: Sequence[int]) -> str:

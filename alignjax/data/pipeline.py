@@ -27,10 +27,12 @@ from alignjax.data.config import DataConfig
 from alignjax.data.examples import ExampleProcessor
 from alignjax.data.formats import condition_key, decode
 from alignjax.data.grain_batcher import BatchElement, BatchIterDataset
+from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.data.mixing import MixtureMapDataset, describe_mixture
 from alignjax.data.records import BadRecord
 from alignjax.data.sources import open_sources
 from alignjax.data.vocab import Vocab
+from alignjax.fileio import atomic_write_json
 
 log = logging.getLogger("alignjax.data")
 
@@ -235,9 +237,7 @@ def make_pipeline(
     ds = ds[process_index::process_count]
     ds = ds.map(ExampleProcessor(cfg, tokenizer, user_vocab, condition_vocab))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads))
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
+    pad_id = tokenizer_pad_id(tokenizer)
     it_ds = BatchIterDataset(it_ds, make_builder(cfg, cfg.batch_size // process_count, pad_id))
     if cfg.worker_count > 0:
         _ensure_absl_flags_parsed()
@@ -287,10 +287,7 @@ def _scan_keys(sources, key_fn) -> set[str]:
 
 def save_state(pipeline: Pipeline, path: str) -> None:
     """Write `pipeline.get_state()` as JSON (atomically), next to a checkpoint."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(pipeline.get_state(), f)
-    os.replace(tmp, path)
+    atomic_write_json(path, pipeline.get_state())
 
 
 def load_state(pipeline: Pipeline, path: str) -> None:

@@ -63,11 +63,20 @@ class RawRecord:
 # A record key packs (source index + 1, row) so that 0 is never a real record and
 # a key names its record in error messages; rows are 0-based indices into the source.
 _ROW_BITS = 40
+MAX_SOURCE_ROWS = 1 << _ROW_BITS
+# (source index + 1) << _ROW_BITS must stay below 2**63: keys travel as int64.
+MAX_SOURCES = (1 << (63 - _ROW_BITS)) - 1
 
 
 def record_key(source_index: int, row: int) -> int:
-    """The key of row `row` (0-based) of the pipeline's source `source_index`."""
-    assert 0 <= row < 1 << _ROW_BITS and 0 <= source_index < (1 << (63 - _ROW_BITS)) - 1
+    """The key of row `row` (0-based) of the pipeline's source `source_index` (one data
+    file; a glob or directory in data.sources opens several, in order)."""
+    if not (0 <= source_index < MAX_SOURCES and 0 <= row < MAX_SOURCE_ROWS):
+        raise ValueError(
+            f"data.sources: no record key for row {row} of data file {source_index}: keys name at "
+            f"most {MAX_SOURCES:,} files of at most {MAX_SOURCE_ROWS:,} rows each; split larger "
+            "files, or merge small ones"
+        )
     return ((source_index + 1) << _ROW_BITS) | row
 
 

@@ -10,8 +10,9 @@ at inference (an unseen id falls back to 0).
 from __future__ import annotations
 
 import json
-import os
 from typing import Iterable
+
+from alignjax.fileio import atomic_write_json
 
 
 class Vocab:
@@ -31,11 +32,8 @@ class Vocab:
         return {"kind": self.kind, "keys": self.keys}
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)  # a crash never leaves a half-written vocabulary
+        # Atomic: a crash never leaves a half-written vocabulary.
+        atomic_write_json(path, self.to_json(), ensure_ascii=False, indent=1)
 
     @classmethod
     def load(cls, path: str) -> "Vocab":

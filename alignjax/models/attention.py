@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 
-class BackendUnavailableError(RuntimeError):
-    pass
+class BackendUnavailableError(ValueError):
+    """model.attention_backend names a kernel this machine or model cannot run; a ValueError
+    like every config mistake, so the command line reports it in one line."""
 
 
 def attention_mask(q_positions_BxL, k_positions_BxS, q_segment_ids_BxL, k_segment_ids_BxS, window):

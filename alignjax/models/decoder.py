@@ -260,6 +260,13 @@ def _rope_tables(cfg: ModelConfig, positions_BxL):
     }
 
 
+def _scan_schedule(cfg: ModelConfig):
+    """(static layer type, or None when layers mix types; is_sliding [N]) for a scan over
+    stacked layers: one traced body serves every layer, so a per-layer type becomes data."""
+    uniform = len(set(cfg.layer_types)) == 1
+    return (cfg.layer_types[0] if uniform else None), jnp.asarray([t == SLIDING for t in cfg.layer_types])
+
+
 class Decoder(nn.Module):
     """`collect=True` also sows per-layer hidden states and activation summaries."""
 
@@ -285,8 +292,7 @@ class Decoder(nn.Module):
             )
 
         if cfg.scan_layers:
-            uniform = len(set(cfg.layer_types)) == 1
-            is_sliding_N = jnp.asarray([t == SLIDING for t in cfg.layer_types])
+            scan_layer_type, is_sliding_N = _scan_schedule(cfg)
             scanned = nn.scan(
                 block_cls,
                 variable_axes={"params": 0, "intermediates": 0},
@@ -295,9 +301,9 @@ class Decoder(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BxLxD, hidden_NxBxLxD = scanned(
-                cfg, cfg.layer_types[0] if uniform else None, self.collect, name="layers"
-            )(x_BxLxD, is_sliding_N, rope_tables, positions_BxL, segment_ids_BxL)
+            x_BxLxD, hidden_NxBxLxD = scanned(cfg, scan_layer_type, self.collect, name="layers")(
+                x_BxLxD, is_sliding_N, rope_tables, positions_BxL, segment_ids_BxL
+            )
         else:
             hidden = []
             for i, layer_type in enumerate(cfg.layer_types):
@@ -425,9 +431,7 @@ def apply_with_cache(
 
     k_all, v_all = cache.k_NxBxSxKxDh, cache.v_NxBxSxKxDh
     if cfg.scan_layers:
-        uniform = len(set(cfg.layer_types)) == 1
-        layer_type = cfg.layer_types[0] if uniform else None
-        is_sliding_N = jnp.asarray([t == SLIDING for t in cfg.layer_types])
+        layer_type, is_sliding_N = _scan_schedule(cfg)
 
         def body(carry, per_layer):
             x, k_all, v_all = carry

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 
 FORMS = ("individual", "direct", "cluster")
+# Where the user model sits in the trained parameters, beside "decoder".
+USER_MODEL_KEY = "user_model"
 
 
 def vocab_rows_init(vocab_embedding_VxD: jax.Array) -> Initializer:

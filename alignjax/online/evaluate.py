@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from alignjax.errors import run_command
 from alignjax.online import eval_grid, generate_cli
 from alignjax.online.eval_grid import GridPoint, Objective
 from alignjax.online.policy import Policy, load_policy
@@ -278,55 +279,55 @@ def _print_summary(table: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        objectives: list[Objective] = []
-        if args.reward or args.rewards_spec or not args.pdpo_eval:  # --pdpo-eval alone generates nothing
-            objectives = eval_grid.build_objectives(args.reward, args.rewards_spec)
-        policy = load_policy(args.model)
-        renderer = generate_cli.renderer_for(policy, args)
-        user_vocab = renderer.user_vocab
-        os.makedirs(args.out, exist_ok=True)
-        table: dict[str, Any] = {"model": policy.source, "step": policy.step, "stage": policy.stage}
-        if args.pdpo_eval:
-            table["pdpo_accuracy"] = _pdpo_accuracy(policy, args, renderer, user_vocab)
-        if objectives:
-            if not args.prompts:
-                raise ValueError("--prompts FILE.jsonl is needed to generate (one {'prompt': ...} per line)")
-            mode, points = _points(args, user_vocab)
-            prompts = read_prompts(args.prompts, args.max_prompts)
-            sampling = generate_cli.sampling_config(
-                policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p
-            )
-            samples, scores = sweep(
-                policy,
-                renderer,
-                prompts,
-                points,
-                objectives,
-                sampling,
-                seed=args.seed,
-                num_samples=args.num_samples,
-                batch_size=args.batch_size,
-            )
-            table.update(
-                mode=mode,
-                rewards={o.label: o.spec for o in objectives},
-                num_prompts=len(prompts),
-                num_samples=args.num_samples,
-                sampling=vars(sampling) | {"eos_ids": list(sampling.eos_ids)},
-            )
-            table.update(summarise(points, objectives, samples, scores))
-            with open(os.path.join(args.out, "samples.jsonl"), "w", encoding="utf-8") as f:
-                for x in samples:
-                    f.write(json.dumps(x, ensure_ascii=False) + "\n")
-            from alignjax.online.pareto_plot import plot_pareto
+    return run_command("eval", _evaluate, args)
 
-            plot_pareto(table, os.path.join(args.out, "pareto.png"))
-        with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
-            json.dump(table, f, indent=1, ensure_ascii=False)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"alignjax eval: error: {e}", file=sys.stderr)
-        return 2
+
+def _evaluate(args: argparse.Namespace) -> int:
+    objectives: list[Objective] = []
+    if args.reward or args.rewards_spec or not args.pdpo_eval:  # --pdpo-eval alone generates nothing
+        objectives = eval_grid.build_objectives(args.reward, args.rewards_spec)
+    policy = load_policy(args.model)
+    renderer = generate_cli.renderer_for(policy, args)
+    user_vocab = renderer.user_vocab
+    os.makedirs(args.out, exist_ok=True)
+    table: dict[str, Any] = {"model": policy.source, "step": policy.step, "stage": policy.stage}
+    if args.pdpo_eval:
+        table["pdpo_accuracy"] = _pdpo_accuracy(policy, args, renderer, user_vocab)
+    if objectives:
+        if not args.prompts:
+            raise ValueError("--prompts FILE.jsonl is needed to generate (one {'prompt': ...} per line)")
+        mode, points = _points(args, user_vocab)
+        prompts = read_prompts(args.prompts, args.max_prompts)
+        sampling = generate_cli.sampling_config(
+            policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p
+        )
+        samples, scores = sweep(
+            policy,
+            renderer,
+            prompts,
+            points,
+            objectives,
+            sampling,
+            seed=args.seed,
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+        )
+        table.update(
+            mode=mode,
+            rewards={o.label: o.spec for o in objectives},
+            num_prompts=len(prompts),
+            num_samples=args.num_samples,
+            sampling=vars(sampling) | {"eos_ids": list(sampling.eos_ids)},
+        )
+        table.update(summarise(points, objectives, samples, scores))
+        with open(os.path.join(args.out, "samples.jsonl"), "w", encoding="utf-8") as f:
+            for x in samples:
+                f.write(json.dumps(x, ensure_ascii=False) + "\n")
+        from alignjax.online.pareto_plot import plot_pareto
+
+        plot_pareto(table, os.path.join(args.out, "pareto.png"))
+    with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
+        json.dump(table, f, indent=1, ensure_ascii=False)
     _print_summary(table)
     print(f"wrote {args.out}/table.json" + (", samples.jsonl, pareto.png" if "points" in table else ""))
     return 0

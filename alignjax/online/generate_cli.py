@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from alignjax.errors import run_command
 from alignjax.online import sampler, soft_prompt
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.policy import USER_MODEL_KEY, Policy, load_policy
@@ -180,28 +181,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        record: dict[str, Any] = {"prompt": args.prompt}
-        for key in ("system", "user_info", "user_id"):
-            if getattr(args, key) is not None:
-                record[key] = getattr(args, key)
-        if args.weights is not None:
-            record["weights"] = parse_weights(args.weights)
-        policy = load_policy(args.model)
-        renderer = renderer_for(policy, args)
-        sampling = sampling_config(policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-        texts = generate_texts(
-            policy,
-            renderer,
-            [record],
-            sampling,
-            seed=args.seed,
-            num_samples=args.num_samples,
-            batch_size=args.batch_size,
-        )[0]
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"alignjax generate: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("generate", _generate, args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    record: dict[str, Any] = {"prompt": args.prompt}
+    for key in ("system", "user_info", "user_id"):
+        if getattr(args, key) is not None:
+            record[key] = getattr(args, key)
+    if args.weights is not None:
+        record["weights"] = parse_weights(args.weights)
+    policy = load_policy(args.model)
+    renderer = renderer_for(policy, args)
+    sampling = sampling_config(policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    texts = generate_texts(
+        policy,
+        renderer,
+        [record],
+        sampling,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+    )[0]
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}")

@@ -19,14 +19,7 @@ from alignjax.data.records import Skipped
 from alignjax.online.judges import build_judge
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
-
-
-@dataclasses.dataclass(frozen=True)
-class OnlineSampling:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+from alignjax.train.methods.cut import OnlineSampling
 
 
 class OnlineCutSource(OnlineSource):

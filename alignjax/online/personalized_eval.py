@@ -25,7 +25,7 @@ from alignjax.models import decoder
 from alignjax.online.policy import USER_MODEL_KEY, Policy
 from alignjax.online.soft_prompt import soft_tokens_BxTxD
 from alignjax.train.config import LossSection
-from alignjax.train.objectives import logps_from_hidden
+from alignjax.train.methods.common import logps_from_hidden
 
 
 def load_reference(run_dir: str, stage: str):

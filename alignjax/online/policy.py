@@ -14,11 +14,11 @@ import json
 import os
 from typing import Any
 
+from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.models.config import ModelConfig
-
-USER_MODEL_KEY = "user_model"  # as alignjax.train.objectives names it
-MASK_HEAD_KEY = "mask_head"  # as alignjax.models.mask_head names it
-_NOT_DECODER = (USER_MODEL_KEY, MASK_HEAD_KEY)
+from alignjax.models.mask_head import MASK_HEAD_KEY  # noqa: F401  (names of `extras`)
+from alignjax.models.parts import split_parts
+from alignjax.models.user_model import USER_MODEL_KEY  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -41,8 +41,7 @@ class Policy:
 
     @property
     def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
+        return tokenizer_pad_id(self.tokenizer)
 
 
 def _checkpoint_dir(path: str) -> str | None:
@@ -101,9 +100,7 @@ def load_policy(path: str, **execution: Any) -> Policy:
         return Policy(cfg, params, {}, load_tokenizer(path), path, None, None, None)
     root, step = mc.resolve(ckpt)
     cfg = api.model_config_from_meta(mc.load_meta(root, step), **execution)
-    tree = mc.load_params(root, step)
-    params = {k: v for k, v in tree.items() if k not in _NOT_DECODER}
-    extras = {k: v for k, v in tree.items() if k in _NOT_DECODER}
+    params, extras = split_parts(mc.load_params(root, step))
     run_dir = _run_dir_of(root)
     params, extras = jax.device_put((params, extras))
     return Policy(cfg, params, extras, _tokenizer(root, run_dir), path, step, run_dir, _stage_of(root, step))

@@ -149,6 +149,9 @@ class ModelReward:
                 f"reward_model {path}: chat_template=True but its tokenizer has no chat template"
             )
         self.use_chat_template = has_template if chat_template is None else chat_template
+        # Not data.load_tokenizer.tokenizer_pad_id: config.json's pad id comes first, since
+        # it is the pooling rule (`pooled_index_B`); without one the filler is never read
+        # (pooling and attention follow the mask), so any id will do and none is an error.
         pad_id = self.model.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from alignjax.convert import model_checkpoint as mc
+from alignjax.models.parts import is_grouped
 
 OPT_ITEM = "opt_state"
 LOOP_ITEM = "loop"
@@ -82,6 +83,12 @@ class TrainCheckpointer:
         """The loop state of one step (cheap: decides which stage's optimizer to build)."""
         restored = self.manager.restore(step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()}))
         return restored[LOOP_ITEM]
+
+    def params_grouped(self, step: int) -> bool:
+        """Whether the step's parameters are grouped as {"decoder": ..., <part>: ...}."""
+        item_dir = os.path.join(self.root, str(step), mc.PARAMS_ITEM)
+        tree = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
+        return is_grouped(tree)
 
     def restore_arrays(self, step: int, abstract_params: Any, abstract_opt_state: Any):
         """(params, opt_state) of one step, placed as the abstract trees' shardings say.

@@ -13,11 +13,10 @@ import os
 from typing import Any
 
 from alignjax import configlib
+from alignjax.convert.loading import ModelSection
 from alignjax.data.config import DataConfig, SourceConfig
-from alignjax.models.loading import ModelSection
-from alignjax.online.mo_odpo import MOODPOSection
-from alignjax.online.online_cut import OnlineSampling
 from alignjax.sharding import MeshSection
+from alignjax.train import methods
 from alignjax.train.optim import OptimSection
 
 
@@ -101,53 +100,12 @@ def data_config(section, sources: list[SourceConfig], batch_size: int, **changes
 
 
 @dataclasses.dataclass(frozen=True)
-class SparsePOSection:
-    """Token-weighted DPO (METHODS.md section 1). `weights`: ones (TDPO), given (from the
-    data's token weights), activations (MaPO reference-activation masks), learned (mask head).
-    """
-
-    weights: str = "ones"
-    mask_mode: str = "common"  # learned masks: one head (m_u = m_d) or two
-    kl: bool = False  # include the token-level KL term delta
-    lam_u: float = 0.0
-    lam_d: float = 0.0
-    mask_dropout: float = 0.01
-    mask_weight_decay: float = 0.01
-
-    def __post_init__(self):
-        if self.weights not in ("ones", "given", "activations", "learned"):
-            raise ValueError(
-                f"loss.sparsepo.weights={self.weights!r}: use ones, given, activations or learned"
-            )
-
-
-@dataclasses.dataclass(frozen=True)
-class PDPOSection:
-    """Personalised DPO (METHODS.md section 2); the user-token count is data.n_user_tokens."""
-
-    alpha: float = 0.5
-    user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
-    num_clusters: int = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class CUTSection:
-    """Contrastive unlikelihood training (METHODS.md section 4)."""
-
-    lam: float = 1.1
-    a: float = 0.5
-    g: float = 0.0
-    detection: str = "ratio"  # ratio, or the paper's difference test
-    form: str = "paper"  # paper (L1 + L2) or code (the authors' (NLL + UL) / 2)
-    # Online mode: data.train holds prompts; the policy answers and this judge critiques.
-    judge: dict[str, Any] | None = None
-    sampling: OnlineSampling = dataclasses.field(default_factory=OnlineSampling)
-
-
-@dataclasses.dataclass(frozen=True)
 class LossSection:
     """`type` names the objective: any DPO-family name (or a list summed with `weights`),
-    `sft`, `sparsepo` / `tdpo`, `pdpo`, or `cut`. Keys use TRL's names where TRL has them.
+    `sft`, `sparsepo` / `tdpo`, `pdpo`, `cut`, `mo_odpo`: whatever a registered method
+    accepts. Keys use TRL's names where TRL has them. Each method's own keys live in its
+    section (`loss.sparsepo`, `loss.pdpo`, `loss.cut`, `loss.mo_odpo`, ...), declared and
+    validated by the method (`alignjax.train.methods`).
     """
 
     type: Any = "sigmoid"
@@ -164,38 +122,36 @@ class LossSection:
     # Vocabulary chunking of log-prob computation (memory vs. speed).
     token_chunk: int = 1024
     vocab_chunk: int = 8192
-    sparsepo: SparsePOSection = dataclasses.field(default_factory=SparsePOSection)
-    pdpo: PDPOSection = dataclasses.field(default_factory=PDPOSection)
-    cut: CUTSection = dataclasses.field(default_factory=CUTSection)
-    mo_odpo: MOODPOSection = dataclasses.field(default_factory=MOODPOSection)
+    # The methods' sections given in the config, by name (the YAML keys beside those above).
+    sections: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @staticmethod
+    def __open_sections__() -> dict[str, type]:
+        return methods.section_types()
 
     def __post_init__(self):
         if self.reference not in ("model", "precomputed"):
             raise ValueError(f"loss.reference={self.reference!r}: use model or precomputed")
-        if self.reference == "precomputed" and self.stage_kind in ("sparsepo", "pdpo", "mo_odpo"):
-            why = {
-                "sparsepo": "it compares policy and reference token by token (and may read reference activations)",
-                "pdpo": "its reference sees rows without the user's soft-token slots, computed in the step",
-                "mo_odpo": "its pairs are sampled online, so there is nothing to precompute",
-            }[self.stage_kind]
+        method = methods.method_for(self)
+        if self.reference == "precomputed" and method.no_precomputed_reference:
             raise ValueError(
-                f"loss.reference=precomputed is not supported for loss.type={self.type}: {why}. "
-                "Precomputed reference log-probs serve the DPO family (sigmoid, ipo, ...); "
-                "use loss.reference: model here"
+                f"loss.reference=precomputed is not supported for loss.type={self.type}: "
+                f"{method.no_precomputed_reference}. Precomputed reference log-probs serve the DPO "
+                "family (sigmoid, ipo, ...); use loss.reference: model here"
             )
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.type,) if isinstance(self.type, str) else tuple(self.type)
 
-    @property
-    def stage_kind(self) -> str:
-        """sft, cut, sparsepo (also tdpo), pdpo, mo_odpo, or preference (the DPO family)."""
-        if len(self.names) == 1 and self.names[0] in ("sft", "cut", "sparsepo", "pdpo", "mo_odpo"):
-            return self.names[0]
-        if self.names == ("tdpo",):
-            return "sparsepo"
-        return "preference"
+    def section(self, name: str):
+        """The method section `loss.<name>`: as configured, else its defaults."""
+        if name in self.sections:
+            return self.sections[name]
+        types = methods.section_types()
+        if name not in types:
+            raise ValueError(f"loss.{name}: no registered method declares this section")
+        return types[name]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +169,9 @@ class TrainSection:
     # chosen and rejected swapped): `flip_agreement` is how often the implicit-reward
     # preference between the two answers reverses with the condition (steerability).
     flip_eval: list[str] | None = None
+    # With several processes, how often they agree on whether one got SIGTERM (a blocking
+    # collective, so not every step); one process checks its flag every step.
+    signal_check_every: int = 10
 
 
 @dataclasses.dataclass(frozen=True)

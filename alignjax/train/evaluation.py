@@ -7,44 +7,26 @@ two sets holding the same pairs under opposite conditions give `flip_agreement`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 
 from alignjax.data.pipeline import make_pipeline
-from alignjax.train.config import Stage, TrainConfig, data_config, resolve_builtin_paths, sources_from
+from alignjax.train.bootstrap import RunSetup
+from alignjax.train.config import Stage
+from alignjax.train.datasets import StageData, eval_label
 from alignjax.train.multihost import global_batch, to_host
 
-if TYPE_CHECKING:
-    from alignjax.train.loop import RunContext
 
-
-def eval_sets(stage_cfg: TrainConfig, data_dir) -> dict[str, Any]:
-    value = stage_cfg.data.eval
-    if value is None:
-        return {}
-    if isinstance(value, dict) and "path" not in value:
-        return {name: resolve_builtin_paths(v, data_dir) for name, v in value.items()}
-    return {"eval": resolve_builtin_paths(value, data_dir)}
-
-
-def evaluate(ctx: "RunContext", stage: Stage, eval_fn, params, ref_params, loss_state, rng, tables=None):
+def evaluate(
+    run: RunSetup, stage: Stage, data: StageData, eval_fn, params, ref_params, loss_state, rng, tables=None
+):
     """Per-set metrics over whole eval sets (per-pair values aggregated on the host).
 
     `tables`: precomputed reference log-probs by set (`loss.reference: precomputed`).
     """
     scfg = stage.config
     out, margins = {}, {}
-    for name, paths in eval_sets(scfg, ctx.data_dir).items():
-        dcfg = data_config(
-            scfg.data,
-            sources_from(paths, f"data.eval.{name}"),
-            scfg.train.batch_size,
-            shuffle=False,
-            num_epochs=1,
-            worker_count=0,
-        )
-        pipeline = make_pipeline(dcfg, ctx.tokenizer)
+    for name, dcfg in data.evals.items():
+        pipeline = make_pipeline(dcfg, run.tokenizer)
         sums: dict[str, float] = {}
         n_batches = 0
         per_pair: dict[str, list] = {"margin_P": [], "valid_P": [], "condition_P": []}
@@ -52,11 +34,9 @@ def evaluate(ctx: "RunContext", stage: Stage, eval_fn, params, ref_params, loss_
             if scfg.train.eval_batches is not None and n_batches >= scfg.train.eval_batches:
                 break
             if tables:
-                from alignjax.train import precompute
-
-                batch = tables[precompute.eval_label(name)].attach(batch)
+                batch = tables[eval_label(name)].attach(batch)
             metrics, pairs = eval_fn(
-                params, ref_params, global_batch(batch, ctx.mesh, ctx.pad_id), loss_state, rng
+                params, ref_params, global_batch(batch, run.mesh, run.pad_id), loss_state, rng
             )
             for k, v in metrics.items():
                 if np.ndim(v) == 0:
@@ -67,7 +47,7 @@ def evaluate(ctx: "RunContext", stage: Stage, eval_fn, params, ref_params, loss_
             n_batches += 1
         pipeline.close()
         prefix = name if name != "eval" else ""
-        key = lambda k: f"{prefix}/{k}" if prefix else k  # noqa: E731
+        key = lambda k: f"{prefix}/{k}" if prefix else k
         for k, v in sums.items():
             out[key(k)] = v / max(n_batches, 1)
         if per_pair["margin_P"]:

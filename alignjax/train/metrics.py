@@ -26,6 +26,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from alignjax.errors import MissingDependencyError
+from alignjax.fileio import atomic_write_text
+
 JSONL_NAME = "metrics.jsonl"
 TB_DIR_NAME = "tb"
 
@@ -62,7 +65,7 @@ def to_number(name: str, value: Any) -> float | int:
     return int(item) if isinstance(item, (bool, int)) else float(item)
 
 
-def _json_safe(value: float | int) -> float | int | None:
+def _json_safe(value: float) -> float | int | None:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -159,11 +162,8 @@ class MetricsWriter:
                 dropped += 1
             else:
                 kept.append(line if line.endswith("\n") else line + "\n")
-        # Write aside and rename, so a crash here cannot lose the kept history.
-        tmp_path = self.jsonl_path + ".tmp"
-        with open(tmp_path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp_path, self.jsonl_path)
+        # Atomically, so a crash here cannot lose the kept history.
+        atomic_write_text(self.jsonl_path, "".join(kept))
         return dropped
 
     def close(self) -> None:
@@ -265,7 +265,7 @@ def _import_tensorboardx():
     try:
         import tensorboardX
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             "TensorBoard logging needs the `tensorboardX` package: pip install tensorboardX, "
             "or turn TensorBoard off (MetricsWriter(..., tensorboard=False))"
         ) from e
@@ -276,7 +276,7 @@ def _import_wandb():
     try:
         import wandb
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             "Weights & Biases logging was requested but the `wandb` package is not installed: "
             "pip install wandb (and `wandb login`), or remove the wandb settings from the config"
         ) from e

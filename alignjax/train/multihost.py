@@ -16,7 +16,6 @@ import jax
 import numpy as np
 
 from alignjax import sharding
-from alignjax.data.batch import CutBatch, PairBatch
 
 
 def gather_states(state: dict) -> list[dict]:
@@ -79,9 +78,7 @@ def global_batch(local, mesh: jax.sharding.Mesh, pad_id: int):
             changes[name] = value + jax.process_index() * len(getattr(local, counted))
     local = dataclasses.replace(local, **changes)
     batch = sharding.global_batch(local, mesh)
-    rows = local.tokens_BxL.shape[0]
-    positional = isinstance(local, CutBatch) or (isinstance(local, PairBatch) and rows == 2 * local.num_pairs)
-    if not positional:
+    if not getattr(local, "rows_in_halves", False):
         return batch
     row_fields = {
         f.name: getattr(batch, f.name)
@@ -121,3 +118,21 @@ def everywhere(ok: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.min(multihost_utils.process_allgather(np.array([int(ok)]))))
+
+
+def anywhere(flag: bool) -> bool:
+    """Whether `flag` holds on at least one process."""
+    return not everywhere(not flag)
+
+
+def gather_host_values(x_N: np.ndarray) -> np.ndarray:
+    """Every process's host values, concatenated in process order (int64 travels as int32
+    pairs: JAX without x64 would truncate it)."""
+    if jax.process_count() == 1:
+        return x_N
+    from jax.experimental import multihost_utils
+
+    if x_N.dtype == np.int64:
+        halves = np.ascontiguousarray(x_N).view(np.int32)
+        return np.asarray(multihost_utils.process_allgather(halves, tiled=True)).view(np.int64)
+    return np.asarray(multihost_utils.process_allgather(x_N, tiled=True))

@@ -1,51 +1,94 @@
-"""The compiled pieces of a training step: gradients, evaluation, the update.
+"""The compiled pieces of a training step, all state kept on the device.
 
-A step is `grads` (forward + backward of the stage's objective on one batch) and
-`update` (clipping, optimizer, and the non-finite guard). Gradient accumulation sums
-`grads` over micro-batches on the device before one `update`.
+A step is `first` (forward + backward of the objective on the first micro-batch), one
+`accumulate` per further micro-batch (gradients and metrics summed into donated
+buffers), then `apply` (mean over micro-batches, clipping, optimizer, non-finite guard,
+counters). Nothing here returns to the host: the loop reads a step's metrics only on
+the steps it logs, after the next step is dispatched. The RNG of micro-batch m of step s
+is fold_in(fold_in(base, s), m), computed on the device from the step counter.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from alignjax.train.objectives import Objective
+from alignjax.train.methods import Objective
 
 
-def make_grads_fn(objective: Objective):
-    def grads_fn(params, ref_params, batch, state, rng):
-        (value, (metrics, state, _)), grads = jax.value_and_grad(objective.fn, has_aux=True)(
-            params, ref_params, batch, state, rng
+def _is_count(name: str) -> bool:
+    """Counts add up over micro-batches; every other metric is averaged, as TRL logs them."""
+    return name.startswith("count_") or name.endswith("/counts")
+
+
+def init_counters(step: int, skipped: int, mesh) -> dict[str, jax.Array]:
+    """The device counters: the global step (for the RNG) and the skipped-update count."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.device_put({"step": jnp.int32(step), "skipped": jnp.int32(skipped)}, replicated)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+    first: Callable[
+        ..., Any
+    ]  # (params, ref, batch, loss_state, base_rng, counters, micro) -> (acc, loss_state)
+    accumulate: Callable[..., Any]  # (acc, params, ref, batch, loss_state, base_rng, counters, micro) -> same
+    apply: Callable[..., Any]  # (params, opt_state, acc, counters) -> (params, opt_state, counters, metrics)
+    skip: Callable[..., Any]  # (counters) -> counters: a step with nothing to learn from
+    eval: Callable[..., Any]  # (params, ref, batch, loss_state, base_rng) -> (metrics, per_pair)
+    # Counters are not donated: a logging step's are read after the next step is dispatched.
+    # Nor is `acc` to `apply`: no output could reuse it; the loop drops it after each step.
+
+
+def make_step_fns(objective: Objective, tx: optax.GradientTransformation, param_shardings, opt_shardings):
+    def micro_grads(params, ref_params, batch, loss_state, base_rng, counters, micro):
+        rng = jax.random.fold_in(jax.random.fold_in(base_rng, counters["step"]), micro)
+        (value, (metrics, loss_state, _)), grads = jax.value_and_grad(objective.fn, has_aux=True)(
+            params, ref_params, batch, loss_state, rng
         )
-        return grads, dict(metrics, loss=value), state
+        return {"grads": grads, "metrics": dict(metrics, loss=value), "n": jnp.int32(1)}, loss_state
 
-    return grads_fn
+    def accumulate(acc, params, ref_params, batch, loss_state, base_rng, counters, micro):
+        new, loss_state = micro_grads(params, ref_params, batch, loss_state, base_rng, counters, micro)
+        return jax.tree.map(jnp.add, acc, new), loss_state
 
-
-def make_eval_fn(objective: Objective):
-    def eval_fn(params, ref_params, batch, state, rng):
-        value, (metrics, _, per_pair) = objective.fn(params, ref_params, batch, state, rng)
-        return dict(metrics, loss=value), per_pair
-
-    return eval_fn
-
-
-def make_update_fn(tx: optax.GradientTransformation):
-    def update_fn(params, opt_state, grads, loss_value):
+    def apply(params, opt_state, acc, counters):
+        n = acc["n"]
+        grads = jax.tree.map(lambda g: g / n.astype(g.dtype), acc["grads"])
+        metrics = {k: v if _is_count(k) else v / n.astype(v.dtype) for k, v in acc["metrics"].items()}
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # A non-finite step leaves parameters and optimizer state exactly as they were.
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        keep = lambda new, old: jnp.where(finite, new, old)
         params = jax.tree.map(keep, new_params, params)
         opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-        return params, opt_state, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32)}
+        counters = {
+            "step": counters["step"] + 1,
+            "skipped": counters["skipped"] + (~finite).astype(jnp.int32),
+        }
+        return params, opt_state, counters, dict(metrics, grad_norm=grad_norm)
 
-    return update_fn
+    def skip(counters):
+        return {"step": counters["step"] + 1, "skipped": counters["skipped"] + 1}
 
+    def eval_fn(params, ref_params, batch, loss_state, base_rng):
+        value, (metrics, _, per_pair) = objective.fn(params, ref_params, batch, loss_state, base_rng)
+        return dict(metrics, loss=value), per_pair
 
-def add_trees(a, b):
-    return jax.tree.map(jnp.add, a, b)
+    acc_shardings = {"grads": param_shardings, "metrics": None, "n": None}
+    return StepFns(
+        first=jax.jit(micro_grads, out_shardings=(acc_shardings, None)),
+        accumulate=jax.jit(accumulate, donate_argnums=(0,), out_shardings=(acc_shardings, None)),
+        apply=jax.jit(
+            apply, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None, None)
+        ),
+        skip=jax.jit(skip),
+        eval=jax.jit(eval_fn),
+    )

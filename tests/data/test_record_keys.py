@@ -6,7 +6,8 @@ import pytest
 from datatest_helpers import run, write_jsonl
 
 from alignjax.data.config import DataConfig
-from alignjax.data.records import record_key, split_record_key
+from alignjax.data.mixing import MixtureMapDataset
+from alignjax.data.records import MAX_SOURCE_ROWS, MAX_SOURCES, record_key, split_record_key
 
 # Source 0 has rows a0..a6, source 1 has rows b0..b4; with blank lines in source 1 the
 # row (0-based, non-empty lines) and the line number differ, and the key uses the row.
@@ -70,6 +71,28 @@ def test_record_key_golden():
     assert record_key(0, 0) == 1 << 40
     assert record_key(1, 5) == (2 << 40) + 5
     assert split_record_key(record_key(3, 123_456_789)) == (3, 123_456_789)
+
+
+def test_the_largest_keys_fit_an_int64_and_one_past_them_is_an_error():
+    last = record_key(MAX_SOURCES - 1, MAX_SOURCE_ROWS - 1)
+    assert last == np.iinfo(np.int64).max and split_record_key(last) == (MAX_SOURCES - 1, MAX_SOURCE_ROWS - 1)
+    with pytest.raises(ValueError, match=r"row 1099511627776 of data file 0: keys name at most"):
+        record_key(0, MAX_SOURCE_ROWS)
+    with pytest.raises(ValueError, match=r"row 0 of data file 8388607: .*split larger files, or merge"):
+        record_key(MAX_SOURCES, 0)
+
+
+class _HugeSource:
+    def __len__(self):
+        return MAX_SOURCE_ROWS + 1
+
+    def __repr__(self):
+        return "JsonlSource('huge.jsonl')"
+
+
+def test_a_source_too_long_for_record_keys_fails_at_start_up_naming_it():
+    with pytest.raises(ValueError, match=r"'huge.jsonl'\) has 1,099,511,627,777 rows.*split it into several"):
+        MixtureMapDataset([_HugeSource()], [1.0], seed=0)
 
 
 @pytest.mark.parametrize(

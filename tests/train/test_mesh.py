@@ -34,7 +34,8 @@ def test_fsdp4_tensor2_on_8_devices_matches_one_device(reference_run, config_for
     params = th.saved_specs(os.path.join(ckpt, "params"))
     for mesh_shape, _ in params.values():
         assert mesh_shape == {"data": 1, "fsdp": 4, "tensor": 2}
-    specs = {path: spec for path, (_, spec) in params.items()}
+    # Training checkpoints group parameters as {"decoder": ..., <part>: ...}.
+    specs = {path.removeprefix("['decoder']"): spec for path, (_, spec) in params.items()}
     assert specs["['layers_0']['gate']['kernel']"] == ("fsdp", "tensor")  # embed x mlp
     assert specs["['layers_1']['down']['kernel']"] == ("tensor", "fsdp")  # mlp x embed
     assert specs["['layers_0']['q']['kernel']"][:2] == ("fsdp", "tensor")  # embed x q_heads
@@ -46,7 +47,8 @@ def test_fsdp4_tensor2_on_8_devices_matches_one_device(reference_run, config_for
     # Adam's moments mirror their parameter's sharding.
     opt = th.saved_specs(os.path.join(ckpt, "opt_state"))
     for path, spec in specs.items():
-        moments = [s for p, (_, s) in opt.items() if p.endswith(("['mu']" + path, "['nu']" + path))]
+        grouped = "['decoder']" + path
+        moments = [s for p, (_, s) in opt.items() if p.endswith(("['mu']" + grouped, "['nu']" + grouped))]
         assert len(moments) == 2 and all(m == spec for m in moments), (path, spec, moments)
 
     # The DPO stage's frozen reference is sharded the same way.

@@ -65,7 +65,7 @@ def test_two_processes_match_one_process(reference_run, config_for, log_path, co
     # Parameters really were split over the two processes' devices.
     specs = th.saved_specs(os.path.join(run_dir, "checkpoints", str(step), "params"))
     assert {str(mesh) for mesh, _ in specs.values()} == {str({"data": 1, "fsdp": 2, "tensor": 1})}
-    assert specs["['layers_0']['gate']['kernel']"][1][0] == "fsdp"
+    assert specs["['decoder']['layers_0']['gate']['kernel']"][1][0] == "fsdp"
     # One data-iterator state per process, so each resumes its own shard.
     loop = os.path.join(run_dir, "checkpoints", str(step), "loop", "metadata")
     with open(loop) as f:

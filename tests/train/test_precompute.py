@@ -17,10 +17,13 @@ import sys
 
 import numpy as np
 import pytest
+import train_helpers as th
 import yaml
 
-import train_helpers as th
-from alignjax.train import precompute
+from alignjax.train.config import Stage, stages
+from alignjax.train.datasets import stage_data
+from alignjax.train.fingerprints import data_identity, fingerprint
+from alignjax.train.reference_table import TABLE_DIR, ReferenceTable, load_table, table_path, write_table
 
 STEPS = 6
 N_TRAIN, N_EVAL = 96, 32
@@ -99,7 +102,7 @@ def runs(tmp_path_factory, compile_cache) -> Runs:
 
 
 def _table(run_dir: str, what: str):
-    directory = os.path.join(run_dir, precompute.TABLE_DIR)
+    directory = os.path.join(run_dir, TABLE_DIR)
     for name in sorted(os.listdir(directory)):
         if name.endswith(".json"):
             with open(os.path.join(directory, name)) as f:
@@ -134,17 +137,18 @@ def test_table_matches_a_float64_forward_of_the_reference(runs):
     import jax
     import jax.numpy as jnp
 
+    from alignjax.convert.loading import load_model
     from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
     from alignjax.data.pipeline import make_pipeline
     from alignjax.data.records import record_key
     from alignjax.models import decoder, head
-    from alignjax.models.loading import load_model
     from alignjax.train.config import load_config
 
     cfg = load_config(runs.precomputed_config)
     model = load_model(cfg.model, jax.random.key(cfg.seed), vocab_size=VOCAB_SIZE)
     _, table = _table(runs.precomputed_dir, TRAIN_TABLE)
-    (_, dcfg), *_ = precompute.data_sets(cfg, None, 1)
+    (_, dcfg), *_ = stage_data(stages(cfg)[0], 0, None, cfg.run_dir).tables
+    dcfg = dataclasses.replace(dcfg, batch_size=1)
     wanted = {record_key(0, 0), record_key(0, 57)}
     # The model's float32 logits; everything after them in float64 NumPy.
     logits_fn = jax.jit(
@@ -195,9 +199,7 @@ def test_changed_data_file_is_a_stale_table_error_naming_the_command(runs, tmp_p
         f.writelines(lines)
     eval_path = shutil.copy(runs.eval_path, str(data / "eval.jsonl"))
     run_dir = str(tmp_path / "run")
-    shutil.copytree(
-        os.path.join(runs.precomputed_dir, precompute.TABLE_DIR), os.path.join(run_dir, precompute.TABLE_DIR)
-    )
+    shutil.copytree(os.path.join(runs.precomputed_dir, TABLE_DIR), os.path.join(run_dir, TABLE_DIR))
     config = _config(str(tmp_path / "changed.yaml"), run_dir, train, eval_path, "precomputed")
 
     out = th.run(config, cache_dir=compile_cache, log_path=str(tmp_path / "changed.log"), expect_rc=2)
@@ -225,15 +227,15 @@ def test_changed_max_length_is_a_stale_table_error(tmp_path):
     def identity(max_length):
         cfg = TrainConfig()
         cfg.data.train, cfg.data.max_length, cfg.data.max_prompt_length = str(data), max_length, 32
-        ((label, dcfg),) = precompute.data_sets(cfg, None, 8)
+        ((label, dcfg),) = stage_data(Stage("train", cfg, 0, 1), 0, None, cfg.run_dir).tables
         assert label == "data.train"
-        return precompute.data_identity(dcfg, tokenizer)
+        return data_identity(dcfg, tokenizer)
 
     run_dir = str(tmp_path / "run")
     with pytest.raises(
         ValueError, match=r"no table .*Run `alignjax precompute-ref x.yaml` to compute it"
     ) as missing:
-        precompute.load_table(
+        load_table(
             run_dir,
             model_id,
             identity(128),
@@ -242,29 +244,29 @@ def test_changed_max_length_is_a_stale_table_error(tmp_path):
         )
     assert "stale" not in str(missing.value)
     old = identity(128)
-    fp = precompute.fingerprint(model_id, old)
-    precompute._write_table(
-        precompute.table_path(run_dir, fp),
+    fp = fingerprint(model_id, old)
+    write_table(
+        table_path(run_dir, fp),
         np.array([1 << 40], np.int64),
         np.zeros(1, np.float32),
         np.zeros(1, np.float32),
         {"what": "stage 'train' data.train", "model": model_id, "data": old},
     )
-    assert precompute.load_table(
-        run_dir, model_id, old, what="stage 'train' data.train", command="c"
-    ).path.endswith(f"{fp}.npz")
+    assert load_table(run_dir, model_id, old, what="stage 'train' data.train", command="c").path.endswith(
+        f"{fp}.npz"
+    )
     with pytest.raises(ValueError, match=r"is stale: data.max_length: 128 -> 96\. Run `c`"):
-        precompute.load_table(run_dir, model_id, identity(96), what="stage 'train' data.train", command="c")
+        load_table(run_dir, model_id, identity(96), what="stage 'train' data.train", command="c")
     changed_model = dict(model_id, params="1" * 64)
     with pytest.raises(ValueError, match=r"is stale: model.params changed"):
-        precompute.load_table(run_dir, changed_model, old, what="stage 'train' data.train", command="c")
+        load_table(run_dir, changed_model, old, what="stage 'train' data.train", command="c")
 
 
 def test_a_pair_missing_from_the_table_is_an_error_naming_its_record():
     from alignjax.data.batch import PairBatch
     from alignjax.data.records import record_key
 
-    table = precompute.ReferenceTable(
+    table = ReferenceTable(
         "t.npz",
         np.array([record_key(0, 1), record_key(1, 4)], np.int64),
         np.array([-3.0, -5.0], np.float32),

@@ -194,3 +194,28 @@ def test_reference_cut_short_counts_as_absent_and_restores_onto_any_sharding(tmp
     restored = ckpt_lib.restore_reference(root, abstract)
     th.assert_trees_close(restored, params, 0.0, "reference")
     assert all(x.sharding == sharding for x in jax.tree.leaves(restored))
+
+
+def test_checkpoint_with_ungrouped_parameters_says_how_to_carry_on(tmp_path, log_path, compile_cache):
+    """Checkpoints written before parameters were grouped as {"decoder", <parts>} (the decoder's
+    keys at the top level) do not resume; the run stops and says to export and restart."""
+    import jax
+    import optax
+
+    from alignjax.convert.loading import ModelSection, load_model
+    from alignjax.data.byte_tokenizer import VOCAB_SIZE
+
+    run_dir = str(tmp_path / "ungrouped")
+    config = th.write_config(str(tmp_path / "ungrouped.yaml"), run_dir)
+    tree = th.tiny_config(run_dir)["model"]
+    loaded = load_model(ModelSection(**tree), jax.random.key(0), vocab_size=VOCAB_SIZE)
+    checkpointer = ckpt_lib.TrainCheckpointer(run_dir, async_save=False)
+    loop_state = {"step": 4, "stage": "sft", "stage_index": 0, "data_state": [{}], "loss_state": {}}
+    checkpointer.save(4, loaded.params, optax.adam(1e-3).init(loaded.params), loop_state, loaded.meta)
+    checkpointer.close()
+
+    out = th.run(config, cache_dir=compile_cache, log_path=log_path("ungrouped"), expect_rc=2)
+
+    assert "step 4: ValueError: it was written before trained parameters were grouped" in out, out[-3000:]
+    assert "alignjax convert orbax-to-hf" in out
+    assert th.finalized_steps(run_dir) == [4]  # nothing trained over it

@@ -1,0 +1,58 @@
+"""Atomic file writes: a reader, or a run restarted after a crash, sees the old file or the new one,
+never half of one.
+
+This module imports nothing from alignjax, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", *, encoding: str = "utf-8") -> Iterator[IO]:
+    """A file object whose contents replace `path` when the block exits normally; if the block
+    raises, `path` is left as it was and the partial file is removed. Creates the directory.
+
+    `mode` is "w" (text, `encoding`) or "wb".
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Same directory: os.replace is atomic only within one filesystem. pid + random suffix:
+    # hosts sharing a disk (or a restarted run racing a stale one) never share a temp file.
+    tmp = os.path.join(directory, f"{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, mode, encoding=None if mode == "wb" else encoding) as f:
+            yield f
+            f.flush()
+            # On disk before the rename: otherwise a power cut can leave the new name
+            # pointing at an empty file.
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str, *, encoding: str = "utf-8") -> None:
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
+    """`json.dump(obj, f, **dump_kwargs)` into `path`, atomically (UTF-8)."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, **dump_kwargs)

@@ -1,0 +1,103 @@
+"""What every command that runs a config starts with: the built-in data, the model, its
+tokenizer, the mesh and the parameters' shardings (`train`, `precompute-ref`, and the
+online commands that load a run's config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+
+from alignjax import sharding
+from alignjax.convert.loading import LoadedModel, load_model
+from alignjax.data.load_tokenizer import tokenizer_pad_id
+from alignjax.models import decoder
+from alignjax.models.config import ModelConfig
+from alignjax.train.config import TrainConfig
+
+
+def prepare_builtin_data(cfg: TrainConfig) -> str | None:
+    """Generate `data.builtin` into <run_dir>/data; its directory, or None."""
+    if not cfg.data.builtin:
+        return None
+    from alignjax.tasks import BUILTIN_TASKS
+
+    if cfg.data.builtin not in BUILTIN_TASKS:
+        raise ValueError(f"data.builtin={cfg.data.builtin!r} is not one of {sorted(BUILTIN_TASKS)}")
+    out = os.path.join(cfg.run_dir, "data")
+    # Deterministic: every process writes the same files (hosts need not share a disk). They
+    # are written aside and renamed into place, so a process sharing the disk never reads a
+    # file another one is halfway through rewriting.
+    scratch = f"{out}.tmp-{jax.process_index()}-{os.getpid()}"
+    BUILTIN_TASKS[cfg.data.builtin](scratch, seed=cfg.seed)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(scratch):
+        os.replace(os.path.join(scratch, name), os.path.join(out, name))
+    os.rmdir(scratch)
+    return out
+
+
+def tokenizer_for(loaded: LoadedModel, run_dir: str):
+    """(tokenizer, its directory): the model's own, or the built-in byte tokenizer for presets."""
+    import transformers
+
+    if loaded.tokenizer_dir is not None:
+        return transformers.AutoTokenizer.from_pretrained(loaded.tokenizer_dir), loaded.tokenizer_dir
+    from alignjax.data.byte_tokenizer import make_byte_tokenizer
+
+    path = os.path.join(run_dir, "tokenizer")
+    tokenizer = make_byte_tokenizer()
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(path)
+    return tokenizer, path
+
+
+@dataclasses.dataclass
+class RunSetup:
+    """A config's model, tokenizer, mesh and data, before any stage starts."""
+
+    cfg: TrainConfig
+    mesh: jax.sharding.Mesh
+    loaded: LoadedModel
+    tokenizer: Any
+    tokenizer_dir: str | None
+    param_shardings: Any  # the decoder's parameters on the mesh, by their logical axes
+    data_dir: str | None
+    pad_id: int
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return self.loaded.cfg
+
+    @property
+    def model_meta(self) -> dict[str, Any]:
+        return self.loaded.meta
+
+
+def bootstrap(cfg: TrainConfig) -> RunSetup:
+    """Distributed init, run directory, mesh, built-in data, model (same seed, same initial
+    parameters in every command) and tokenizer."""
+    from alignjax.data.byte_tokenizer import VOCAB_SIZE
+
+    sharding.maybe_initialize_distributed()
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    mesh = sharding.make_mesh(cfg.mesh)
+    data_dir = prepare_builtin_data(cfg)
+    loaded = load_model(
+        cfg.model, jax.random.key(cfg.seed), vocab_size=VOCAB_SIZE if cfg.model.preset else None
+    )
+    tokenizer, tokenizer_dir = tokenizer_for(loaded, cfg.run_dir)
+    shapes = jax.eval_shape(lambda p: p, loaded.params)
+    param_shardings = sharding.tree_shardings(decoder.logical_axes(loaded.cfg), shapes, mesh)
+    return RunSetup(
+        cfg,
+        mesh,
+        loaded,
+        tokenizer,
+        tokenizer_dir,
+        param_shardings,
+        data_dir,
+        tokenizer_pad_id(tokenizer),
+    )

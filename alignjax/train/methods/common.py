@@ -1,0 +1,83 @@
+"""Pieces every method's loss shares: log-probs from the decoder, pair sums, eval outputs.
+
+`params` here is the structured tree `{"decoder": ..., <part>: ...}`; a reference is a
+bare decoder tree (it has no parts).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from alignjax.data import ops as data_ops
+from alignjax.losses import token_logps
+from alignjax.losses.dpo_family import PairLogps
+from alignjax.models import decoder, head
+from alignjax.models.config import ModelConfig
+from alignjax.models.parts import DECODER
+
+__all__ = ["DECODER", "forward_logps", "logps_from_hidden", "pair_logps", "pair_outputs", "require_unpacked"]
+
+
+def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, tokens_BxL):
+    """log p(tokens[t] | tokens[<t]) at column t (0 at t = 0): the batches' mask convention.
+
+    `loss` supplies the vocabulary chunking (`token_chunk`, `vocab_chunk`).
+    """
+    unembed_DxV = head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype)
+    logps_BxLm1 = token_logps(
+        hidden_BxLxD[:, :-1],
+        unembed_DxV,
+        tokens_BxL[:, 1:],
+        final_logit_softcap=cfg.final_logit_softcap,
+        token_chunk=loss.token_chunk,
+        vocab_chunk=loss.vocab_chunk,
+    )
+    return jnp.pad(logps_BxLm1, ((0, 0), (1, 0)))
+
+
+def forward_logps(decoder_params, cfg, loss, batch, extra=None):
+    """Per-token log-probs of a batch's rows under one decoder tree."""
+    hidden_BxLxD = decoder.apply(
+        decoder_params, cfg, batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL, extra
+    )
+    return logps_from_hidden(decoder_params, cfg, loss, hidden_BxLxD, batch.tokens_BxL)
+
+
+def pair_logps(decoder_params, cfg, loss, batch, extra=None) -> PairLogps:
+    """Summed log-probs of each pair's chosen and rejected responses, and their lengths."""
+    logps_BxL = forward_logps(decoder_params, cfg, loss, batch, extra)
+    chosen_P, rejected_P = data_ops.pair_sums(logps_BxL, batch)
+    chosen_len_P, rejected_len_P = data_ops.pair_sums(jnp.ones_like(logps_BxL), batch)
+    return PairLogps(chosen_P, rejected_P, chosen_len_P, rejected_len_P)
+
+
+def _per_condition(values_P, condition_P, valid_P, num_conditions: int):
+    """Mean of values per condition id (0 = none), [num_conditions + 1]."""
+    n = num_conditions + 1
+    total = jax.ops.segment_sum(values_P * valid_P, condition_P, num_segments=n)
+    count = jax.ops.segment_sum(valid_P, condition_P, num_segments=n)
+    return total / jnp.maximum(count, 1.0), count
+
+
+def pair_outputs(metrics, margin_P, batch, num_conditions: int):
+    """Per-condition accuracies into `metrics`; per-pair margins for exact eval aggregation."""
+    valid_P = batch.pair_valid_P.astype(jnp.float32)
+    if num_conditions:
+        acc_C, count_C = _per_condition(
+            (margin_P > 0).astype(jnp.float32), batch.condition_id_P, valid_P, num_conditions
+        )
+        metrics["rewards/accuracies_by_condition"] = acc_C
+        metrics["count_by_condition"] = count_C
+    return {
+        "margin_P": jax.lax.stop_gradient(margin_P),
+        "valid_P": valid_P,
+        "condition_P": batch.condition_id_P,
+    }
+
+
+def require_unpacked(batch, kind: str):
+    if batch.segment_pair_index_BxS.shape[1] != 1:
+        raise ValueError(
+            f"loss.type={kind} compares chosen and rejected token by token: set data.packing: false"
+        )

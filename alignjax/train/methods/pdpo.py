@@ -1,0 +1,102 @@
+"""P-DPO (METHODS.md section 2): a user model's soft tokens after BOS, trained with the policy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from alignjax.data import ops as data_ops
+from alignjax.losses.personalized import PDPOConfig, PersonalizedLogps, pdpo_loss
+from alignjax.models import decoder
+from alignjax.models.user_model import USER_MODEL_KEY, UserModel, vocab_rows_init
+from alignjax.train.methods.common import DECODER, forward_logps, pair_logps, pair_outputs, require_unpacked
+from alignjax.train.methods.registry import Method, Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class PDPOSection:
+    """`loss.pdpo`; the user-token count is data.n_user_tokens."""
+
+    alpha: float = 0.5
+    user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
+    num_clusters: int = 5
+
+
+def _embed_scale(cfg):
+    # Soft tokens replace rows of the *scaled* input embeddings (see ExtraEmbeddings).
+    return cfg.hidden_size**0.5 if cfg.scale_embeddings else 1.0
+
+
+def _normal(key, shape, dtype=jnp.float32):
+    return 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def build(cfg, loss, sizes) -> Objective:
+    section = loss.section("pdpo")
+    num_users = sizes["num_users"]
+    n_tokens = sizes["n_user_tokens"]
+    if n_tokens <= 0:
+        raise ValueError("loss.type=pdpo needs data.n_user_tokens > 0 (the soft-token slots after BOS)")
+    config = PDPOConfig(
+        num_users=num_users, beta=loss.beta, alpha=section.alpha, label_smoothing=loss.label_smoothing
+    )
+
+    def user_module(decoder_for_init=None):
+        init = (
+            _normal
+            if decoder_for_init is None
+            else vocab_rows_init(decoder_for_init["embedding"] * _embed_scale(cfg))
+        )
+        return UserModel(
+            num_users=num_users,
+            width=cfg.hidden_size,
+            num_tokens=n_tokens,
+            form=section.user_form,
+            num_clusters=section.num_clusters,
+            token_init=init,
+        )
+
+    def fn(params, ref_params, batch, state, rng):
+        require_unpacked(batch, "pdpo")
+        p = batch.pair_valid_P.shape[0]
+        users_P = batch.user_index_P
+        # Slots are contiguous, so their row indices are the first n_tokens of the mask.
+        index_BxT = jnp.argsort(1 - batch.user_slot_mask_BxL, axis=1, stable=True)[:, :n_tokens]
+        module = user_module()
+        user_params = {"params": params[USER_MODEL_KEY]}
+        user_embeds = module.apply(user_params, jnp.concatenate([users_P, users_P]))
+        generic_embeds = module.apply(user_params, jnp.zeros((2 * p,), jnp.int32))
+        both = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)  # one forward for both passes
+        extra = decoder.ExtraEmbeddings(
+            jnp.concatenate([user_embeds, generic_embeds]), jnp.concatenate([index_BxT, index_BxT])
+        )
+        logps = forward_logps(params[DECODER], cfg, loss, both, extra)
+        user_c, user_r = data_ops.pair_sums(logps[: 2 * p], batch)
+        gen_c, gen_r = data_ops.pair_sums(logps[2 * p :], batch)
+        ref_batch = data_ops.remove_user_slots(batch)
+        ref = jax.lax.stop_gradient(pair_logps(ref_params, cfg, loss, ref_batch))
+        value, metrics = pdpo_loss(
+            PersonalizedLogps(
+                users_P, user_c, user_r, gen_c, gen_r, ref.chosen_logps_B, ref.rejected_logps_B
+            ),
+            config,
+        )
+        margin_P = loss.beta * ((user_c - ref.chosen_logps_B) - (user_r - ref.rejected_logps_B))
+        return value, (metrics, state, pair_outputs(metrics, margin_P, batch, sizes["num_conditions"]))
+
+    def init_parts(rng, decoder_params):
+        dummy = jnp.zeros((1,), jnp.int32)
+        return {USER_MODEL_KEY: user_module(decoder_params).init(rng, dummy)["params"]}
+
+    return Objective(fn, True, init_parts=init_parts)
+
+
+METHOD = Method(
+    name="pdpo",
+    accepts=lambda loss: loss.names == ("pdpo",),
+    build=build,
+    section=PDPOSection,
+    no_precomputed_reference="its reference sees rows without the user's soft-token slots, computed in the step",
+)

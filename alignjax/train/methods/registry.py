@@ -1,0 +1,77 @@
+"""The objective registry: every training method is one module that declares itself here.
+
+A `Method` says when it applies (`accepts(loss)`), its config section (`loss.<name>`),
+its batch source (None: the stage's data pipeline), whether it can read precomputed
+reference log-probs, and how to build its `Objective` (loss function, reference needs,
+extra trainable parts) from typed sizes. The trainer looks methods up; it never switches
+on a method's name. Adding a method is one module plus one `register` line.
+
+Methods registered later are asked first, so a specialisation (online CUT: `cut` with a
+judge) registers after the method it specialises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A built method: `fn(params, ref_params, batch, state, rng) -> (loss, (metrics, state, per_pair))`.
+
+    `params` is `{"decoder": ..., <part>: ...}`: the decoder and the method's own trainable
+    parts (`init_parts`); `ref_params` is the frozen reference decoder (or None).
+    `per_pair` carries per-pair implicit-reward margins for exact eval aggregation.
+    """
+
+    fn: Callable[..., Any]
+    needs_reference: bool
+    init_state: Callable[[], Any] = dict
+    # (rng, decoder params) -> {part name: params}, e.g. {"mask_head": ...}.
+    init_parts: Callable[[Any, Any], dict[str, Any]] = lambda rng, decoder: {}
+    # (model transform, learning-rate schedule) -> the transform over all parts.
+    wrap_optimizer: Callable[[Any, Any], Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    accepts: Callable[[Any], bool]  # (LossSection) -> whether this method trains it
+    build: Callable[[Any, Any, dict[str, int]], Objective]  # (ModelConfig, LossSection, sizes)
+    section: type | None = None  # the dataclass of `loss.<name>`
+    # (RunSetup, Stage, stage index, train DataConfig) -> a source with `next_for(params, step)`;
+    # None: the stage's data pipeline.
+    batch_source: Callable[..., Any] | None = None
+    # Whether, under `loss.reference: precomputed`, it reads `alignjax precompute-ref` tables.
+    reads_reference_table: Callable[[Any], bool] = lambda loss: False
+    # Why `loss.reference: precomputed` cannot serve it (a config error); None: it can, or
+    # it has no reference to precompute.
+    no_precomputed_reference: str | None = None
+
+
+_METHODS: list[Method] = []
+
+
+def register(method: Method) -> Method:
+    if any(m.name == method.name for m in _METHODS):
+        raise ValueError(f"a method named {method.name!r} is registered already")
+    _METHODS.append(method)
+    return method
+
+
+def method_for(loss) -> Method:
+    """The method that trains `loss` (the latest registered one that accepts it)."""
+    for method in reversed(_METHODS):
+        if method.accepts(loss):
+            return method
+    known = sorted({m.name for m in _METHODS})
+    raise ValueError(
+        f"loss.type={loss.type!r} names no registered method (registered: {', '.join(known)}; "
+        "online methods register when alignjax.online is imported)"
+    )
+
+
+def section_types() -> dict[str, type]:
+    """Every registered method's config section, by its key under `loss:`."""
+    return {m.name: m.section for m in _METHODS if m.section is not None}

@@ -1,0 +1,127 @@
+"""SparsePO (METHODS.md section 1): token weights on the reward and the KL; TDPO is the
+all-ones case with the KL term."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from alignjax.losses import token_kl
+from alignjax.losses.activation_masks import activation_mask
+from alignjax.losses.token_weighted import SparsePOConfig, TokenPairLogps, TokenWeights, sparsepo_loss
+from alignjax.models import decoder, head
+from alignjax.models.mask_head import MASK_HEAD_KEY, MaskHead, mask_head_optimizer
+from alignjax.train.methods.common import DECODER, logps_from_hidden, pair_outputs, require_unpacked
+from alignjax.train.methods.registry import Method, Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsePOSection:
+    """`loss.sparsepo`. `weights`: ones (TDPO), given (from the data's token weights),
+    activations (MaPO reference-activation masks), learned (mask head)."""
+
+    weights: str = "ones"
+    mask_mode: str = "common"  # learned masks: one head (m_u = m_d) or two
+    kl: bool = False  # include the token-level KL term delta
+    lam_u: float = 0.0
+    lam_d: float = 0.0
+    mask_dropout: float = 0.01
+    mask_weight_decay: float = 0.01
+
+    def __post_init__(self):
+        if self.weights not in ("ones", "given", "activations", "learned"):
+            raise ValueError(
+                f"loss.sparsepo.weights={self.weights!r}: use ones, given, activations or learned"
+            )
+
+
+def build(cfg, loss, sizes) -> Objective:
+    section = loss.section("sparsepo")
+    if loss.names == ("tdpo",):  # token-level DPO: all-ones weights with the KL term
+        section = dataclasses.replace(section, weights="ones", kl=True)
+    config = SparsePOConfig(beta=loss.beta, lam_u=section.lam_u, lam_d=section.lam_d)
+    head_module = MaskHead(mode=section.mask_mode, dropout_rate=section.mask_dropout)
+    learned = section.weights == "learned"
+
+    def fn(params, ref_params, batch, state, rng):
+        require_unpacked(batch, "sparsepo")
+        p = batch.pair_valid_P.shape[0]
+        tokens, positions, segments = batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL
+        policy_hidden = decoder.apply(params[DECODER], cfg, tokens, positions, segments)
+        policy_logps = logps_from_hidden(params[DECODER], cfg, loss, policy_hidden, tokens)
+        ref_hidden, ref_layers, ref_acts = decoder.apply_with_intermediates(
+            ref_params, cfg, tokens, positions, segments
+        )
+        ref_hidden, ref_layers, ref_acts = jax.lax.stop_gradient((ref_hidden, ref_layers, ref_acts))
+        ref_logps = logps_from_hidden(ref_params, cfg, loss, ref_hidden, tokens)
+        mask_BxL = (batch.loss_mask_BxL * (segments > 0)).astype(jnp.float32)
+        kl_BxL = None
+        if section.kl:
+            kl = token_kl(
+                policy_hidden[:, :-1],
+                head.unembedding_DxV(params[DECODER], cfg).astype(cfg.dtype),
+                ref_hidden[:, :-1],
+                head.unembedding_DxV(ref_params, cfg).astype(cfg.dtype),
+                final_logit_softcap=cfg.final_logit_softcap,
+                token_chunk=loss.token_chunk,
+                vocab_chunk=loss.vocab_chunk,
+            )
+            kl_BxL = jnp.pad(kl, ((0, 0), (1, 0)))
+
+        if section.weights == "ones":
+            weights = None
+        elif section.weights == "given":
+            if batch.token_weights_BxL is None:
+                raise ValueError("loss.sparsepo.weights=given needs data.token_weights: true")
+            w = batch.token_weights_BxL
+            weights = TokenWeights(w[:p], w[p:], w[:p], w[p:])
+        elif section.weights == "activations":
+            acts = {k: v[..., None] for k, v in ref_acts.items()}
+            m = activation_mask(acts, mask_BxL)
+            weights = TokenWeights(m[:p], m[p:], m[:p], m[p:])
+        else:
+            m_u, m_d = head_module.apply(
+                {"params": params[MASK_HEAD_KEY]}, ref_layers, deterministic=False, rngs={"dropout": rng}
+            )
+            weights = TokenWeights(m_u[:p], m_u[p:], m_d[:p], m_d[p:])
+
+        pair_tokens = TokenPairLogps(
+            policy_logps[:p],
+            policy_logps[p:],
+            ref_logps[:p],
+            ref_logps[p:],
+            mask_BxL[:p],
+            mask_BxL[p:],
+            None if kl_BxL is None else kl_BxL[:p],
+            None if kl_BxL is None else kl_BxL[p:],
+        )
+        value, metrics = sparsepo_loss(pair_tokens, weights, config)
+        reward_w = weights.reward_chosen_BxL if weights is not None else 1.0
+        reward_l = weights.reward_rejected_BxL if weights is not None else 1.0
+        d = policy_logps - ref_logps
+        margin_P = config.beta * (
+            jnp.sum(reward_w * d[:p] * mask_BxL[:p], -1) - jnp.sum(reward_l * d[p:] * mask_BxL[p:], -1)
+        )
+        return value, (metrics, state, pair_outputs(metrics, margin_P, batch, sizes["num_conditions"]))
+
+    def init_parts(rng, decoder_params):
+        if not learned:
+            return {}
+        hidden = jnp.zeros((cfg.num_layers, 1, 1, cfg.hidden_size), jnp.float32)
+        return {MASK_HEAD_KEY: head_module.init(rng, hidden, deterministic=True)["params"]}
+
+    def wrap(model_tx, lr):
+        return mask_head_optimizer(model_tx, lr, weight_decay=section.mask_weight_decay)
+
+    return Objective(fn, True, init_parts=init_parts, wrap_optimizer=wrap if learned else None)
+
+
+METHOD = Method(
+    name="sparsepo",
+    accepts=lambda loss: loss.names in (("sparsepo",), ("tdpo",)),
+    build=build,
+    section=SparsePOSection,
+    no_precomputed_reference="it compares policy and reference token by token (and may read reference activations)",
+)

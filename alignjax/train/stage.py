@@ -1,0 +1,196 @@
+"""Stage assembly: what a stage trains with, from its config and the run's setup.
+
+The objective is built from typed sizes (conditions, users, user tokens), not from a
+live pipeline, so a resume can learn every array shape without reading data or loading
+reward models; the sizes are saved with the run (`<run_dir>/stage_sizes.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from alignjax import sharding
+from alignjax.data.pipeline import make_pipeline
+from alignjax.models.parts import DECODER
+from alignjax.train.bootstrap import RunSetup
+from alignjax.train.config import Stage
+from alignjax.train.datasets import StageData, stage_data
+from alignjax.train.methods import Method, Objective, method_for
+from alignjax.train.optim import make_optimizer, schedule
+from alignjax.train.reference import frozen_reference, reference_tables
+from alignjax.train.step import StepFns, init_counters, make_step_fns
+
+
+@dataclasses.dataclass
+class StagePlan:
+    """A stage's data, objective and optimizer with every shape and sharding: no data read yet."""
+
+    data: StageData
+    method: Method
+    objective: Objective
+    tx: Any
+    lr_at: Any
+    param_shapes: Any  # {"decoder": ..., <part>: ...}: the decoder and the method's own parts
+    param_shardings: Any
+    opt_shapes: Any
+    opt_shardings: Any
+
+
+def opt_state_shardings(tx, opt_shapes, param_shardings, mesh):
+    """The optimizer state's leaves that mirror parameters (Adam's moments, ...) take the
+    parameters' shardings, found by optax from the state's structure; scalars replicate."""
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  (multi_transform's other parts)
+    return optax.tree_map_params(
+        tx,
+        lambda leaf, param_sharding: leaf if masked(leaf) else param_sharding,
+        opt_shapes,
+        param_shardings,
+        transform_non_params=lambda _: sharding.replicated(mesh),
+        is_leaf=masked,
+    )
+
+
+def _sizes_path(run: RunSetup, stage: Stage) -> str:
+    return os.path.join(run.cfg.run_dir, "stage_sizes", f"{stage.name}.json")
+
+
+def stage_sizes(run: RunSetup, stage: Stage, data: StageData, pipeline=None) -> dict[str, int]:
+    """num_conditions, num_users (generic user included), n_user_tokens: from the stage's
+    pipeline when it is built, else as saved when the stage first started."""
+    path = _sizes_path(run, stage)
+    if pipeline is None:
+        if not os.path.exists(path):
+            raise ValueError(
+                f"{path}: the objective sizes of stage {stage.name!r} were not saved with the run; "
+                "this checkpoint predates them: rerun the stage from its start (move its checkpoints aside)"
+            )
+        with open(path) as f:
+            return json.load(f)
+    sizes = {
+        "num_conditions": len(pipeline.condition_vocab) if pipeline.condition_vocab is not None else 0,
+        "num_users": len(pipeline.user_vocab) + 1 if pipeline.user_vocab is not None else 1,
+        "n_user_tokens": data.train.n_user_tokens,
+    }
+    if jax.process_index() == 0:
+        from alignjax.train.reference_table import write_json
+
+        write_json(path, sizes)
+    return sizes
+
+
+def plan_stage(run: RunSetup, stage: Stage, stage_index: int, sizes: dict[str, int]) -> StagePlan:
+    scfg = stage.config
+    data = stage_data(stage, stage_index, run.data_dir, run.cfg.run_dir)
+    n_steps = stage.last_step - stage.first_step
+    method = method_for(scfg.loss)
+    objective = method.build(run.model_cfg, scfg.loss, sizes)
+    lr_at = schedule(scfg.optim, n_steps)
+    tx = make_optimizer(scfg.optim, n_steps)
+    if objective.wrap_optimizer is not None:
+        tx = objective.wrap_optimizer(tx, lr_at)
+    decoder_shapes = jax.eval_shape(lambda p: p, run.loaded.params)
+    part_shapes = jax.eval_shape(objective.init_parts, jax.random.key(0), decoder_shapes)
+    param_shapes = {DECODER: decoder_shapes, **part_shapes}
+    # A method's own parts are small: replicated.
+    param_shardings = {
+        DECODER: run.param_shardings,
+        **jax.tree.map(lambda _: sharding.replicated(run.mesh), part_shapes),
+    }
+    opt_shapes = jax.eval_shape(tx.init, param_shapes)
+    opt_shardings = opt_state_shardings(tx, opt_shapes, param_shardings, run.mesh)
+    return StagePlan(
+        data, method, objective, tx, lr_at, param_shapes, param_shardings, opt_shapes, opt_shardings
+    )
+
+
+def open_train_source(run: RunSetup, stage: Stage, stage_index: int, data: StageData):
+    """The stage's batch source: its method's (an online sampler), else the data pipeline."""
+    method = method_for(stage.config.loss)
+    if method.batch_source is not None:
+        return method.batch_source(run, stage, stage_index, data.train)
+    return make_pipeline(data.train, run.tokenizer)
+
+
+def loss_state_to_json(state) -> Any:
+    return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(state))
+
+
+def _loss_state_from_json(data, template):
+    leaves = jax.tree.leaves(data)
+    return jax.tree.unflatten(jax.tree.structure(template), [np.asarray(v) for v in leaves])
+
+
+@dataclasses.dataclass
+class StageStart:
+    """A started stage: its source open, its state on the mesh, its step compiled lazily."""
+
+    data: StageData
+    plan: StagePlan
+    source: Any
+    tables: dict | None
+    ref_params: Any
+    params: Any
+    opt_state: Any
+    loss_state: Any
+    counters: dict[str, jax.Array]
+    skipped: int
+    fns: StepFns
+    base_rng: jax.Array
+    micro_ids: list[jax.Array]  # micro-batch indices, on the device once (the RNG folds them in)
+    flops_per_token: int  # model FLOPs: forward + backward (6N) plus a reference forward (2N)
+
+
+def start_stage(
+    run: RunSetup, checkpointer, stage: Stage, index: int, params, step: int, restored
+) -> StageStart:
+    """Data, reference, objective and state of a stage, fresh or as `restored` saved them."""
+    resuming = restored is not None
+    decoder_params = params[DECODER]
+    data = stage_data(stage, index, run.data_dir, run.cfg.run_dir)
+    # Before the data pipeline starts: a missing table is the error a user meets first.
+    tables = reference_tables(run, stage, data, decoder_params, resuming)
+    source = open_train_source(run, stage, index, data)
+    plan = plan_stage(run, stage, index, stage_sizes(run, stage, data, source))
+    objective = plan.objective
+    base_rng = jax.random.fold_in(jax.random.key(run.cfg.seed), index)
+    ref_params = None
+    if objective.needs_reference and tables is None:
+        ref_params = frozen_reference(run, checkpointer, stage, decoder_params, resuming)
+    if resuming:
+        opt_state = restored["opt_state"]
+        loss_state = _loss_state_from_json(restored["loop"]["loss_state"], objective.init_state())
+        source.set_state(restored["loop"]["data_state"][jax.process_index()])
+        skipped = int(restored["loop"].get("skipped_steps", 0))
+    else:
+        extra_rng = jax.random.fold_in(base_rng, 2**31 - 1)
+        # Parts a previous stage trained carry over when this method has them too.
+        parts = {k: params.get(k, v) for k, v in objective.init_parts(extra_rng, decoder_params).items()}
+        params = jax.device_put({DECODER: decoder_params, **parts}, plan.param_shardings)
+        opt_state = jax.jit(plan.tx.init, out_shardings=plan.opt_shardings)(params)
+        loss_state = objective.init_state()
+        skipped = 0
+    on_mesh = sharding.replicated(run.mesh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder_params))
+    return StageStart(
+        data=data,
+        plan=plan,
+        source=source,
+        tables=tables,
+        ref_params=ref_params,
+        params=params,
+        opt_state=opt_state,
+        loss_state=jax.device_put(loss_state, on_mesh),
+        counters=init_counters(step, skipped, run.mesh),
+        skipped=skipped,
+        fns=make_step_fns(objective, plan.tx, plan.param_shardings, plan.opt_shardings),
+        base_rng=base_rng,
+        micro_ids=[jax.device_put(np.int32(m), on_mesh) for m in range(stage.config.train.grad_accum)],
+        flops_per_token=(6 + (2 if ref_params is not None else 0)) * n_params,
+    )

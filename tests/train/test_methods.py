@@ -1,0 +1,292 @@
+"""Each registered method's objective, in-process, on a tiny model and real batches.
+
+The reference side recomputes every token's log-probability from the model's logits in
+float64 NumPy (its own log-softmax), sums them with the batches' masks and applies the
+method's formula by hand, so the objective's wiring (which rows, which masks, which
+reference) is checked against code that shares none of it. CUT and SparsePO hand those
+float64 log-probs to their loss functions, which `tests/losses` checks against float64
+references of their own.
+"""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alignjax.convert.loading import ModelSection, load_model
+from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
+from alignjax.data.config import DataConfig
+from alignjax.data.pipeline import make_pipeline
+from alignjax.losses.cut import CUTConfig, cut_loss
+from alignjax.models import decoder, head
+from alignjax.models.parts import DECODER
+from alignjax.sharding import MeshSection, make_mesh
+from alignjax.train.config import LossSection
+from alignjax.train.methods import method_for
+from alignjax.train.step import init_counters, make_step_fns
+
+SIZES = {"num_conditions": 0, "num_users": 1, "n_user_tokens": 0}
+TOPICS = ["tea", "rain", "maps", "owls", "jazz", "salt"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    section = ModelSection(
+        preset="tiny",
+        preset_overrides={
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+    )
+    loaded = load_model(section, jax.random.key(0), vocab_size=VOCAB_SIZE)
+    # A reference that differs from the policy, so margins and ratios are not trivially 0.
+    noise = jax.tree.map(
+        lambda x, k: 0.05 * jax.random.normal(k, x.shape, x.dtype),
+        loaded.params,
+        jax.tree.unflatten(
+            jax.tree.structure(loaded.params),
+            list(jax.random.split(jax.random.key(1), len(jax.tree.leaves(loaded.params)))),
+        ),
+    )
+    ref = jax.tree.map(jnp.add, loaded.params, noise)
+    return loaded.cfg, loaded.params, ref
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_byte_tokenizer()
+
+
+def _batch(tmp_path, tokenizer, record_type, rows, batch_size):
+    path = tmp_path / f"{record_type}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(
+        sources=[{"path": str(path)}],
+        record_type=record_type,
+        max_length=48,
+        max_prompt_length=24,
+        buckets=[48],
+        batch_size=batch_size,
+        shuffle=False,
+    )
+    pipeline = make_pipeline(cfg, tokenizer)
+    try:
+        return next(pipeline)
+    finally:
+        pipeline.close()
+
+
+def _pairs(n):
+    return [
+        {"prompt": f"About {t}:", "chosen": f" {t} is fine.", "rejected": f" no {t}, ever!"}
+        for t in TOPICS[:n]
+    ]
+
+
+def _token_logps64(cfg, params, batch):
+    """log p(token t | tokens < t) at column t (0 at t = 0), float64, by NumPy's own log-softmax."""
+    hidden = decoder.apply(params, cfg, batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL)
+    logits = np.asarray(head.logits_BxLxV(params, cfg, hidden), np.float64)[:, :-1]
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, np.asarray(batch.tokens_BxL)[:, 1:, None], -1)[..., 0]
+    return np.pad(picked, ((0, 0), (1, 0)))
+
+
+def _response_mask(batch):
+    return (np.asarray(batch.loss_mask_BxL) * (np.asarray(batch.segment_ids_BxL) > 0)).astype(np.float64)
+
+
+def _run(objective, params, ref, batch, state=None):
+    state = objective.init_state() if state is None else state
+    value, (metrics, _, _) = objective.fn({DECODER: params}, ref, batch, state, jax.random.key(3))
+    return float(value), metrics
+
+
+def _logsig(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def test_sft_is_token_mean_nll(model, tokenizer, tmp_path):
+    cfg, params, _ = model
+    rows = [{"prompt": f"Say {t}.", "response": f" {t}!" * (i + 1)} for i, t in enumerate(TOPICS[:3])]
+    batch = _batch(tmp_path, tokenizer, "sft", rows, 3)
+    loss = LossSection(type="sft")
+    value, _ = _run(method_for(loss).build(cfg, loss, SIZES), params, None, batch)
+    mask = _response_mask(batch)
+    expected = -(_token_logps64(cfg, params, batch) * mask).sum() / mask.sum()
+    np.testing.assert_allclose(value, expected, rtol=2e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_family_against_float64_pair_sums(model, tokenizer, tmp_path, loss_type):
+    cfg, params, ref = model
+    batch = _batch(tmp_path, tokenizer, "preference", _pairs(4), 4)
+    loss = LossSection(type=loss_type, beta=0.3)
+    value, metrics = _run(method_for(loss).build(cfg, loss, SIZES), params, ref, batch)
+    mask = _response_mask(batch)
+    p = 4
+    sums = (_token_logps64(cfg, params, batch) * mask).sum(-1)
+    ref_sums = (_token_logps64(cfg, ref, batch) * mask).sum(-1)
+    lengths = mask.sum(-1)
+    if loss_type == "sigmoid":
+        z = 0.3 * ((sums[:p] - ref_sums[:p]) - (sums[p:] - ref_sums[p:]))
+        expected = np.mean(-_logsig(z))
+    else:  # TRL's IPO: log-ratios averaged over tokens, squared distance to 1 / (2 beta)
+        h = (sums[:p] - ref_sums[:p]) / lengths[:p] - (sums[p:] - ref_sums[p:]) / lengths[p:]
+        expected = np.mean((h - 1 / (2 * 0.3)) ** 2)
+    np.testing.assert_allclose(value, expected, rtol=5e-5)
+    chosen_rewards = 0.3 * (sums[:p] - ref_sums[:p])
+    np.testing.assert_allclose(float(metrics["rewards/chosen"]), chosen_rewards.mean(), rtol=5e-5, atol=1e-6)
+
+
+def test_mo_odpo_trains_sigmoid_dpo(model, tokenizer, tmp_path):
+    import alignjax.online  # noqa: F401  (registers MO-ODPO)
+
+    cfg, params, ref = model
+    batch = _batch(tmp_path, tokenizer, "preference", _pairs(3), 3)
+    mo, sigmoid = LossSection(type="mo_odpo", beta=0.2), LossSection(type="sigmoid", beta=0.2)
+    assert method_for(mo).name == "mo_odpo"
+    a, _ = _run(method_for(mo).build(cfg, mo, SIZES), params, ref, batch)
+    b, _ = _run(method_for(sigmoid).build(cfg, sigmoid, SIZES), params, ref, batch)
+    assert a == b
+
+
+def test_tdpo_against_float64_token_terms(model, tokenizer, tmp_path):
+    cfg, params, ref = model
+    batch = _batch(tmp_path, tokenizer, "preference", _pairs(3), 3)
+    loss = LossSection(type="tdpo", beta=0.2)
+    value, _ = _run(method_for(loss).build(cfg, loss, SIZES), params, ref, batch)
+    p = 3
+    mask = _response_mask(batch)
+    d = (_token_logps64(cfg, params, batch) - _token_logps64(cfg, ref, batch)) * mask
+
+    def token_kl(pol, rf):  # KL(reference || policy) per token, float64
+        out = []
+        for x in (rf, pol):
+            hidden = decoder.apply(x, cfg, batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL)
+            logits = np.asarray(head.logits_BxLxV(x, cfg, hidden), np.float64)[:, :-1]
+            shifted = logits - logits.max(-1, keepdims=True)
+            out.append(shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)))
+        lr, lp = out
+        kl = (np.exp(lr) * (lr - lp)).sum(-1)
+        return np.pad(kl, ((0, 0), (1, 0)))
+
+    kl = token_kl(params, ref) * mask
+    # TDPO (all-ones weights, KL term): -log sigmoid(beta * (sum d_w - sum d_l) - beta * (sum kl_l - sum kl_w))
+    u = 0.2 * (d[:p].sum(-1) - d[p:].sum(-1))
+    delta = 0.2 * (kl[p:].sum(-1) - kl[:p].sum(-1))
+    expected = np.mean(-_logsig(u - delta))
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+
+
+def test_cut_wires_views_and_judgments(model, tokenizer, tmp_path):
+    cfg, params, _ = model
+    rows = [
+        {"prompt": f"Name {t}.", "response": f" {t}.", "judgment": None if i % 2 else f"Wrong: not {t}."}
+        for i, t in enumerate(TOPICS[:4])
+    ]
+    batch = _batch(tmp_path, tokenizer, "cut", rows, 4)
+    loss = LossSection(type="cut")
+    value, _ = _run(method_for(loss).build(cfg, loss, SIZES), params, None, batch)
+    logps = _token_logps64(cfg, params, batch)
+    e = 4
+    mask = _response_mask(batch)
+    satisfactory = np.asarray(batch.is_satisfactory_E, np.float64)
+    np.testing.assert_array_equal(satisfactory, [0, 1, 0, 1])
+    section = loss.section("cut")
+    expected, _ = cut_loss(
+        jnp.asarray(logps[:e]),
+        jnp.asarray(logps[e:]),
+        jnp.asarray(mask[:e]),
+        jnp.asarray(1 - satisfactory),
+        CUTConfig(lam=section.lam, a=section.a, g=section.g, detection=section.detection, form=section.form),
+    )
+    np.testing.assert_allclose(value, float(expected), rtol=2e-5)
+
+
+def _step_fns(objective, params, tx):
+    mesh = make_mesh(MeshSection())
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(lambda _: replicated, params)
+    opt_state = tx.init(params)
+    fns = make_step_fns(objective, tx, shardings, jax.tree.map(lambda _: replicated, opt_state))
+    return fns, opt_state, mesh
+
+
+def test_accumulated_micro_batches_update_as_their_whole_batch(model, tokenizer, tmp_path):
+    cfg, params, ref = model
+    loss = LossSection(type="sigmoid", beta=0.5)
+    objective = method_for(loss).build(cfg, loss, SIZES)
+    tx = optax.sgd(0.5)
+    whole = _batch(tmp_path, tokenizer, "preference", _pairs(4), 4)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = _batch(tmp_path / "first", tokenizer, "preference", _pairs(4)[:2], 2)
+    second = _batch(tmp_path / "second", tokenizer, "preference", _pairs(4)[2:], 2)
+    tree = {DECODER: params}
+    rng, micro = jax.random.key(5), [jnp.int32(0), jnp.int32(1)]
+
+    fns, opt_state, mesh = _step_fns(objective, tree, tx)
+    state = jax.device_put(objective.init_state())
+    acc, state = fns.first(tree, ref, first, state, rng, init_counters(0, 0, mesh), micro[0])
+    acc, state = fns.accumulate(acc, tree, ref, second, state, rng, init_counters(0, 0, mesh), micro[1])
+    by_micro, _, counters, metrics = fns.apply(tree, opt_state, acc, init_counters(0, 0, mesh))
+
+    fns, opt_state, mesh = _step_fns(objective, tree, tx)
+    acc, _ = fns.first(tree, ref, whole, objective.init_state(), rng, init_counters(0, 0, mesh), micro[0])
+    by_whole, _, _, whole_metrics = fns.apply(tree, opt_state, acc, init_counters(0, 0, mesh))
+
+    # Mean over pairs = mean of the two halves' means: the same gradient, the same update.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), by_micro, by_whole)
+    np.testing.assert_allclose(float(metrics["loss"]), float(whole_metrics["loss"]), rtol=1e-5)
+    assert int(counters["step"]) == 1 and int(counters["skipped"]) == 0
+    moved = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(by_whole), jax.tree.leaves(tree))
+    )
+    assert moved > 1e-4  # the step did update
+
+
+def test_non_finite_step_changes_nothing_and_is_counted(model, tokenizer, tmp_path):
+    cfg, params, ref = model
+    loss = LossSection(type="sigmoid")
+    objective = method_for(loss).build(cfg, loss, SIZES)
+    batch = _batch(tmp_path, tokenizer, "preference", _pairs(2), 2)
+    tree = {DECODER: dict(params, final_norm=jax.tree.map(lambda x: x * jnp.nan, params["final_norm"]))}
+    tx = optax.adam(1e-2)
+    fns, opt_state, mesh = _step_fns(objective, tree, tx)
+    before = jax.tree.map(np.asarray, (tree, opt_state))
+    acc, _ = fns.first(
+        tree, ref, batch, objective.init_state(), jax.random.key(0), init_counters(7, 2, mesh), jnp.int32(0)
+    )
+    new_tree, new_opt, counters, _ = fns.apply(tree, opt_state, acc, init_counters(7, 2, mesh))
+    after = jax.tree.map(np.asarray, (new_tree, new_opt))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), before, after)
+    assert (int(counters["step"]), int(counters["skipped"])) == (8, 3)
+
+
+def test_unknown_loss_type_names_the_registered_methods():
+    with pytest.raises(
+        ValueError, match=r"loss.type='nope' names no registered method \(registered: .*sparsepo"
+    ):
+        LossSection(type="nope")
+
+
+def test_method_sections_are_config_keys_with_suggestions():
+    from alignjax import configlib
+
+    loss = configlib.from_dict(LossSection, {"type": "sparsepo", "sparsepo": {"weights": "given"}}, "loss")
+    assert loss.section("sparsepo").weights == "given"
+    assert loss.section("pdpo") == dataclasses.replace(loss.section("pdpo"))  # defaults when not given
+    assert configlib.to_dict(loss)["sparsepo"]["weights"] == "given"
+    with pytest.raises(
+        configlib.ConfigError, match=r"unknown config key 'loss.sparspo'; did you mean 'sparsepo'"
+    ):
+        configlib.from_dict(LossSection, {"sparspo": {}}, "loss")
