@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute reference log-probs once, for loss.reference: precomputed (alignjax precompute-ref CONFIG [key=value ...])",
     )
     sub.add_parser(
+        "compile-check",
+        help="compile each stage's step for a TPU topology or the local devices and report per-chip "
+        "memory (alignjax compile-check CONFIG [key=value ...] [--topology v5p:2x2x1])",
+    )
+    sub.add_parser(
         "eval",
         help="sweep weights / conditions / P-DPO users, score, Pareto plot, steerability (alignjax eval --help)",
     )
@@ -122,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that read a training config: every method must be registered first, the
 # online ones (MO-ODPO, online CUT) included.
-_CONFIG_COMMANDS = ("train", "precompute-ref", "bench")
+_CONFIG_COMMANDS = ("train", "precompute-ref", "bench", "compile-check")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from alignjax.online import evaluate
 
         return evaluate.main(argv[1:])
+    if argv and argv[0] == "compile-check":
+        from alignjax.train import compile_check
+
+        return compile_check.main(argv[1:])
     if argv and argv[0] == "precompute-ref":
         from alignjax.train import precompute
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -35,6 +36,15 @@ LOGICAL_RULES: dict[str, Any] = {
     "mask_layers": None,
     "user": None,
     "user_tokens": None,
+    # Activations (MaxText's names), pinned inside the step so XLA keeps them laid out as
+    # the parameters they meet are: rows over the batch axes, heads and MLP over `tensor`.
+    "activation_batch": BATCH_AXES,
+    "activation_length": None,
+    "activation_embed": None,
+    "activation_heads": "tensor",
+    "activation_kv_heads": "tensor",
+    "activation_mlp": "tensor",
+    "activation_vocab": "tensor",
 }
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,10 @@ class MeshSection:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    # The TPU slice a recipe is written for (e.g. v5p:4x4x4); `alignjax compile-check` compiles
+    # for it when no --topology is given. Training uses whatever devices it runs on.
+    topology: str | None = None
+    num_slices: int = 1
 
 
 def resolve_axis_sizes(section: MeshSection, n_devices: int) -> tuple[int, int, int]:
@@ -102,6 +116,15 @@ def logical_to_spec(logical: P, shape: tuple[int, ...], mesh: Mesh) -> P:
         used |= set(flat)
         out.append(flat[0] if len(flat) == 1 else flat)
     return P(*out)
+
+
+def constrain(x, *logical: str | None):
+    """`x` pinned to the layout its logical axis names map to on the mesh in context
+    (`jax.set_mesh`, as the trainer and compile-check trace); without one, `x` as it is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(P(*logical), x.shape, mesh))
 
 
 def tree_shardings(logical_tree, shape_tree, mesh: Mesh):

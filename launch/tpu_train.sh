@@ -12,6 +12,11 @@ Runs `alignjax train CONFIG key=value ...` on every worker of a Cloud TPU VM pod
 once. Every worker must run the same command; the trainer finds its peers itself.
 
 Steps, each gcloud call with --worker=all:
+  0. here, before any worker starts: `alignjax compile-check CONFIG key=value ...` for
+     the slice (--topology, or CONFIG's mesh.topology), which compiles each stage's step
+     for its TPU chips and stops when one does not fit in their memory. Needs alignjax
+     with jax[tpu] installed here (pip install -e '.[tpu]'); skipped when the slice is
+     unknown, or with --no-compile-check.
   1. pack the code locally (launch/pack_src.sh): the working tree of --src, with
      uncommitted edits, or with --ref exactly that commit. The code travels as a
      tarball rather than a `git clone` on the workers, so the workers need no
@@ -34,6 +39,9 @@ Options:
   --python PYTHON      Python >= 3.11 on the workers for the venv (default: python3;
                        older TPU VM images need e.g. --python python3.11)
   --skip-install       reuse the venv of an earlier run; the code is still synced
+  --topology SLICE     the slice's TPU topology for step 0, e.g. v5e:4x4, v5p:2x2x1
+                       (default: CONFIG's mesh.topology)
+  --no-compile-check   start the workers without compiling the step for the slice
   --env KEY=VALUE      export on the workers, e.g. XLA_FLAGS=...; repeatable.
                        --env KEY forwards this shell's value (for WANDB_API_KEY)
   --gcloud-flag=FLAG   extra flag for every gcloud call, e.g.
@@ -52,6 +60,7 @@ EOF
 }
 
 tpu="" zone="" project="" src="" ref="" remote_dir=alignjax python=python3 skip_install=0
+topology="" compile_check=1
 gcloud_flags=()
 while (($#)); do
   # --flag=value is taken apart so each option is handled in one place.
@@ -68,6 +77,8 @@ while (($#)); do
     --env) need_value "$@"; add_env "$2"; shift 2 ;;
     --gcloud-flag) (($# >= 2)) || die "--gcloud-flag needs a value"; gcloud_flags+=("$2"); shift 2 ;;
     --skip-install) skip_install=1; shift ;;
+    --topology) need_value "$@"; topology=$2; shift 2 ;;
+    --no-compile-check) compile_check=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; break ;;
     -*) die "unknown option '$1' (see --help)" ;;
@@ -112,6 +123,21 @@ rd=$(printf '%q' "$remote_dir")
 tarball="${TMPDIR:-/tmp}/alignjax-src-$tpu.tar.gz"
 remote_tarball=alignjax-src.tar.gz
 run_name="train-$(date +%Y%m%d-%H%M%S)"
+
+config_file=$config
+[[ $config == /* ]] || config_file=$src/$config
+# The slice is known from --topology, a mesh.topology override, or CONFIG's mesh section.
+if ((compile_check)) && {
+  [[ -n $topology ]] ||
+    printf '%s\n' ${overrides[@]+"${overrides[@]}"} | grep -q '^mesh\.topology=.' ||
+    grep -Eq '^[[:space:]]+topology:[[:space:]]*[^[:space:]#]' "$config_file" 2>/dev/null
+}; then
+  ((DRY_RUN)) || command -v alignjax >/dev/null ||
+    die "step 0 needs alignjax here (pip install -e '.[tpu]' in --src); or pass --no-compile-check"
+  step "0/4 compile-check $config for the slice, here (skip with --no-compile-check)"
+  run alignjax compile-check "$config_file" ${topology:+--topology "$topology"} ${overrides[@]+"${overrides[@]}"} ||
+    die "the step does not fit the slice (see above): change the config, or pass --no-compile-check"
+fi
 
 step "1/4 pack ${ref:-the working tree} of $src"
 run "$HERE/pack_src.sh" "$src" "$tarball" ${ref:+"$ref"}

@@ -27,6 +27,12 @@ class ModelSection:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_backend: str = "xla"
+    # The frozen reference's parameter dtype (it gets no gradient); None: the compute dtype.
+    reference_dtype: str | None = None
+
+    @property
+    def effective_reference_dtype(self) -> str:
+        return self.reference_dtype or self.dtype
 
     def execution(self) -> dict[str, Any]:
         return dict(

@@ -14,10 +14,15 @@ Backends:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from alignjax.sharding import BATCH_AXES
 
 
 class BackendUnavailableError(ValueError):
@@ -60,10 +65,10 @@ def _dot_product(q, k, v, mask_BxLxS, scale, softcap, implementation):
             f"attention_backend={'cudnn' if implementation else 'dot_product'} does not support "
             f"attention logit soft-capping (attn_logit_softcapping={softcap}); use 'xla' or 'splash'"
         )
-    if implementation == "cudnn" and jax.default_backend() != "gpu":
+    if implementation == "cudnn" and platform() != "gpu":
         raise BackendUnavailableError(
-            f"attention_backend='cudnn' needs an NVIDIA GPU; JAX's default backend is "
-            f"{jax.default_backend()!r}. Use 'xla' or 'dot_product' here."
+            f"attention_backend='cudnn' needs an NVIDIA GPU; this computation targets "
+            f"{platform()!r}. Use 'xla' or 'dot_product' here."
         )
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask_BxLxS[:, None], scale=scale, implementation=implementation
@@ -98,11 +103,30 @@ def _splash_kernel(l, s, group, window, softcap, interpret):
     )
 
 
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+    """Trace for `platform` ("tpu", "gpu", "cpu") rather than JAX's default backend: an
+    ahead-of-time compile from a CPU host for TPU devices picks the TPU kernels."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def platform() -> str:
+    """The platform the computation being traced will run on."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
 def _splash(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids, scale, softcap, window, interpret):
-    if not interpret and jax.default_backend() != "tpu":
+    if not interpret and platform() != "tpu":
         raise BackendUnavailableError(
-            f"attention_backend='splash' is a TPU kernel; JAX's default backend is "
-            f"{jax.default_backend()!r}. Use 'xla' here (or splash_interpret for testing)."
+            f"attention_backend='splash' is a TPU kernel; this computation targets "
+            f"{platform()!r}. Use 'xla' here (or splash_interpret for testing)."
         )
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
@@ -127,6 +151,22 @@ def _splash(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids, scale, softcap, win
     return out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, l, h, dh).astype(q_BxLxHxDh.dtype)
 
 
+def _per_shard(fn, q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_seg_BxL, k_seg_BxS):
+    """Run a kernel XLA cannot partition (a Pallas call) once per shard of the mesh in
+    context (`jax.set_mesh`): rows split over the batch axes, heads over `tensor` when it
+    divides both head counts. Without a mesh in context, on the whole arrays."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_seg_BxL, k_seg_BxS)
+    rows = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    t = mesh.shape.get("tensor", 1)
+    heads = "tensor" if t > 1 and q_BxLxHxDh.shape[2] % t == 0 and k_BxSxKxDh.shape[2] % t == 0 else None
+    seq, seg = P(rows, None, heads, None), P(rows, None)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(seq, seq, seq, seg, seg), out_specs=seq, check_vma=False)(
+        q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_seg_BxL, k_seg_BxS
+    )
+
+
 def attention(
     q_BxLxHxDh,
     k_BxSxKxDh,
@@ -144,16 +184,12 @@ def attention(
     """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype."""
     if backend == "splash" or backend == "splash_interpret":
         # Splash masks by index, which equals masking by position inside a segment.
-        return _splash(
-            q_BxLxHxDh,
-            k_BxSxKxDh,
-            v_BxSxKxDh,
-            (q_segment_ids_BxL, k_segment_ids_BxS),
-            scale,
-            softcap,
-            window,
-            interpret=backend == "splash_interpret",
-        )
+        interpret = backend == "splash_interpret"
+
+        def kernel(q, k, v, q_seg, k_seg):
+            return _splash(q, k, v, (q_seg, k_seg), scale, softcap, window, interpret=interpret)
+
+        return _per_shard(kernel, q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxL, k_segment_ids_BxS)
     mask_BxLxS = attention_mask(
         q_positions_BxL, k_positions_BxS, q_segment_ids_BxL, k_segment_ids_BxS, window
     )

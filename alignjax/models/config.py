@@ -16,7 +16,16 @@ SLIDING = "sliding_attention"
 
 # splash_interpret runs the TPU kernel through the Pallas interpreter: for tests on CPU.
 ATTENTION_BACKENDS = ("xla", "dot_product", "cudnn", "splash", "splash_interpret")
-REMAT_POLICIES = ("none", "full", "save_dots")
+REMAT_POLICIES = (
+    "none",
+    "minimal",
+    "full",
+    "save_qkv_proj",
+    "save_out_proj",
+    "save_dot_except_mlp",
+    "save_dot_with_context_except_mlp",
+    "save_dots",
+)
 
 
 @dataclasses.dataclass(frozen=True)

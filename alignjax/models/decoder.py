@@ -12,15 +12,18 @@ updated cache, with the same parameters and the same masking rule as `apply`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from alignjax.models import rope as rope_lib
 from alignjax.models.attention import attention
 from alignjax.models.config import FULL, SLIDING, ModelConfig
+from alignjax.sharding import constrain
 
 Params = dict[str, Any]
 
@@ -65,9 +68,18 @@ class _LayerCache(NamedTuple):
     write_at: jax.Array
 
 
+_ACT_ROWS = ("activation_batch", "activation_length")
+_names = jax.checkpoint_policies.save_only_these_names
+# Rematerialisation inside a layer, named by what the backward keeps (MaxText's set). The
+# residual stream between layers is always kept: a scan saves its carry.
 _REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "minimal": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    "full": jax.checkpoint_policies.nothing_saveable,  # the same, under its older name
+    "save_qkv_proj": _names("query_proj", "key_proj", "value_proj"),
+    "save_out_proj": _names("out_proj"),
+    "save_dot_except_mlp": _names("query_proj", "key_proj", "value_proj", "out_proj"),
+    "save_dot_with_context_except_mlp": _names("query_proj", "key_proj", "value_proj", "context", "out_proj"),
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # every projection
 }
 
 
@@ -161,6 +173,12 @@ class Block(nn.Module):
         if cfg.qk_norm:
             q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
             kk = RMSNorm(cfg, "head_dim", name="k_norm")(kk)
+        q = constrain(q, *_ACT_ROWS, "activation_heads", None)
+        kk = constrain(kk, *_ACT_ROWS, "activation_kv_heads", None)
+        v = constrain(v, *_ACT_ROWS, "activation_kv_heads", None)
+        q, kk, v = (
+            checkpoint_name(x, n) for x, n in ((q, "query_proj"), (kk, "key_proj"), (v, "value_proj"))
+        )
         self._record("attn_q", q)
         self._record("attn_k", kk)
         self._record("attn_v", v)
@@ -204,22 +222,28 @@ class Block(nn.Module):
             attn = attend(cfg.sliding_window if self.layer_type == SLIDING else None)
         else:
             attn = jax.lax.cond(is_sliding, lambda: attend(cfg.sliding_window), lambda: attend(None))
+        attn = checkpoint_name(attn, "context")
         attn = Projection(cfg, (h, dh), (d,), ("q_heads", "head_dim"), ("embed",), cfg.o_bias, name="o")(attn)
+        attn = checkpoint_name(attn, "out_proj")
         self._record("attn_out", attn)
         if cfg.sandwich_norms:
             attn = RMSNorm(cfg, name="post_attn_norm")(attn)
         x_BxLxD = x_BxLxD + attn
 
         y = RMSNorm(cfg, name="pre_mlp_norm")(x_BxLxD)
-        gate = Projection(cfg, (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias, name="gate")(y)
-        up = Projection(cfg, (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias, name="up")(y)
-        mlp = Projection(cfg, (f,), (d,), ("mlp",), ("embed",), cfg.mlp_bias, name="down")(
-            _activation(cfg.activation, gate) * up
+        gate = checkpoint_name(
+            Projection(cfg, (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias, name="gate")(y), "mlp_gate"
         )
+        up = checkpoint_name(
+            Projection(cfg, (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias, name="up")(y), "mlp_up"
+        )
+        hidden_BxLxF = constrain(_activation(cfg.activation, gate) * up, *_ACT_ROWS, "activation_mlp")
+        mlp = Projection(cfg, (f,), (d,), ("mlp",), ("embed",), cfg.mlp_bias, name="down")(hidden_BxLxF)
+        mlp = checkpoint_name(mlp, "mlp_down")
         self._record("mlp_out", mlp)
         if cfg.sandwich_norms:
             mlp = RMSNorm(cfg, name="post_mlp_norm")(mlp)
-        x_BxLxD = x_BxLxD + mlp
+        x_BxLxD = constrain(x_BxLxD + mlp, *_ACT_ROWS, "activation_embed")
         self._record("residual", x_BxLxD)
         if cache is not None:
             return x_BxLxD, (k_all, v_all)
@@ -317,17 +341,23 @@ class Decoder(nn.Module):
         return RMSNorm(cfg, name="final_norm")(x_BxLxD)
 
 
+def _for_init(cfg: ModelConfig) -> ModelConfig:
+    """Initialisation traces one token, which no attention kernel but XLA's takes; the
+    parameters do not depend on the backend."""
+    return dataclasses.replace(cfg, attention_backend="xla")
+
+
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
     """Random parameters (unboxed), e.g. for `model.preset` runs and tests."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = Decoder(cfg).init(rng, tokens, tokens, jnp.ones_like(tokens))
+    variables = Decoder(_for_init(cfg)).init(rng, tokens, tokens, jnp.ones_like(tokens))
     return nn.unbox(variables["params"])
 
 
 def logical_axes(cfg: ModelConfig):
     """A pytree like params whose leaves are PartitionSpecs of logical axis names."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    shapes = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0), tokens, tokens, tokens))
+    shapes = jax.eval_shape(lambda: Decoder(_for_init(cfg)).init(jax.random.key(0), tokens, tokens, tokens))
     return nn.get_partition_spec(shapes["params"])
 
 

@@ -64,6 +64,7 @@ MO_ODPO = Method(
     build=_build_mo_odpo,
     section=MOODPOSection,
     batch_source=_mo_odpo_source,
+    batch_record_type="preference",
     no_precomputed_reference="its pairs are sampled online, so there is nothing to precompute",
 )
 ONLINE_CUT = Method(
@@ -71,6 +72,7 @@ ONLINE_CUT = Method(
     accepts=lambda loss: loss.names == ("cut",) and loss.section("cut").judge is not None,
     build=cut.build,
     batch_source=_online_cut_source,
+    batch_record_type="cut",
 )
 
 for _method in (MO_ODPO, ONLINE_CUT):

@@ -191,9 +191,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 if restored and restored["loop"]["stage_index"] == index and step > stage.first_step
                 else None
             )
-            params, step = _run_stage(
-                setup, (writer, checkpointer), stage, index, params, step, inside, stopper
-            )
+            # The mesh in context: kernels XLA cannot partition (splash) run once per shard of it.
+            with jax.set_mesh(setup.mesh):
+                params, step = _run_stage(
+                    setup, (writer, checkpointer), stage, index, params, step, inside, stopper
+                )
             restored = None
     finally:
         stopper.restore()

@@ -35,7 +35,8 @@ def abstract_arrays(shapes, shardings):
 
 
 def frozen_reference(run: RunSetup, checkpointer, stage: Stage, params, resuming: bool):
-    """The stage's starting decoder parameters, saved once so resumes agree.
+    """The stage's starting decoder parameters in `model.reference_dtype`, saved once so
+    resumes agree.
 
     Saved and restored as sharded arrays (parameters may span processes), onto the
     current mesh, which need not be the one it was saved from.
@@ -45,8 +46,9 @@ def frozen_reference(run: RunSetup, checkpointer, stage: Stage, params, resuming
     # names its cross-process barriers the same in every manager, so a second manager
     # saving meanwhile can pair with the wrong barrier on another process and hang.
     checkpointer.wait()
-    abstract = abstract_arrays(jax.eval_shape(lambda p: p, params), run.param_shardings)
-    ref = ckpt_lib.restore_reference(root, abstract)
+    dtype = jnp.dtype(run.cfg.model.effective_reference_dtype)
+    shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), params)
+    ref = ckpt_lib.restore_reference(root, abstract_arrays(shapes, run.param_shardings))
     if ref is not None:
         return ref
     if resuming:
@@ -55,8 +57,10 @@ def frozen_reference(run: RunSetup, checkpointer, stage: Stage, params, resuming
             "(the parameters the stage started from) was never committed there; restore that directory, "
             "or delete the stage's checkpoints to restart the stage"
         )
-    # A copy: the training step donates `params`.
-    ref = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=run.param_shardings)(params)
+    # A copy (the training step donates `params`), in model.reference_dtype.
+    ref = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=run.param_shardings)(
+        params
+    )
     ckpt_lib.save_reference(root, ref, run.model_meta)
     return ref
 

@@ -11,7 +11,7 @@ from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import Stage
 from alignjax.train.multihost import everywhere
 from alignjax.train.reference import abstract_arrays
-from alignjax.train.stage import open_train_source, plan_stage, stage_sizes
+from alignjax.train.stage import open_train_source, plan_stage_of, stage_sizes
 
 log = logging.getLogger("alignjax.train")
 
@@ -47,7 +47,7 @@ def restore(run: RunSetup, checkpointer, all_stages: list[Stage]):
                 )
             index = loop_state["stage_index"]
             stage = all_stages[index]
-            plan = plan_stage(run, stage, index, saved_sizes(run, stage, index))
+            plan = plan_stage_of(run, stage, saved_sizes(run, stage, index))
             params, opt_state = checkpointer.restore_arrays(
                 step,
                 abstract_arrays(plan.param_shapes, plan.param_shardings),

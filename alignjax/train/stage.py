@@ -30,9 +30,9 @@ from alignjax.train.step import StepFns, init_counters, make_step_fns
 
 @dataclasses.dataclass
 class StagePlan:
-    """A stage's data, objective and optimizer with every shape and sharding: no data read yet."""
+    """A stage's method, objective and optimizer with every shape and sharding: no data read,
+    no array allocated (what `compile-check` compiles, and what a resume restores onto)."""
 
-    data: StageData
     method: Method
     objective: Objective
     tx: Any
@@ -85,29 +85,33 @@ def stage_sizes(run: RunSetup, stage: Stage, data: StageData, pipeline=None) -> 
     return sizes
 
 
-def plan_stage(run: RunSetup, stage: Stage, stage_index: int, sizes: dict[str, int]) -> StagePlan:
+def plan_stage(
+    model_cfg, decoder_shapes, decoder_shardings, mesh, stage: Stage, sizes: dict[str, int]
+) -> StagePlan:
     scfg = stage.config
-    data = stage_data(stage, stage_index, run.data_dir, run.cfg.run_dir)
     n_steps = stage.last_step - stage.first_step
     method = method_for(scfg.loss)
-    objective = method.build(run.model_cfg, scfg.loss, sizes)
+    objective = method.build(model_cfg, scfg.loss, sizes)
     lr_at = schedule(scfg.optim, n_steps)
     tx = make_optimizer(scfg.optim, n_steps)
     if objective.wrap_optimizer is not None:
         tx = objective.wrap_optimizer(tx, lr_at)
-    decoder_shapes = jax.eval_shape(lambda p: p, run.loaded.params)
     part_shapes = jax.eval_shape(objective.init_parts, jax.random.key(0), decoder_shapes)
     param_shapes = {DECODER: decoder_shapes, **part_shapes}
     # A method's own parts are small: replicated.
     param_shardings = {
-        DECODER: run.param_shardings,
-        **jax.tree.map(lambda _: sharding.replicated(run.mesh), part_shapes),
+        DECODER: decoder_shardings,
+        **jax.tree.map(lambda _: sharding.replicated(mesh), part_shapes),
     }
     opt_shapes = jax.eval_shape(tx.init, param_shapes)
-    opt_shardings = opt_state_shardings(tx, opt_shapes, param_shardings, run.mesh)
-    return StagePlan(
-        data, method, objective, tx, lr_at, param_shapes, param_shardings, opt_shapes, opt_shardings
-    )
+    opt_shardings = opt_state_shardings(tx, opt_shapes, param_shardings, mesh)
+    return StagePlan(method, objective, tx, lr_at, param_shapes, param_shardings, opt_shapes, opt_shardings)
+
+
+def plan_stage_of(run: RunSetup, stage: Stage, sizes: dict[str, int]) -> StagePlan:
+    """`plan_stage` for a run's model and mesh."""
+    decoder_shapes = jax.eval_shape(lambda p: p, run.loaded.params)
+    return plan_stage(run.model_cfg, decoder_shapes, run.param_shardings, run.mesh, stage, sizes)
 
 
 def open_train_source(run: RunSetup, stage: Stage, stage_index: int, data: StageData):
@@ -157,7 +161,7 @@ def start_stage(
     # Before the data pipeline starts: a missing table is the error a user meets first.
     tables = reference_tables(run, stage, data, decoder_params, resuming)
     source = open_train_source(run, stage, index, data)
-    plan = plan_stage(run, stage, index, stage_sizes(run, stage, data, source))
+    plan = plan_stage_of(run, stage, stage_sizes(run, stage, data, source))
     objective = plan.objective
     base_rng = jax.random.fold_in(jax.random.key(run.cfg.seed), index)
     ref_params = None

@@ -45,7 +45,9 @@ class StepFns:
     # Nor is `acc` to `apply`: no output could reuse it; the loop drops it after each step.
 
 
-def make_step_fns(objective: Objective, tx: optax.GradientTransformation, param_shardings, opt_shardings):
+def _step_functions(objective: Objective, tx: optax.GradientTransformation):
+    """The step's pure functions, before jit."""
+
     def micro_grads(params, ref_params, batch, loss_state, base_rng, counters, micro):
         rng = jax.random.fold_in(jax.random.fold_in(base_rng, counters["step"]), micro)
         (value, (metrics, loss_state, _)), grads = jax.value_and_grad(objective.fn, has_aux=True)(
@@ -82,6 +84,11 @@ def make_step_fns(objective: Objective, tx: optax.GradientTransformation, param_
         value, (metrics, _, per_pair) = objective.fn(params, ref_params, batch, loss_state, base_rng)
         return dict(metrics, loss=value), per_pair
 
+    return micro_grads, accumulate, apply, skip, eval_fn
+
+
+def make_step_fns(objective: Objective, tx: optax.GradientTransformation, param_shardings, opt_shardings):
+    micro_grads, accumulate, apply, skip, eval_fn = _step_functions(objective, tx)
     acc_shardings = {"grads": param_shardings, "metrics": None, "n": None}
     return StepFns(
         first=jax.jit(micro_grads, out_shardings=(acc_shardings, None)),
@@ -92,3 +99,19 @@ def make_step_fns(objective: Objective, tx: optax.GradientTransformation, param_
         skip=jax.jit(skip),
         eval=jax.jit(eval_fn),
     )
+
+
+def fused_step(objective: Objective, tx: optax.GradientTransformation):
+    """One micro-batch's gradients and the update as one function: every buffer a step holds
+    is live in it at once (what `compile-check` measures).
+
+    (params, opt_state, ref, batch, loss_state, base_rng, counters, micro)
+        -> ((params, opt_state, counters, metrics), loss_state)
+    """
+    micro_grads, _, apply, _, _ = _step_functions(objective, tx)
+
+    def step(params, opt_state, ref_params, batch, loss_state, base_rng, counters, micro):
+        acc, loss_state = micro_grads(params, ref_params, batch, loss_state, base_rng, counters, micro)
+        return apply(params, opt_state, acc, counters), loss_state
+
+    return step

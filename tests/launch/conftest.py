@@ -56,6 +56,10 @@ elif tool == "nvidia-smi":
         print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
         sys.exit(9)
     print("0, NVIDIA H100 80GB HBM3, 81559 MiB")
+elif tool == "alignjax" and args[:1] == ["compile-check"]:
+    with open(os.path.join(out_dir, "compile_checks.jsonl"), "a") as f:
+        f.write(json.dumps(args) + "\n")
+    sys.exit(1 if os.environ.get("STANDIN_DOES_NOT_FIT") else 0)
 elif tool == "alignjax":
     env = {k: v for k, v in os.environ.items() if k.startswith(("ALIGNJAX_", "XLA_", "TEST_"))}
     with open(os.path.join(out_dir, "alignjax.jsonl"), "a") as f:
@@ -111,6 +115,10 @@ class Launcher:
             return []
         calls = [json.loads(line) for line in path.read_text().splitlines()]
         return [c for c in calls if tool is None or c[0] == tool]
+
+    def compile_checks(self) -> list[list[str]]:
+        path = self.out_dir / "compile_checks.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def trainings(self) -> list[dict]:
         path = self.out_dir / "alignjax.jsonl"

@@ -172,3 +172,35 @@ def test_help_documents_every_flag(launcher):
     for flag in ("--tpu", "--zone", "--project", "--src", "--ref", "--skip-install", "--dry-run", "--env"):
         assert flag in result.stdout
     assert json.dumps(launcher.calls()) == "[]"
+
+
+def _with_topology(src):
+    (src / "configs" / "pod.yaml").write_text("train:\n  steps: 1\nmesh:\n  fsdp: -1\n  topology: v5e:4x4\n")
+    return "configs/pod.yaml"
+
+
+def test_the_step_is_compiled_for_the_slice_before_any_worker_starts(launcher, src):
+    config = _with_topology(src)
+    result = launcher.run("tpu_train.sh", *tpu_args(src), config, "train.steps=10")
+    assert result.returncode == 0, result.stderr
+    assert launcher.compile_checks() == [["compile-check", str(src / config), "train.steps=10"]]
+    # Then the usual four steps; --topology names the slice for configs that do not.
+    assert [c[4] for c in launcher.calls("gcloud")] == ["scp", "ssh", "ssh", "ssh"]
+    tools = [c[0] for c in launcher.calls()]
+    assert tools.index("alignjax") < tools.index("gcloud")
+    result = launcher.run(
+        "tpu_train.sh", *tpu_args(src, "--topology", "v5p:2x2x1", "--dry-run"), "configs/tiny.yaml"
+    )
+    assert result.returncode == 0 and result.stdout.splitlines()[:2] == [
+        "# 0/4 compile-check configs/tiny.yaml for the slice, here (skip with --no-compile-check)",
+        f"alignjax compile-check {src}/configs/tiny.yaml --topology v5p:2x2x1",
+    ]
+
+
+def test_a_step_that_does_not_fit_stops_before_the_workers(launcher, src):
+    config = _with_topology(src)
+    result = launcher.run("tpu_train.sh", *tpu_args(src), config, env={"STANDIN_DOES_NOT_FIT": "1"})
+    assert result.returncode == 2 and "the step does not fit the slice" in result.stderr
+    assert launcher.calls("gcloud") == []
+    skipped = launcher.run("tpu_train.sh", *tpu_args(src, "--no-compile-check"), config)
+    assert skipped.returncode == 0 and len(launcher.compile_checks()) == 1  # only the first run's

@@ -43,6 +43,9 @@ class Method:
     # (RunSetup, Stage, stage index, train DataConfig) -> a source with `next_for(params, step)`;
     # None: the stage's data pipeline.
     batch_source: Callable[..., Any] | None = None
+    # The record type of the batches its source yields when not `data.record_type` (an online
+    # source reads prompts and yields pairs or CUT views): what sizes a compiled step.
+    batch_record_type: str | None = None
     # Whether, under `loss.reference: precomputed`, it reads `alignjax precompute-ref` tables.
     reads_reference_table: Callable[[Any], bool] = lambda loss: False
     # Why `loss.reference: precomputed` cannot serve it (a config error); None: it can, or
