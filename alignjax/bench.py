@@ -4,6 +4,7 @@ logps     compiled memory of naive vs chunked log-probs (value and gradient)
 data      Grain pipeline throughput (examples/s, tokens/s) on synthetic pairs
 generate  sampler throughput (prefill and decode tokens/s) on a tiny model
 train     training-step throughput of a config (tokens/s, step time, MFU where known)
+trl       step time of alignjax and of TRL's DPOTrainer on the same ~100M model and data
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def _train(args) -> dict:
     return out
 
 
+def _trl(args) -> dict:
+    from alignjax.bench_trl import bench_vs_trl
+
+    return bench_vs_trl(args.batch_size, args.max_length, args.steps)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignjax bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -103,6 +110,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--steps", type=int, default=10)
     p.set_defaults(fn=_train)
+    p = sub.add_parser(
+        "trl", help="step time of alignjax vs TRL's DPOTrainer on one ~100M model (needs the test extra)"
+    )
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--steps", type=int, default=5)
+    p.set_defaults(fn=_trl)
     args = parser.parse_args(argv)
     return run_command("bench", _print_report, args)
 

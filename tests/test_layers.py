@@ -23,6 +23,7 @@ TOP_LEVEL = {
     "tasks": "data",
     "cli": "cli",
     "bench": "cli",
+    "bench_trl": "cli",
     "plot": "cli",
 }
 
