@@ -33,6 +33,7 @@ from alignjax.models.families import load_hf_config_dict, model_config_from_hf
 from alignjax.models.presets import preset_config
 from alignjax.train.config import Stage, TrainConfig, data_config, stages
 from alignjax.train.datasets import micro_batch_size
+from alignjax.train.reference import abstract_arrays
 from alignjax.train.stage import plan_stage
 from alignjax.train.step import fused_step
 
@@ -72,10 +73,6 @@ def _bytes_per_chip(shapes, shardings) -> int:
     for shape, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
         total += math.prod(sh.shard_shape(shape.shape)) * np.dtype(shape.dtype).itemsize
     return total
-
-
-def _abstract(shapes, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
 def model_flops_per_step(model_cfg: ModelConfig, batch, with_reference: bool) -> dict[str, float]:
@@ -190,7 +187,7 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
     needs_ref = plan.objective.needs_reference and not (scfg.loss.reference == "precomputed")
     ref_dtype = np.dtype(jax.numpy.dtype(scfg.model.effective_reference_dtype))
     ref_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype), decoder_shapes)
-    ref = _abstract(ref_shapes, decoder_shardings) if needs_ref else None
+    ref = abstract_arrays(ref_shapes, decoder_shardings) if needs_ref else None
     replicated = sharding.replicated(mesh)
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
     loss_state = jax.tree.map(
@@ -201,8 +198,8 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
     rng = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated)
 
-    params = _abstract(plan.param_shapes, plan.param_shardings)
-    opt_state = _abstract(plan.opt_shapes, plan.opt_shardings)
+    params = abstract_arrays(plan.param_shapes, plan.param_shardings)
+    opt_state = abstract_arrays(plan.opt_shapes, plan.opt_shardings)
     jitted = jax.jit(
         fused_step(plan.objective, plan.tx),
         donate_argnums=(0, 1),

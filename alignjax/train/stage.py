@@ -2,7 +2,7 @@
 
 The objective is built from typed sizes (conditions, users, user tokens), not from a
 live pipeline, so a resume can learn every array shape without reading data or loading
-reward models; the sizes are saved with the run (`<run_dir>/stage_sizes.json`).
+reward models; the sizes are saved with the run (`<run_dir>/stage_sizes/<stage>.json`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import optax
 
 from alignjax import sharding
 from alignjax.data.pipeline import make_pipeline
+from alignjax.fileio import atomic_write_json
 from alignjax.models.parts import DECODER
 from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import Stage
@@ -79,9 +80,7 @@ def stage_sizes(run: RunSetup, stage: Stage, data: StageData, pipeline=None) -> 
         "n_user_tokens": data.train.n_user_tokens,
     }
     if jax.process_index() == 0:
-        from alignjax.train.reference_table import write_json
-
-        write_json(path, sizes)
+        atomic_write_json(path, sizes)
     return sizes
 
 
