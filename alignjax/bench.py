@@ -47,6 +47,7 @@ def _train(args) -> dict:
     """Time `args.steps` steps of a config after as many warm-up steps (compilation excluded)."""
     import tempfile
 
+    from alignjax.models.flops import FORMULA
     from alignjax.train.config import load_config
     from alignjax.train.loop import run
 
@@ -77,6 +78,8 @@ def _train(args) -> dict:
         "tokens_per_sec": last.get("tokens_per_sec"),
         "step_time_s": last.get("step_time_s"),
         "mfu": last.get("mfu"),
+        "model_flops_per_step": last.get("model_flops_per_step"),
+        "flops_formula": FORMULA,
         "device": __import__("jax").devices()[0].device_kind,
         "loss": last.get("loss"),
     }

@@ -8,7 +8,9 @@ right padding and packed rows.
 Backends:
   xla          einsum reference; runs everywhere and is what the others are tested against.
   dot_product  `jax.nn.dot_product_attention`, JAX's own choice of implementation.
-  cudnn        the same call forced onto cuDNN's fused kernel (NVIDIA GPUs).
+  cudnn        cuDNN's fused flash kernel (NVIDIA GPUs). Segments are described to it by
+               per-segment lengths and offsets, never by an [L, S] mask, so padding and
+               packed rows cost O(L) memory; `max_segments` bounds segments per row.
   splash       Pallas splash attention (TPU); `interpret=True` runs it anywhere, slowly.
 """
 
@@ -59,20 +61,66 @@ def _xla(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap):
     return out_BxLxKxGxDh.reshape(b, l, h, dh)
 
 
-def _dot_product(q, k, v, mask_BxLxS, scale, softcap, implementation):
+def _dot_product(q, k, v, mask_BxLxS, scale, softcap):
     if softcap is not None:
         raise BackendUnavailableError(
-            f"attention_backend={'cudnn' if implementation else 'dot_product'} does not support "
-            f"attention logit soft-capping (attn_logit_softcapping={softcap}); use 'xla' or 'splash'"
+            f"attention_backend=dot_product does not support attention logit soft-capping "
+            f"(attn_logit_softcapping={softcap}); use 'xla' or 'splash'"
         )
-    if implementation == "cudnn" and platform() != "gpu":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask_BxLxS[:, None], scale=scale)
+
+
+def segment_layout(segment_ids_BxL, max_segments: int):
+    """cuDNN's description of each row's segments: (lengths [B, M], starts [B, M + 1]).
+
+    Segment s (1-based) occupies a contiguous run of the row starting at starts[:, s - 1]
+    and lengths[:, s - 1] tokens long; absent segments are -1 in both, as cuDNN wants.
+    Built by scatter, O(L + M), so no [L, L] array exists at any point."""
+    b, l = segment_ids_BxL.shape
+    rows_B = jnp.arange(b)[:, None]
+    slot_BxL = jnp.where(segment_ids_BxL > 0, segment_ids_BxL - 1, max_segments)  # padding -> dropped
+    lengths_BxM = jnp.zeros((b, max_segments), jnp.int32).at[rows_B, slot_BxL].add(1, mode="drop")
+    index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    starts_BxM = jnp.full((b, max_segments), l, jnp.int32).at[rows_B, slot_BxL].min(index_BxL, mode="drop")
+    present_BxM = lengths_BxM > 0
+    lengths_BxM = jnp.where(present_BxM, lengths_BxM, -1)
+    starts_BxM1 = jnp.concatenate(
+        [jnp.where(present_BxM, starts_BxM, -1), jnp.full((b, 1), -1, jnp.int32)], axis=1
+    )
+    return lengths_BxM, starts_BxM1
+
+
+def _cudnn(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_seg_BxL, k_seg_BxS, scale, softcap, window, max_segments):
+    if softcap is not None:
+        raise BackendUnavailableError(
+            f"attention_backend=cudnn does not support attention logit soft-capping "
+            f"(attn_logit_softcapping={softcap}); use 'xla'"
+        )
+    if platform() != "gpu":
         raise BackendUnavailableError(
             f"attention_backend='cudnn' needs an NVIDIA GPU; this computation targets "
             f"{platform()!r}. Use 'xla' or 'dot_product' here."
         )
-    return jax.nn.dot_product_attention(
-        q, k, v, mask=mask_BxLxS[:, None], scale=scale, implementation=implementation
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    del k_seg_BxS  # self-attention: keys share the queries' segments
+    # Offsets (cuDNN's packed layout) also place a single segment anywhere in its row, so
+    # left padding needs no special case; cuDNN reads them only for two or more slots.
+    lengths_BxM, starts_BxM1 = segment_layout(q_seg_BxL, max(2, max_segments))
+    out_BxLxHxDh = cudnn.dot_product_attention(
+        q_BxLxHxDh,
+        k_BxSxKxDh,
+        v_BxSxKxDh,
+        q_seqlen=lengths_BxM,
+        kv_seqlen=lengths_BxM,
+        q_offsets=starts_BxM1,
+        kv_offsets=starts_BxM1,
+        scale=scale,
+        mask_type=cudnn.MaskType.PADDING_CAUSAL,
+        sliding_window_length=window,
     )
+    # Padding queries attend to nothing: zero them rather than rely on what the kernel leaves.
+    return jnp.where((q_seg_BxL > 0)[:, :, None, None], out_BxLxHxDh, 0).astype(q_BxLxHxDh.dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,8 +228,12 @@ def attention(
     window: int | None = None,
     softcap: float | None = None,
     backend: str = "xla",
+    max_segments: int = 1,
 ):
-    """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype."""
+    """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype.
+
+    `max_segments` (cudnn only): the most sequences one row holds, 1 unless rows are packed.
+    cuDNN keeps softmax statistics per segment slot, so it is a static bound, not L."""
     if backend == "splash" or backend == "splash_interpret":
         # Splash masks by index, which equals masking by position inside a segment.
         interpret = backend == "splash_interpret"
@@ -190,12 +242,19 @@ def attention(
             return _splash(q, k, v, (q_seg, k_seg), scale, softcap, window, interpret=interpret)
 
         return _per_shard(kernel, q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxL, k_segment_ids_BxS)
+    if backend == "cudnn":
+        if q_BxLxHxDh.shape[1] != k_BxSxKxDh.shape[1]:
+            raise ValueError("attention_backend='cudnn' is for self-attention over one row (L == S)")
+
+        def fused(q, k, v, q_seg, k_seg):
+            return _cudnn(q, k, v, q_seg, k_seg, scale, softcap, window, max_segments)
+
+        return _per_shard(fused, q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxL, k_segment_ids_BxS)
     mask_BxLxS = attention_mask(
         q_positions_BxL, k_positions_BxS, q_segment_ids_BxL, k_segment_ids_BxS, window
     )
     if backend == "xla":
         return _xla(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap)
-    if backend in ("dot_product", "cudnn"):
-        impl = "cudnn" if backend == "cudnn" else None
-        return _dot_product(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap, impl)
+    if backend == "dot_product":
+        return _dot_product(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxLxS, scale, softcap)
     raise ValueError(f"unknown attention backend {backend!r}")

@@ -25,6 +25,8 @@ REMAT_POLICIES = (
     "save_dot_except_mlp",
     "save_dot_with_context_except_mlp",
     "save_dots",
+    "qkv_proj_offloaded",
+    "minimal_offloaded",
 )
 
 
@@ -79,6 +81,8 @@ class ModelConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_backend: str = "xla"
+    # The most sequences one row holds (packed rows); set by the trainer from the data.
+    max_segments_per_row: int = 1
 
     def __post_init__(self):
         if self.attention_backend not in ATTENTION_BACKENDS:

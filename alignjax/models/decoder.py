@@ -70,6 +70,17 @@ class _LayerCache(NamedTuple):
 
 _ACT_ROWS = ("activation_batch", "activation_length")
 _names = jax.checkpoint_policies.save_only_these_names
+
+
+def _offload(*names: str):
+    return jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[],
+        names_which_can_be_offloaded=list(names),
+        offload_src="device",
+        offload_dst="pinned_host",
+    )
+
+
 # Rematerialisation inside a layer, named by what the backward keeps (MaxText's set). The
 # residual stream between layers is always kept: a scan saves its carry.
 _REMAT_POLICIES = {
@@ -80,6 +91,12 @@ _REMAT_POLICIES = {
     "save_dot_except_mlp": _names("query_proj", "key_proj", "value_proj", "out_proj"),
     "save_dot_with_context_except_mlp": _names("query_proj", "key_proj", "value_proj", "context", "out_proj"),
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # every projection
+    # Host offload: the named activations go to pinned host memory during the forward and
+    # come back for the backward, trading PCIe / host bandwidth for HBM.
+    "qkv_proj_offloaded": _offload("query_proj", "key_proj", "value_proj"),
+    "minimal_offloaded": _offload(
+        "query_proj", "key_proj", "value_proj", "context", "out_proj", "mlp_gate", "mlp_up", "mlp_down"
+    ),
 }
 
 
@@ -216,6 +233,7 @@ class Block(nn.Module):
                 window=window,
                 softcap=cfg.attn_logit_softcap,
                 backend=backend,
+                max_segments=cfg.max_segments_per_row,
             )
 
         if self.layer_type is not None:

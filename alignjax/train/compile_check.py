@@ -30,6 +30,7 @@ from alignjax.hardware import GiB, chip
 from alignjax.models import attention, decoder
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import load_hf_config_dict, model_config_from_hf
+from alignjax.models.flops import step_flops
 from alignjax.models.presets import preset_config
 from alignjax.train.config import Stage, TrainConfig, data_config, stages
 from alignjax.train.datasets import micro_batch_size
@@ -73,36 +74,6 @@ def _bytes_per_chip(shapes, shardings) -> int:
     for shape, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
         total += math.prod(sh.shard_shape(shape.shape)) * np.dtype(shape.dtype).itemsize
     return total
-
-
-def model_flops_per_step(model_cfg: ModelConfig, batch, with_reference: bool) -> dict[str, float]:
-    """Model FLOPs of one step as MaxText counts them: 6N per token for the policy's forward
-    and backward (2N for a reference forward), plus causal attention's score and value
-    matmuls, 2 * 2 * L^2/2 * heads * head_dim per layer and row, times 3 (forward +
-    backward) for the policy and 1 for the reference."""
-    n = sum(
-        math.prod(x.shape)
-        for x in jax.tree.leaves(jax.eval_shape(lambda: decoder.init_params(model_cfg, jax.random.key(0))))
-    )
-    n_embed = model_cfg.vocab_size * model_cfg.hidden_size * (1 if model_cfg.tie_embeddings else 2)
-    rows, length = batch.tokens_BxL.shape
-    tokens = rows * length
-    dense = (
-        (6 + (2 if with_reference else 0))
-        * (n - n_embed + model_cfg.vocab_size * model_cfg.hidden_size)
-        * tokens
-    )
-    attention_fwd = (
-        2 * 2 * rows * length * length / 2 * model_cfg.num_heads * model_cfg.head_dim * model_cfg.num_layers
-    )
-    attention_total = attention_fwd * (3 + (1 if with_reference else 0))
-    return {
-        "params": n,
-        "tokens": tokens,
-        "dense": dense,
-        "attention": attention_total,
-        "total": dense + attention_total,
-    }
 
 
 @dataclasses.dataclass
@@ -217,20 +188,20 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
             compiled, refusal = None, str(e).split("RESOURCE_EXHAUSTED: ", 1)[-1].strip()
     entry = chip(devices[0].device_kind)
     n = len(devices)
-    flops = model_flops_per_step(model_cfg, host_batch, ref is not None)
+    flops = step_flops(model_cfg, *host_batch.tokens_BxL.shape, with_reference=ref is not None)
     rows = host_batch.tokens_BxL.shape[0]
     sized = dict(
         stage=stage.name,
         chip=entry.name if entry else devices[0].device_kind,
         devices=n,
         rows_per_chip=rows / n,
-        tokens_per_chip=flops["tokens"] / n,
+        tokens_per_chip=flops.tokens / n,
         params=_bytes_per_chip(plan.param_shapes, plan.param_shardings),
         opt_state=_bytes_per_chip(plan.opt_shapes, plan.opt_shardings),
         reference=_bytes_per_chip(ref_shapes, decoder_shardings) if ref is not None else 0,
         batch=_bytes_per_chip(batch, jax.tree.map(lambda x: x.sharding, batch)),
         hbm=entry.hbm_bytes if entry and platform != "cpu" else None,
-        model_flops=flops["total"],
+        model_flops=flops.total,
         scanned=model_cfg.scan_layers,
     )
     if compiled is None:

@@ -80,3 +80,11 @@ def stage_data(stage: Stage, stage_index: int, data_dir: str | None, run_dir: st
         for label, sources in once
     ]
     return StageData(train, evals, tables)
+
+
+def model_for_rows(model_cfg, dcfg: DataConfig):
+    """The model config for this data's rows: kernels that describe segments by static slots
+    (cuDNN) are sized by how many sequences a packed row may hold."""
+    return dataclasses.replace(
+        model_cfg, max_segments_per_row=dcfg.max_sequences_per_row if dcfg.packing else 1
+    )

@@ -24,6 +24,7 @@ class PendingLog:
     host: dict[str, float]  # lr, stage, data/... counters
     tokens: int  # tokens trained on since the previous logged step
     steps: int  # steps since the previous logged step
+    flops: float  # model FLOPs of those steps (models/flops.py)
 
 
 def resolve(pending: PendingLog, condition_vocab, user_vocab, skipped_before: int) -> tuple[dict, int]:

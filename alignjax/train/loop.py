@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from alignjax.hardware import device_peak_flops
+from alignjax.models.flops import step_flops
 from alignjax.models.parts import DECODER
 from alignjax.train import checkpoint as ckpt_lib
 from alignjax.train.bootstrap import RunSetup, bootstrap
@@ -90,13 +91,14 @@ def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, 
         elapsed = max(now - window_start, 1e-9)
         record["tokens_per_sec"] = pending.tokens / elapsed
         record["step_time_s"] = elapsed / max(pending.steps, 1)
-        if peak is not None:
-            record["mfu"] = record["tokens_per_sec"] * st.flops_per_token / (peak * jax.device_count())
+        record["model_flops_per_step"] = pending.flops / max(pending.steps, 1)
+        if peak is not None:  # models/flops.py: FLOPs of the padded batches, attention included
+            record["mfu"] = pending.flops / elapsed / (peak * jax.device_count())
         writer.write(pending.step, record)
         bar.update(pending.step, record)
         pending, window_start = None, now
 
-    window_tokens, window_start, window_first_step = 0, time.perf_counter(), step
+    window_tokens, window_flops, window_start, window_first_step = 0, 0.0, time.perf_counter(), step
     log.info("stage %s: steps %d..%d, loss %s", stage.name, stage.first_step, stage.last_step, scfg.loss.type)
     try:
         while step < stage.last_step:
@@ -110,6 +112,10 @@ def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, 
                 else:
                     local = next(source)
                 window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * jax.process_count()
+                rows, length = local.tokens_BxL.shape
+                window_flops += step_flops(
+                    run.model_cfg, rows * jax.process_count(), length, st.ref_params is not None
+                ).total
                 if tables:
                     local = tables["data.train"].attach(local)
                 batch = global_batch(local, run.mesh, run.pad_id)
@@ -129,8 +135,10 @@ def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, 
                 with jax.transfer_guard("allow"):  # the schedule is a jnp function of the step
                     lr = float(st.plan.lr_at(step - stage.first_step - 1))
                 host = {"lr": lr, "stage": index, **source.metrics()}
-                pending = PendingLog(step, metrics, counters, host, window_tokens, step - window_first_step)
-                window_tokens, window_first_step = 0, step
+                pending = PendingLog(
+                    step, metrics, counters, host, window_tokens, step - window_first_step, window_flops
+                )
+                window_tokens, window_flops, window_first_step = 0, 0.0, step
             evaluating = scfg.train.eval_every and step % scfg.train.eval_every == 0 or at_end
             stop = stopper.should_stop(step)
             saving = step % scfg.train.save_every == 0 or at_end or stop

@@ -25,7 +25,7 @@ from alignjax.errors import run_command
 from alignjax.models.parts import split_parts
 from alignjax.train.bootstrap import bootstrap
 from alignjax.train.config import LossSection, Stage, TrainConfig, stages
-from alignjax.train.datasets import stage_data
+from alignjax.train.datasets import model_for_rows, stage_data
 from alignjax.train.fingerprints import data_identity, fingerprint, model_identity
 from alignjax.train.methods.common import pair_logps
 from alignjax.train.multihost import anywhere, gather_host_values, global_batch, to_host
@@ -36,6 +36,7 @@ log = logging.getLogger("alignjax.precompute")
 
 
 def compute_table(params, model_cfg, loss: LossSection, dcfg: DataConfig, tokenizer, mesh, pad_id: int):
+    model_cfg = model_for_rows(model_cfg, dcfg)
     """(record_key_N sorted, chosen_N, rejected_N): the reference's summed log-probs of every pair."""
 
     def sums(p, batch):

@@ -22,7 +22,7 @@ from alignjax.fileio import atomic_write_json
 from alignjax.models.parts import DECODER
 from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import Stage
-from alignjax.train.datasets import StageData, stage_data
+from alignjax.train.datasets import StageData, model_for_rows, stage_data
 from alignjax.train.methods import Method, Objective, method_for
 from alignjax.train.optim import make_optimizer, schedule
 from alignjax.train.reference import frozen_reference, reference_tables
@@ -90,6 +90,7 @@ def plan_stage(
     scfg = stage.config
     n_steps = stage.last_step - stage.first_step
     method = method_for(scfg.loss)
+    model_cfg = model_for_rows(model_cfg, scfg.data)
     objective = method.build(model_cfg, scfg.loss, sizes)
     lr_at = schedule(scfg.optim, n_steps)
     tx = make_optimizer(scfg.optim, n_steps)
@@ -147,7 +148,6 @@ class StageStart:
     fns: StepFns
     base_rng: jax.Array
     micro_ids: list[jax.Array]  # micro-batch indices, on the device once (the RNG folds them in)
-    flops_per_token: int  # model FLOPs: forward + backward (6N) plus a reference forward (2N)
 
 
 def start_stage(
@@ -180,7 +180,6 @@ def start_stage(
         loss_state = objective.init_state()
         skipped = 0
     on_mesh = sharding.replicated(run.mesh)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder_params))
     return StageStart(
         data=data,
         plan=plan,
@@ -195,5 +194,4 @@ def start_stage(
         fns=make_step_fns(objective, plan.tx, plan.param_shardings, plan.opt_shardings),
         base_rng=base_rng,
         micro_ids=[jax.device_put(np.int32(m), on_mesh) for m in range(stage.config.train.grad_accum)],
-        flops_per_token=(6 + (2 if ref_params is not None else 0)) * n_params,
     )

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignjax.models.attention import BackendUnavailableError, attention
+from alignjax.models.attention import BackendUnavailableError, attention, attention_mask, segment_layout
 
 B, L, H, K, DH = 2, 128, 4, 2, 16
 
@@ -109,13 +109,68 @@ def test_softcap_rejected_by_dot_product():
         attention(q, k, v, backend="dot_product", softcap=50.0, **kw)
 
 
+def _cudnn_semantics_mask(lengths_BxM, starts_BxM1, length, window):
+    """The mask cuDNN's packed layout means: causal by index inside each listed segment
+    (-1 entries absent), nothing across segments, and the sliding window by index."""
+    lengths, starts = np.asarray(lengths_BxM), np.asarray(starts_BxM1)
+    mask = np.zeros((lengths.shape[0], length, length), bool)
+    for b in range(lengths.shape[0]):
+        for m in range(lengths.shape[1]):
+            if lengths[b, m] < 0:
+                assert starts[b, m] == -1
+                continue
+            s, n = starts[b, m], lengths[b, m]
+            for i in range(s, s + n):
+                lo = s if window is None else max(s, i - window + 1)
+                mask[b, i, lo : i + 1] = True
+        assert starts[b, -1] == -1
+    return mask
+
+
+@pytest.mark.parametrize("window", [None, 7])
+@pytest.mark.parametrize("max_segments", [2, 5])
+def test_cudnn_segment_layout_means_the_reference_mask(window, max_segments):
+    """What the cudnn backend tells cuDNN (per-segment lengths and starts, O(L)) describes
+    exactly the reference's [L, L] mask, for left padding, packed segments and right padding."""
+    _, _, _, kw, _ = _inputs()
+    lengths_BxM, starts_BxM1 = segment_layout(jnp.asarray(kw["q_segment_ids_BxL"]), max_segments)
+    assert lengths_BxM.shape == (B, max_segments) and starts_BxM1.shape == (B, max_segments + 1)
+    np.testing.assert_array_equal(np.asarray(lengths_BxM)[:, :2], [[L - 10, -1], [60, 60]])
+    np.testing.assert_array_equal(np.asarray(starts_BxM1)[:, :2], [[10, -1], [0, 60]])
+    meant = _cudnn_semantics_mask(lengths_BxM, starts_BxM1, L, window)
+    ref = np.asarray(
+        attention_mask(
+            kw["q_positions_BxL"],
+            kw["k_positions_BxS"],
+            kw["q_segment_ids_BxL"],
+            kw["k_segment_ids_BxS"],
+            window,
+        )
+    )
+    valid_q = np.asarray(kw["q_segment_ids_BxL"]) != 0  # padding queries' rows are never read
+    np.testing.assert_array_equal(meant[valid_q], ref[valid_q])
+
+
+def test_cudnn_segment_layout_has_no_quadratic_array():
+    """The layout is built from O(L) arrays: nothing [L, L] appears in its program."""
+    seg = jnp.ones((2, 4096), jnp.int32)
+    text = jax.jit(lambda s: segment_layout(s, 16)).lower(seg).as_text()
+    assert "4096x4096" not in text
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("window", [None, 7])
 def test_cudnn_equals_reference_on_gpu(window):
     q, k, v, kw, valid = _inputs()
     q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    ref = attention(q, k, v, window=window, backend="xla", **kw)
-    out = attention(q, k, v, window=window, backend="cudnn", **kw)
-    np.testing.assert_allclose(
-        np.where(valid, out.astype(np.float32), 0), np.where(valid, ref.astype(np.float32), 0), atol=2e-2
-    )
+    ref_val, ref_grads = _loss("xla", window, None, kw, valid)(q, k, v)
+    val, grads = jax.value_and_grad(
+        lambda q, k, v: jnp.sum(
+            jnp.where(valid, attention(q, k, v, window=window, backend="cudnn", max_segments=2, **kw), 0.0)
+            ** 2
+        ),
+        argnums=(0, 1, 2),
+    )(q, k, v)
+    np.testing.assert_allclose(np.float32(val), np.float32(ref_val), rtol=2e-2)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.float32(g), np.float32(r), atol=5e-2, rtol=5e-2)

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_models import FAMILY_CONFIGS
 
 from alignjax.models import decoder, head
 from alignjax.models.families import model_config_from_hf
-from hf_models import FAMILY_CONFIGS
 
 B, L = 2, 10
 
@@ -31,7 +31,7 @@ def _loss(cfg):
 
 
 @pytest.mark.parametrize("scan", [False, True])
-@pytest.mark.parametrize("policy", ["full", "save_dots"])
+@pytest.mark.parametrize("policy", ["full", "save_dots", "save_dot_except_mlp", "minimal_offloaded"])
 def test_remat_keeps_values_and_gradients(scan, policy):
     base = _cfg(scan_layers=scan)
     params = decoder.init_params(base, jax.random.key(0))
@@ -40,6 +40,21 @@ def test_remat_keeps_values_and_gradients(scan, policy):
     val, grads = _loss(base.replace(remat_policy=policy))(params, *batch)
     np.testing.assert_allclose(val, ref_val, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref_grads)
+
+
+@pytest.mark.parametrize("policy", ["qkv_proj_offloaded", "minimal_offloaded"])
+def test_offload_policies_move_activations_to_host(policy):
+    """The offloading policies really send activations to host memory (the traced backward
+    moves them there), and only those policies do."""
+    cfg = _cfg(scan_layers=True)
+    params = decoder.init_params(cfg, jax.random.key(0))
+    batch = _batch(cfg)
+
+    def program(c):
+        return str(jax.make_jaxpr(_loss(c))(params, *batch))
+
+    assert "MemorySpace.Host" in program(cfg.replace(remat_policy=policy))
+    assert "MemorySpace.Host" not in program(cfg.replace(remat_policy="minimal"))
 
 
 def test_extra_embeddings_replace_rows():
