@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from alignjax import quiet
 from alignjax.errors import run_command
 
 
@@ -17,7 +18,9 @@ def _convert(args: argparse.Namespace) -> int:
         )
         print(f"wrote Orbax checkpoint {step_dir}")
     else:
-        files = api.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3))
+        files = api.orbax_to_hf(
+            args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3), merge=args.merge
+        )
         print(f"wrote {len(files)} files to {args.dst}: {', '.join(files)}")
     return 0
 
@@ -95,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--max-shard-gb", type=float, default=5.0, help="orbax-to-hf: safetensors shard size"
     )
+    convert.add_argument(
+        "--merge",
+        action="store_true",
+        help="orbax-to-hf of a LoRA run: full merged weights (base + adapters) instead of a PEFT adapter",
+    )
     convert.set_defaults(func=_convert)
 
     describe = sub.add_parser("describe", help="build a config's model and run one forward pass")
@@ -119,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "memory (alignjax compile-check CONFIG [key=value ...] [--topology v5p:2x2x1])",
     )
     sub.add_parser(
+        "data",
+        help="read every record of a config's data as training would and summarise it: bad records, "
+        "lengths, truncation, batch efficiency (alignjax data check CONFIG [key=value ...] [--stage NAME])",
+    )
+    sub.add_parser(
         "eval",
         help="sweep weights / conditions / P-DPO users, score, Pareto plot, steerability (alignjax eval --help)",
     )
@@ -127,11 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that read a training config: every method must be registered first, the
 # online ones (MO-ODPO, online CUT) included.
-_CONFIG_COMMANDS = ("train", "precompute-ref", "bench", "compile-check")
+_CONFIG_COMMANDS = ("train", "precompute-ref", "bench", "compile-check", "data")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not (argv and argv[0] == "compile-check"):
+        quiet.skip_absent_tpu()
+    quiet.quiet_logs()
     if argv and argv[0] in _CONFIG_COMMANDS:
         import alignjax.online  # noqa: F401  (registers the online methods)
     if argv and argv[0] == "plot":
@@ -154,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         from alignjax.train import compile_check
 
         return compile_check.main(argv[1:])
+    if argv and argv[0] == "data":
+        from alignjax.train import data_check
+
+        return data_check.main(argv[1:])
     if argv and argv[0] == "precompute-ref":
         from alignjax.train import precompute
 

@@ -7,11 +7,14 @@ This module imports nothing from alignjax, so every layer can use it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
 from collections.abc import Iterator
 from typing import IO, Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -56,3 +59,32 @@ def atomic_write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
     """`json.dump(obj, f, **dump_kwargs)` into `path`, atomically (UTF-8)."""
     with atomic_open(path, "w") as f:
         json.dump(obj, f, **dump_kwargs)
+
+
+# Larger files are identified by their size and a hash of evenly spaced blocks: reading
+# all of them at every start of training would cost more than it protects against.
+# Content, not modification times: hosts that each hold a copy must agree.
+_HASH_LIMIT_BYTES = 64 * 2**20
+_SAMPLED_BLOCKS, _BLOCK_BYTES = 64, 64 * 2**10
+
+
+def file_identity(path: str) -> dict:
+    """A file's content identity: its sha256, or for large files its size and the sha256 of
+    sampled blocks."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= _HASH_LIMIT_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            return {"sha256": digest.hexdigest()}
+        for offset in np.linspace(0, size - _BLOCK_BYTES, _SAMPLED_BLOCKS).astype(np.int64).tolist():
+            f.seek(offset)
+            digest.update(f.read(_BLOCK_BYTES))
+    return {"size": size, "sampled_sha256": digest.hexdigest()}
+
+
+def files_identity(model_dir: str) -> dict:
+    """A model directory's weight and config files by content."""
+    names = sorted(n for n in os.listdir(model_dir) if n.endswith((".safetensors", ".bin", ".json")))
+    return {n: file_identity(os.path.join(model_dir, n)) for n in names}

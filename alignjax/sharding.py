@@ -36,6 +36,7 @@ LOGICAL_RULES: dict[str, Any] = {
     "mask_layers": None,
     "user": None,
     "user_tokens": None,
+    "lora_rank": None,  # adapters are sharded like their base weights on the other axes
     # Activations (MaxText's names), pinned inside the step so XLA keeps them laid out as
     # the parameters they meet are: rows over the batch axes, heads and MLP over `tensor`.
     "activation_batch": BATCH_AXES,

@@ -81,6 +81,7 @@ COMMANDS = {
     "generate": (lambda tmp: ["generate", str(tmp), "--prompt", "hi"], generate_cli, "load_policy"),
     "eval": (lambda tmp: ["eval", str(tmp), "--out", str(tmp / "out")], eval_grid, "build_objectives"),
     "precompute-ref": (lambda tmp: ["precompute-ref", str(tmp / "c.yaml")], train_config, "load_config"),
+    "data check": (lambda tmp: ["data", "check", str(tmp / "c.yaml")], train_config, "load_config"),
 }
 
 

@@ -20,6 +20,7 @@ TOP_LEVEL = {
     "errors": "base",
     "fileio": "base",
     "hardware": "base",
+    "quiet": "base",
     "tasks": "data",
     "cli": "cli",
     "bench": "cli",

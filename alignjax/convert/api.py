@@ -12,7 +12,9 @@ from alignjax.convert.hf import params_from_tensors, tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import hf_class_name, load_hf_config_dict, model_config_from_hf
-from alignjax.models.parts import split_parts
+from alignjax.models.lora import HF_TO_PROJECTION
+from alignjax.models.lora import scale as lora_scale
+from alignjax.models.parts import LORA, split_parts
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -55,13 +57,93 @@ def _generation_config(meta: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]
     return {k: v for k, v in out.items() if v is not None}
 
 
-def orbax_to_hf(ckpt: str, out_dir: str, *, max_shard_bytes: int = 5 * 1024**3) -> list[str]:
-    """Export a checkpoint root (latest step) or step directory; returns the files written."""
+def lora_config_from_meta(meta: dict[str, Any], **execution: Any) -> ModelConfig:
+    """A LoRA checkpoint's model config, adapters included (settings in PEFT's names)."""
+    settings = meta["lora"]
+    rank, alpha, rslora = settings["r"], settings["lora_alpha"], settings["use_rslora"]
+    return model_config_from_meta(
+        meta,
+        lora_rank=rank,
+        lora_targets=tuple(HF_TO_PROJECTION[t] for t in settings["target_modules"]),
+        lora_scale=lora_scale(alpha, rank, rslora),
+        **execution,
+    )
+
+
+def lora_base(meta: dict[str, Any], **execution: Any):
+    """(config, parameters) of the base a LoRA checkpoint names, checked against the
+    fingerprint recorded when it trained: adapters only fit the weights they were trained on."""
+    from alignjax.fileio import files_identity
+
+    settings = meta["lora"]
+    path = settings["base_model_name_or_path"]
+    if path.startswith("preset:") or not os.path.isdir(path):
+        raise ValueError(
+            f"the LoRA checkpoint's base {path!r} is not a model directory here; --merge needs the base "
+            "weights it was trained on"
+        )
+    if settings.get("base_fingerprint") and files_identity(path) != settings["base_fingerprint"]:
+        raise ValueError(f"{path}: its files changed since the adapters were trained on them")
+    cfg, params, _ = load_hf_model(path, **execution)
+    return cfg, params
+
+
+def _export_lora(root: str, step: int, meta: dict[str, Any], out_dir: str, merge: bool, max_shard_bytes: int):
+    from alignjax.convert import peft
+
+    settings = meta["lora"]
+    adapters = mc.load_params(root, step)[LORA]
+    cfg = lora_config_from_meta(meta)
+    if not merge:
+        written = peft.write_peft_adapter(
+            out_dir,
+            adapters,
+            cfg,
+            rank=settings["r"],
+            alpha=settings["lora_alpha"],
+            rslora=settings["use_rslora"],
+            target_modules=settings["target_modules"],
+            base_model_name_or_path=settings["base_model_name_or_path"],
+        )
+        return written + _copy_tokenizer(root, out_dir)
+    _, base = lora_base(meta, scan_layers=meta["scan_layers"], param_dtype=meta["param_dtype"])
+    merged = peft.merge_adapters(base, adapters, cfg)
+    return _write_full(cfg, merged, meta, out_dir, max_shard_bytes) + _copy_tokenizer(root, out_dir)
+
+
+def _copy_tokenizer(root: str, out_dir: str) -> list[str]:
+    written = []
+    tok_dir = mc.tokenizer_path(root)
+    if tok_dir is not None:
+        for name in sorted(os.listdir(tok_dir)):
+            shutil.copy2(os.path.join(tok_dir, name), os.path.join(out_dir, name))
+            written.append(name)
+    return written
+
+
+def orbax_to_hf(
+    ckpt: str, out_dir: str, *, max_shard_bytes: int = 5 * 1024**3, merge: bool = False
+) -> list[str]:
+    """Export a checkpoint root (latest step) or step directory; returns the files written.
+
+    A LoRA checkpoint exports as a PEFT adapter, or with `merge` as full weights (base +
+    scale * A B), which needs the base it names."""
     root, step = mc.resolve(ckpt)
     meta = mc.load_meta(root, step)
+    if meta.get("lora"):
+        os.makedirs(out_dir, exist_ok=True)
+        return _export_lora(root, step, meta, out_dir, merge, max_shard_bytes)
+    if merge:
+        raise ValueError(f"{ckpt}: --merge is for LoRA checkpoints; this one holds full weights")
     cfg = model_config_from_meta(meta)
     # A training checkpoint may hold parts beside the decoder (a mask head, a user model).
     params, _ = split_parts(mc.load_params(root, step))
+    return _write_full(cfg, params, meta, out_dir, max_shard_bytes) + _copy_tokenizer(root, out_dir)
+
+
+def _write_full(
+    cfg: ModelConfig, params, meta: dict[str, Any], out_dir: str, max_shard_bytes: int
+) -> list[str]:
     hf_config = dict(meta["hf_config"])
     hf_config.setdefault("architectures", [hf_class_name(cfg.model_type)])
     default_dtype = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"
@@ -77,9 +159,4 @@ def orbax_to_hf(ckpt: str, out_dir: str, *, max_shard_bytes: int = 5 * 1024**3) 
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(content, f, indent=2)
         written.append(name)
-    tok_dir = mc.tokenizer_path(root)
-    if tok_dir is not None:
-        for name in sorted(os.listdir(tok_dir)):
-            shutil.copy2(os.path.join(tok_dir, name), os.path.join(out_dir, name))
-            written.append(name)
     return written

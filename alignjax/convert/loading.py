@@ -11,7 +11,74 @@ import numpy as np
 from alignjax.models import decoder
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import model_config_from_hf
+from alignjax.models.lora import DEFAULT_TARGETS, HF_TO_PROJECTION
+from alignjax.models.lora import scale as lora_scale
 from alignjax.models.presets import preset_config
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """`model.lora`: low-rank adapters on the decoder (PEFT's LoraConfig names and defaults).
+
+    Only the adapters train; the base is frozen in the compute dtype and, with adapters
+    off, is the reference. `from_peft`: a PEFT adapter directory to start from (its rank,
+    alpha and targets win; the reference is that starting adapter, as in TRL)."""
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    # Hugging Face module names (PEFT's target_modules).
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    use_rslora: bool = False
+    quantize_base: str | None = None
+    from_peft: str | None = None
+
+    def __post_init__(self):
+        if self.from_peft is not None:
+            self._take_peft_settings()
+        unknown = [t for t in self.targets if t not in HF_TO_PROJECTION]
+        if unknown:
+            raise ValueError(
+                f"model.lora.targets: {unknown} are not adapter targets here; use any of {list(HF_TO_PROJECTION)}"
+            )
+        if self.rank < 1:
+            raise ValueError(f"model.lora.rank={self.rank} must be at least 1")
+        if self.dropout != 0.0:
+            raise ValueError(
+                f"model.lora.dropout={self.dropout}: dropout on the adapter input is not supported; use 0"
+            )
+        if self.quantize_base is not None:
+            raise ValueError(
+                f"model.lora.quantize_base={self.quantize_base!r}: a quantized base (QLoRA) is not "
+                "supported; leave it null (the base is held in model.dtype)"
+            )
+
+    def _take_peft_settings(self) -> None:
+        """The adapter's own rank, alpha, rsLoRA and targets: it was trained with them."""
+        import json
+        import os
+
+        from alignjax.convert.peft import ADAPTER_CONFIG, lora_settings_from_peft
+
+        path = os.path.join(self.from_peft, ADAPTER_CONFIG)
+        if not os.path.exists(path):
+            raise ValueError(
+                f"model.lora.from_peft={self.from_peft}: no {ADAPTER_CONFIG} there (a PEFT adapter directory)"
+            )
+        with open(path) as f:
+            settings = lora_settings_from_peft(json.load(f), source=path)
+        by_projection = {v: k for k, v in HF_TO_PROJECTION.items()}
+        object.__setattr__(self, "rank", settings["rank"])
+        object.__setattr__(self, "alpha", float(settings["alpha"]))
+        object.__setattr__(self, "use_rslora", settings["rslora"])
+        object.__setattr__(self, "targets", tuple(by_projection[t] for t in settings["targets"]))
+
+    def execution(self) -> dict[str, Any]:
+        return {
+            "lora_rank": self.rank,
+            "lora_targets": tuple(HF_TO_PROJECTION[t] for t in self.targets),
+            "lora_scale": lora_scale(self.alpha, self.rank, self.use_rslora),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +96,8 @@ class ModelSection:
     attention_backend: str = "xla"
     # The frozen reference's parameter dtype (it gets no gradient); None: the compute dtype.
     reference_dtype: str | None = None
+    # Low-rank adapters (LoRA); None: full fine-tuning.
+    lora: LoraSection | None = None
 
     @property
     def effective_reference_dtype(self) -> str:
@@ -41,6 +110,7 @@ class ModelSection:
             scan_layers=self.scan_layers,
             remat_policy=self.remat_policy,
             attention_backend=self.attention_backend,
+            **(self.lora.execution() if self.lora is not None else {}),
         )
 
 

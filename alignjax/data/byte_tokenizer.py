@@ -8,12 +8,13 @@ round-trip it like any model's tokenizer.
 
 Chat format (one line per role marker, no newlines added):
   <bos><|system|>...<|end|><|user|>...<|end|><|assistant|>...<eos>
-The assistant turn ends with <eos> itself, so EOS appears exactly once.
+The assistant turn ends with <eos> itself, so EOS appears exactly once. Plain text
+encodes with BOS first (`tokenizer(text)`), as Llama's tokenizer does.
 """
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 PAD_ID, BOS_ID, EOS_ID = 256, 257, 258
@@ -57,6 +58,10 @@ def make_byte_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(SPECIAL_TOKENS))
+    # Encoding plain text adds BOS, as Llama's tokenizer does; the chat template writes its own.
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<bos>",

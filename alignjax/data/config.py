@@ -87,6 +87,10 @@ class DataConfig:
     worker_buffer_size: int = 2
     read_threads: int = 4  # threads per process for reading + tokenising records
     on_bad_record: str = "error"
+    # Before step 1, read every record once through the same processing (cached per data
+    # fingerprint in the run directory), so a bad record stops the run at once, not hours
+    # in. Off for data sets too large to read twice.
+    check: bool = True
     templates: TemplateConfig = dataclasses.field(default_factory=TemplateConfig)
     # Overrides the tokenizer's chat template (Jinja) when set.
     chat_template: str | None = None
@@ -154,6 +158,8 @@ class DataConfig:
             bad("truncation_mode", f"{self.truncation_mode!r}: use keep_end or keep_start")
         if self.on_bad_record not in ("error", "skip"):
             bad("on_bad_record", f"{self.on_bad_record!r}: use error or skip")
+        if not isinstance(self.check, bool):
+            bad("check", f"{self.check!r}: use true or false")
         fixed = 1 + self.n_user_tokens  # BOS + user slots survive truncation
         if self.max_length <= fixed + 1:
             bad("max_length", f"{self.max_length} leaves no room for prompt and response")

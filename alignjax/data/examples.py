@@ -77,6 +77,7 @@ class CutTokenized:
 @dataclasses.dataclass(frozen=True)
 class PromptTokenized:
     prompt_ids: np.ndarray  # conditioned (weights, system, user info), BOS + slots
+    n_bos: int  # 0 or 1: whether prompt_ids starts with BOS (the user slots follow it)
     unconditioned_ids: np.ndarray  # without the MO-ODPO weight sentence
     objective_weights: np.ndarray  # float32 [K], data.templates.weights order
     prompt: str  # the record's prompt as JSON, for re-conditioning online
@@ -137,7 +138,7 @@ class ExampleProcessor:
 
     def _prompt_ids(self, prompt) -> tuple[np.ndarray, int]:
         prompt_text, _ = self.seq.render(prompt, None)
-        ids, n_bos = self.seq.encode_prompt(prompt_text)
+        ids, n_bos = self.seq.encode_prompt(prompt_text, chat=not isinstance(prompt, str))
         ids = self.seq.truncate_prompt(ids, n_bos)
         self.seq.sequence(ids, n_bos, ids[:0])  # raises response_truncated if no room is left
         return ids, n_bos
@@ -147,7 +148,7 @@ class ExampleProcessor:
         if isinstance(prompt, list) and isinstance(response, str):
             response = [{"role": "assistant", "content": response}]
         prompt_text, response_text = self.seq.render(prompt, response)
-        prompt_ids, n_bos = self.seq.encode_prompt(prompt_text)
+        prompt_ids, n_bos = self.seq.encode_prompt(prompt_text, chat=not isinstance(prompt, str))
         prompt_ids = self.seq.truncate_prompt(prompt_ids, n_bos)
         response_ids, response_weights = self.seq.encode_response(
             response_text, weights, response_content(response)
@@ -210,11 +211,12 @@ class ExampleProcessor:
         if isinstance(conditioned_prompt, list) and isinstance(plain_prompt, str):
             # Same chat format as the conditioned prompt, just without the weights.
             plain_prompt = [{"role": "user", "content": plain_prompt}] if plain_prompt else []
-        conditioned, _ = self._prompt_ids(conditioned_prompt)
+        conditioned, n_bos = self._prompt_ids(conditioned_prompt)
         unconditioned, _ = self._prompt_ids(plain_prompt)
         weights = ex.cond.weights or {}
         return PromptTokenized(
             prompt_ids=conditioned,
+            n_bos=n_bos,
             unconditioned_ids=unconditioned,
             objective_weights=np.asarray([weights.get(k, 0.0) for k in objectives], np.float32),
             prompt=json.dumps(ex.prompt, ensure_ascii=False),

@@ -59,6 +59,16 @@ class TokenizedSequence:
         return mask
 
 
+def adds_bos_on_encode(tokenizer) -> bool:
+    """Whether `tokenizer(text)` puts BOS first (Llama's does; SmolLM2's and Qwen's do not,
+    though SmolLM2's defines one). Asked of the tokenizer, not read from flags, since
+    post-processors and `add_bos_token` both decide it."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 class SequenceTokenizer:
     """Turns rendered prompt/response pairs into `TokenizedSequence`s for one tokenizer."""
 
@@ -80,6 +90,7 @@ class SequenceTokenizer:
             )
         self.tokenizer = tokenizer
         self.bos_id = tokenizer.bos_token_id
+        self.adds_bos = adds_bos_on_encode(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
@@ -127,20 +138,27 @@ class SequenceTokenizer:
 
     # -- encoding ----------------------------------------------------------
 
-    def encode_prompt(self, prompt_text: str) -> tuple[np.ndarray, int]:
-        """(ids with one BOS and the user slots, n_bos)."""
-        ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    def encode_prompt(self, prompt_text: str, chat: bool = False) -> tuple[np.ndarray, int]:
+        """(ids with at most one BOS and the user slots, n_bos).
+
+        BOS follows the ecosystem: plain text gets one exactly when the tokenizer adds it on
+        encode (`tokenizer(text)`, as TRL tokenizes plain records); chat-rendered text keeps
+        what the template wrote and gets nothing added (`apply_chat_template(tokenize=True)`
+        adds no special tokens). A BOS already at the start is never doubled."""
+        ids = list(self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
         n_bos = 0
         if self.bos_id is not None:
-            while ids and ids[0] == self.bos_id:
-                ids = ids[1:]
-            n_bos = 1
-        ids = [self.bos_id] * n_bos + [self.user_slot_token_id] * self.n_user_tokens + list(ids)
+            starts_with_bos = bool(ids) and ids[0] == self.bos_id
+            if starts_with_bos or (not chat and self.adds_bos):
+                while ids and ids[0] == self.bos_id:
+                    ids = ids[1:]
+                n_bos = 1
+        ids = [self.bos_id] * n_bos + [self.user_slot_token_id] * self.n_user_tokens + ids
         if not ids:
             raise BadRecord(
                 "empty_prompt",
-                "the prompt is empty and the tokenizer has no BOS, so the first response "
-                "token has no position to be predicted from",
+                "the prompt is empty and nothing precedes the response (the tokenizer adds no BOS), "
+                "so the first response token has no position to be predicted from",
             )
         return np.asarray(ids, np.int32), n_bos
 

@@ -183,6 +183,7 @@ def dpo_loss(
     if valid_B is None:
         mean = jnp.mean
     else:
+        pairs = pairs._replace(weight_B=valid_B)  # for the token-pooled NLL terms
         weight_B = as_float(valid_B)
         total = jnp.maximum(jnp.sum(weight_B), jnp.finfo(weight_B.dtype).tiny)
         mean = lambda x_B: jnp.sum(jnp.where(weight_B > 0, as_float(x_B) * weight_B, 0.0)) / total  # noqa: E731

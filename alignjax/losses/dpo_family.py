@@ -31,6 +31,9 @@ class PairLogps(NamedTuple):
     rejected_len_B: jax.Array
     ref_chosen_logps_B: jax.Array | None = None
     ref_rejected_logps_B: jax.Array | None = None
+    # Pair weights (0 for unused slots, MO-ODPO's per-objective weights); None: all 1.
+    # Per-pair terms are weighed by the caller's mean; token-pooled terms (the NLL) here.
+    weight_B: jax.Array | None = None
 
 
 class RunningMean(NamedTuple):
@@ -64,9 +67,17 @@ def _smoothed_sigmoid(z_B: jax.Array, e: float) -> jax.Array:
 
 
 def chosen_nll(p: PairLogps) -> jax.Array:
-    """Token-mean NLL of the chosen responses over the whole batch (TRL's `sft` term)."""
-    total = jnp.sum(as_float(p.chosen_logps_B))
-    return -total / jnp.maximum(jnp.sum(as_float(p.chosen_len_B)), 1.0)
+    """Token-mean NLL of the chosen responses over the whole batch (TRL's `sft` term), each
+    pair's tokens counted with its weight; a zero-weight slot adds nothing even when it
+    holds tokens."""
+    logps_B, len_B = as_float(p.chosen_logps_B), as_float(p.chosen_len_B)
+    if p.weight_B is None:
+        return -jnp.sum(logps_B) / jnp.maximum(jnp.sum(len_B), 1.0)
+    weight_B = as_float(p.weight_B)
+    used_B = weight_B > 0
+    total = jnp.sum(jnp.where(used_B, weight_B * logps_B, 0.0))
+    tokens = jnp.sum(jnp.where(used_B, weight_B * len_B, 0.0))
+    return -total / jnp.maximum(tokens, jnp.finfo(tokens.dtype).tiny)
 
 
 def log1mexp(x: jax.Array) -> jax.Array:

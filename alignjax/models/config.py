@@ -83,6 +83,11 @@ class ModelConfig:
     attention_backend: str = "xla"
     # The most sequences one row holds (packed rows); set by the trainer from the data.
     max_segments_per_row: int = 1
+    # LoRA (models/lora.py): rank 0 is off; targets are projection names (q, k, v, o, gate,
+    # up, down); scale is alpha / rank (alpha / sqrt(rank) with rsLoRA).
+    lora_rank: int = 0
+    lora_targets: tuple[str, ...] = ()
+    lora_scale: float = 1.0
 
     def __post_init__(self):
         if self.attention_backend not in ATTENTION_BACKENDS:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from alignjax.models import lora
 from alignjax.models import rope as rope_lib
 from alignjax.models.attention import attention
 from alignjax.models.config import FULL, SLIDING, ModelConfig
@@ -150,7 +151,27 @@ class Projection(nn.Module):
         if self.use_bias:
             bias = _param(self, "bias", self.out_shape, self.out_axes, nn.initializers.zeros)
             y = y + bias.astype(dtype)
+        cfg = self.cfg
+        # Adapters when this projection is a target and they exist: the base alone (the
+        # reference of a LoRA run) is applied without the "lora" collection.
+        if self.name in cfg.lora_targets and (self.has_variable("lora", "a") or self.is_initializing()):
+            y = y + self._lora(x, dtype, n_in)
         return y
+
+    def _lora(self, x, dtype, n_in: int):
+        cfg, r = self.cfg, self.cfg.lora_rank
+        pdtype = jnp.dtype(cfg.param_dtype)
+
+        def boxed(init, shape, axes):
+            return nn.with_logical_partitioning(lambda: init(self.make_rng("params"), shape, pdtype), axes)()
+
+        a = self.variable(
+            "lora", "a", boxed, lora.a_init, self.in_shape + (r,), self.in_axes + ("lora_rank",)
+        ).value
+        b = self.variable(
+            "lora", "b", boxed, nn.initializers.zeros, (r,) + self.out_shape, ("lora_rank",) + self.out_axes
+        ).value
+        return lora.delta(x, a, b, n_in, cfg.lora_scale, dtype)
 
 
 def _activation(name: str, x):
@@ -337,7 +358,7 @@ class Decoder(nn.Module):
             scan_layer_type, is_sliding_N = _scan_schedule(cfg)
             scanned = nn.scan(
                 block_cls,
-                variable_axes={"params": 0, "intermediates": 0},
+                variable_axes={"params": 0, "lora": 0, "intermediates": 0},
                 split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
@@ -372,6 +393,20 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
     return nn.unbox(variables["params"])
 
 
+def init_adapters(cfg: ModelConfig, rng: jax.Array):
+    """Fresh LoRA adapters (the "lora" collection) for `cfg.lora_targets`. Jitted so that
+    only the adapters are computed: the base parameters the init also draws are dropped."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    init = jax.jit(lambda r: Decoder(_for_init(cfg)).init(r, tokens, tokens, jnp.ones_like(tokens))["lora"])
+    return nn.unbox(init(rng))
+
+
+def adapter_logical_axes(cfg: ModelConfig):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    shapes = jax.eval_shape(lambda: Decoder(_for_init(cfg)).init(jax.random.key(0), tokens, tokens, tokens))
+    return nn.get_partition_spec(shapes["lora"])
+
+
 def logical_axes(cfg: ModelConfig):
     """A pytree like params whose leaves are PartitionSpecs of logical axis names."""
     tokens = jnp.zeros((1, 1), jnp.int32)
@@ -387,9 +422,9 @@ def apply(
     segment_ids_BxL,
     extra_embeddings: ExtraEmbeddings | None = None,
 ):
-    """Final-normed hidden states [B, L, D]."""
+    """Final-normed hidden states [B, L, D]. `params`: a decoder tree, or `lora.Adapted`."""
     return Decoder(cfg).apply(
-        {"params": params}, tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings
+        lora.variables(params), tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings
     )
 
 
@@ -407,7 +442,7 @@ def apply_with_intermediates(
     to per-token means over the feature dimension, stacked over layers: [N, B, L].
     """
     hidden_BxLxD, state = Decoder(cfg, collect=True).apply(
-        {"params": params},
+        lora.variables(params),
         tokens_BxL,
         positions_BxL,
         segment_ids_BxL,
@@ -456,6 +491,8 @@ def apply_with_cache(
             f"tokens [{b}, {l}] do not fit a cache of {cache.positions_BxS.shape[0]} rows x "
             f"{cache.positions_BxS.shape[1]} slots; size it with init_cache(cfg, {b}, max_len)"
         )
+    adapters = params.adapters if isinstance(params, lora.Adapted) else None
+    params = lora.base_of(params)
     x_BxLxD = _embed(cfg, params["embedding"], tokens_BxL, None)
     rope_tables = _rope_tables(cfg, positions_BxL)
     slot_positions_BxS = jax.lax.dynamic_update_slice(
@@ -465,10 +502,13 @@ def apply_with_cache(
         cache.segment_ids_BxS, segment_ids_BxL.astype(jnp.int32), (0, cache.length)
     )
 
-    def run_block(layer_type, layer_params, x, is_sliding, layer, k_all, v_all):
+    def run_block(layer_type, layer_params, layer_adapters, x, is_sliding, layer, k_all, v_all):
         layer_cache = _LayerCache(k_all, v_all, layer, slot_positions_BxS, slot_segment_ids_BxS, cache.length)
+        layer_vars = {"params": layer_params}
+        if layer_adapters is not None:
+            layer_vars["lora"] = layer_adapters
         return Block(cfg, layer_type).apply(
-            {"params": layer_params},
+            layer_vars,
             x,
             is_sliding,
             rope_tables,
@@ -483,16 +523,20 @@ def apply_with_cache(
 
         def body(carry, per_layer):
             x, k_all, v_all = carry
-            layer_params, is_sliding, layer = per_layer
-            x, (k_all, v_all) = run_block(layer_type, layer_params, x, is_sliding, layer, k_all, v_all)
+            layer_params, layer_adapters, is_sliding, layer = per_layer
+            x, (k_all, v_all) = run_block(
+                layer_type, layer_params, layer_adapters, x, is_sliding, layer, k_all, v_all
+            )
             return (x, k_all, v_all), None
 
-        layers = (params["layers"], is_sliding_N, jnp.arange(cfg.num_layers, dtype=jnp.int32))
+        layer_adapters = None if adapters is None else adapters["layers"]
+        layers = (params["layers"], layer_adapters, is_sliding_N, jnp.arange(cfg.num_layers, dtype=jnp.int32))
         (x_BxLxD, k_all, v_all), _ = jax.lax.scan(body, (x_BxLxD, k_all, v_all), layers)
     else:
         for i, layer_type in enumerate(cfg.layer_types):
+            layer_adapters = None if adapters is None else adapters[f"layers_{i}"]
             x_BxLxD, (k_all, v_all) = run_block(
-                layer_type, params[f"layers_{i}"], x_BxLxD, None, i, k_all, v_all
+                layer_type, params[f"layers_{i}"], layer_adapters, x_BxLxD, None, i, k_all, v_all
             )
     hidden_BxLxD = RMSNorm(cfg).apply({"params": params["final_norm"]}, x_BxLxD)
     new_cache = KVCache(k_all, v_all, slot_positions_BxS, slot_segment_ids_BxS, cache.length + l)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from alignjax.models.config import ModelConfig
+from alignjax.models.lora import base_of
 
 
 def unembedding_DxV(params, cfg: ModelConfig):
     """The [D, V] output matrix: the transposed embedding when tied."""
+    params = base_of(params)
     if cfg.tie_embeddings:
         return params["embedding"].T
     return params["lm_head"]

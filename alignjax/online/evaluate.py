@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pdpo-eval", help="P-DPO: preference JSONL with user_id; adds per-user reward accuracy"
     )
-    generate_cli.add_model_arguments(parser)
+    generate_cli.add_model_arguments(parser, default_temperature=1.0)
     return parser
 
 

@@ -2,11 +2,14 @@
 
     alignjax generate runs/quickstart --config configs/quickstart.yaml \\
         --system "Follow the user's stated preference." --user-info "Keep it casual." \\
-        --prompt "Tell me about the kettle." --temperature 0
+        --prompt "Tell me about the kettle."
 
 The prompt is rendered by the data pipeline with the run's templates and chat
 template (`prompting.PromptRenderer`); P-DPO checkpoints get the user's soft tokens
-(`--user-id`). `generate_texts` is the same path as a function, for `alignjax eval`.
+(`--user-id`). A bare `--prompt` is one user turn of the chat template when the model
+has one, as an instruct model expects; `--raw` sends the text as it is. Decoding is
+greedy unless `--temperature` says otherwise, and stops at every EOS id the model's files
+name (`stop_ids`). `generate_texts` is the same path as a function, for `alignjax eval`.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_temperature: float) -> None:
     """Flags `generate` and `eval` share: where the templates come from, and sampling."""
     parser.add_argument(
         "--config",
@@ -133,7 +136,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "the checkpoint, else the last)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    parser.add_argument("--temperature", type=float, default=default_temperature, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 keeps every token")
     parser.add_argument("--top-p", type=float, default=1.0, help="1 keeps every token")
     parser.add_argument("--seed", type=int, default=0)
@@ -170,12 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
         "or a Hugging Face model directory",
     )
     parser.add_argument("--prompt", required=True, help="the user query")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompt text as it is; by default it is one user turn of the chat template "
+        "(when the tokenizer or the run's data.chat_template has one)",
+    )
     parser.add_argument("--system", help="MetaAlign tier 1: the provider's preference (system message)")
     parser.add_argument("--user-info", help="MetaAlign tier 2: the user's stated preference or persona")
     parser.add_argument("--weights", help="MO-ODPO objective weights, e.g. helpful=0.3,harmless=0.7")
     parser.add_argument("--user-id", help="P-DPO user id (unseen ids get the generic user)")
     parser.add_argument("--num-samples", type=int, default=1)
-    add_model_arguments(parser)
+    # One answer, the model's most likely one: what a user checking a model expects to see.
+    add_model_arguments(parser, default_temperature=0.0)
     return parser
 
 
@@ -184,15 +194,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command("generate", _generate, args)
 
 
-def _generate(args: argparse.Namespace) -> int:
-    record: dict[str, Any] = {"prompt": args.prompt}
-    for key in ("system", "user_info", "user_id"):
-        if getattr(args, key) is not None:
-            record[key] = getattr(args, key)
+def _conditioning(args: argparse.Namespace) -> dict[str, Any]:
+    """The record's fields besides the prompt; checked before a model is loaded."""
+    text_flags = [f for f in ("system", "user_info", "weights") if getattr(args, f) is not None]
+    if args.raw and text_flags:
+        flags = ", ".join("--" + f.replace("_", "-") for f in text_flags)
+        raise ValueError(
+            f"--raw sends the prompt as plain text, but {flags} can only be written into chat "
+            "messages; drop --raw, or write that text into --prompt yourself"
+        )
+    fields = {k: getattr(args, k) for k in ("system", "user_info", "user_id") if getattr(args, k) is not None}
     if args.weights is not None:
-        record["weights"] = parse_weights(args.weights)
+        fields["weights"] = parse_weights(args.weights)
+    return fields
+
+
+def _generate(args: argparse.Namespace) -> int:
+    conditioning = _conditioning(args)
     policy = load_policy(args.model)
     renderer = renderer_for(policy, args)
+    # An instruct model answers a user turn; plain text would only be continued.
+    chat = not args.raw and renderer.has_chat_template
+    prompt = [{"role": "user", "content": args.prompt}] if chat else args.prompt
+    record = {"prompt": prompt, **conditioning}
     sampling = sampling_config(policy, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     texts = generate_texts(
         policy,

@@ -33,6 +33,7 @@ def _mo_odpo_source(run, stage, stage_index, dcfg):
         seed=scfg.seed + stage_index,
         per_host_batch=dcfg.batch_size // jax.process_count(),
         pad_id=run.pad_id,
+        generation_config=run.model_meta["generation_config"],
     )
 
 
@@ -55,6 +56,7 @@ def _online_cut_source(run, stage, stage_index, dcfg):
         seed=scfg.seed + stage_index,
         per_host_batch=dcfg.batch_size // jax.process_count(),
         pad_id=run.pad_id,
+        generation_config=run.model_meta["generation_config"],
     )
 
 

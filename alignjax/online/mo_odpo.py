@@ -27,6 +27,7 @@ from alignjax.data.records import Skipped
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.rewards import build_reward
 from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
+from alignjax.online.stop_ids import stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class OnlinePairSource(OnlineSource):
         seed: int,
         per_host_batch: int,
         pad_id: int,
+        generation_config: dict[str, Any] | None = None,  # generation_config.json: more stop ids
     ):
         objectives = pair_cfg.templates.objectives
         if not objectives:
@@ -109,7 +111,7 @@ class OnlinePairSource(OnlineSource):
             temperature=section.temperature,
             top_k=section.top_k,
             top_p=section.top_p,
-            eos_ids=(tokenizer.eos_token_id,),
+            eos_ids=stop_ids(tokenizer, model_cfg, generation_config),
             pad_id=pad_id,
         )
         self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)

@@ -19,6 +19,7 @@ from alignjax.data.records import Skipped
 from alignjax.online.judges import build_judge
 from alignjax.online.logit_filters import SamplingConfig
 from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
+from alignjax.online.stop_ids import stop_ids
 from alignjax.train.methods.cut import OnlineSampling
 
 
@@ -36,6 +37,7 @@ class OnlineCutSource(OnlineSource):
         seed: int,
         per_host_batch: int,
         pad_id: int,
+        generation_config: dict[str, Any] | None = None,  # generation_config.json: more stop ids
     ):
         super().__init__(prompt_pipeline)
         self.judge = build_judge(judge)
@@ -51,7 +53,7 @@ class OnlineCutSource(OnlineSource):
                 temperature=sampling.temperature,
                 top_k=sampling.top_k,
                 top_p=sampling.top_p,
-                eos_ids=(tokenizer.eos_token_id,),
+                eos_ids=stop_ids(tokenizer, model_cfg, generation_config),
                 pad_id=pad_id,
             ),
             seed,

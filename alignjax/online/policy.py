@@ -4,7 +4,9 @@
 `checkpoints` directory, one step directory, a converted checkpoint, or a Hugging
 Face directory. Training checkpoints may hold parts that are not the decoder
 (`user_model` for P-DPO, `mask_head` for SparsePO); they are kept apart in
-`extras`, because the decoder's functions take exactly the decoder's tree.
+`extras`, because the decoder's functions take exactly the decoder's tree. The
+generation config (generation_config.json, carried in checkpoint metadata) names the
+ids generation stops at.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 
 from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.models.config import ModelConfig
+from alignjax.models.lora import Adapted
 from alignjax.models.mask_head import MASK_HEAD_KEY  # noqa: F401  (names of `extras`)
-from alignjax.models.parts import split_parts
+from alignjax.models.parts import LORA, split_parts
 from alignjax.models.user_model import USER_MODEL_KEY  # noqa: F401
+from alignjax.online.stop_ids import stop_ids
 
 
 @dataclasses.dataclass
@@ -31,13 +35,11 @@ class Policy:
     step: int | None  # checkpoint step; None for a Hugging Face directory
     run_dir: str | None  # the training run this came from, when it is one
     stage: str | None  # the training stage that wrote the step (from its loop state)
+    generation_config: dict[str, Any] | None  # generation_config.json; None when the model has none
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
-        ids = {self.tokenizer.eos_token_id}
-        model_eos = self.cfg.eos_token_id
-        ids.update(model_eos if isinstance(model_eos, tuple) else (model_eos,))
-        return tuple(sorted(i for i in ids if i is not None))
+        return stop_ids(self.tokenizer, self.cfg, self.generation_config)
 
     @property
     def pad_id(self) -> int:
@@ -96,11 +98,33 @@ def load_policy(path: str, **execution: Any) -> Policy:
         raise FileNotFoundError(f"{path}: no such run, checkpoint or Hugging Face directory")
     ckpt = _checkpoint_dir(path)
     if ckpt is None:
-        cfg, params, _ = api.load_hf_model(path, **execution)
-        return Policy(cfg, params, {}, load_tokenizer(path), path, None, None, None)
+        cfg, params, meta = api.load_hf_model(path, **execution)
+        return Policy(
+            cfg, params, {}, load_tokenizer(path), path, None, None, None, meta["generation_config"]
+        )
     root, step = mc.resolve(ckpt)
-    cfg = api.model_config_from_meta(mc.load_meta(root, step), **execution)
-    params, extras = split_parts(mc.load_params(root, step))
+    meta = mc.load_meta(root, step)
+    if meta.get("lora"):  # adapters: sampled through the base the checkpoint names
+        # The adapters' layer layout is the checkpoint's, so the base loads in it too.
+        execution = {**execution, "scan_layers": meta["scan_layers"]}
+        cfg = api.lora_config_from_meta(meta, **execution)
+        saved = mc.load_params(root, step)
+        _, base = api.lora_base(meta, **{"param_dtype": meta["param_dtype"], **execution})
+        params = Adapted(base, saved.pop(LORA))
+        extras = saved
+    else:
+        cfg = api.model_config_from_meta(meta, **execution)
+        params, extras = split_parts(mc.load_params(root, step))
     run_dir = _run_dir_of(root)
     params, extras = jax.device_put((params, extras))
-    return Policy(cfg, params, extras, _tokenizer(root, run_dir), path, step, run_dir, _stage_of(root, step))
+    return Policy(
+        cfg,
+        params,
+        extras,
+        _tokenizer(root, run_dir),
+        path,
+        step,
+        run_dir,
+        _stage_of(root, step),
+        meta["generation_config"],
+    )

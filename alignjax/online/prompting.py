@@ -67,6 +67,11 @@ class PromptRenderer:
     def user_vocab(self) -> Vocab | None:
         return self._processor.user_vocab
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether conversational records can be rendered: data.chat_template, else the tokenizer's."""
+        return bool(self._processor.seq.chat_template)
+
     def render(self, record: dict[str, Any], where: str = "--prompt", index: int = 0) -> RenderedPrompt:
         """`where` (a file, a flag) and the record's 0-based `index` there name it in errors."""
         origin = Origin(where, index, "row")
@@ -78,8 +83,7 @@ class PromptRenderer:
             )
         assert isinstance(out, PromptTokenized)
         seq = self._processor.seq
-        n_bos = 1 if seq.bos_id is not None else 0
-        return RenderedPrompt(out.prompt_ids, n_bos, seq.n_user_tokens, out.user_index)
+        return RenderedPrompt(out.prompt_ids, out.n_bos, seq.n_user_tokens, out.user_index)
 
 
 def run_user_vocab(config_path: str | None, stage: str | None, run_dir: str | None) -> Vocab | None:

@@ -67,9 +67,12 @@ class Roller:
         ids = [p for p in self.prompt_ids(records) for _ in range(num_samples)]
         key = jax.random.fold_in(jax.random.key(self.seed), draw * jax.process_count() + jax.process_index())
         samples = generate(params, self.model_cfg, self.sampling, ids, key)
-        eos = self.tokenizer.eos_token_id
-        hit_eos = np.array([bool(t) and t[-1] == eos for t in samples])
-        texts = [self.tokenizer.decode([t for t in s if t != eos], skip_special_tokens=True) for s in samples]
+        # Every stop id the sampler stops at (generation config, config.json, tokenizer).
+        stops = set(self.sampling.eos_ids)
+        hit_eos = np.array([bool(t) and t[-1] in stops for t in samples])
+        texts = [
+            self.tokenizer.decode([t for t in s if t not in stops], skip_special_tokens=True) for s in samples
+        ]
         return Rollout(texts, hit_eos)
 
 

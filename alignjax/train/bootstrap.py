@@ -66,6 +66,10 @@ class RunSetup:
     param_shardings: Any  # the decoder's parameters on the mesh, by their logical axes
     data_dir: str | None
     pad_id: int
+    # LoRA runs: the frozen base on the mesh in the reference dtype (no second copy is made).
+    frozen_base: Any = None
+    # LoRA runs: whether the first stage starts from fresh adapters (not model.lora.from_peft).
+    fresh_adapters: bool = True
 
     @property
     def model_cfg(self) -> ModelConfig:
@@ -91,6 +95,13 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     tokenizer, tokenizer_dir = tokenizer_for(loaded, cfg.run_dir)
     shapes = jax.eval_shape(lambda p: p, loaded.params)
     param_shardings = sharding.tree_shardings(decoder.logical_axes(loaded.cfg), shapes, mesh)
+    frozen_base = None
+    if cfg.model.lora is not None:
+        loaded.meta = {**loaded.meta, "lora": lora_meta(cfg.model)}
+        dtype = jax.numpy.dtype(cfg.model.effective_reference_dtype)
+        frozen_base = jax.jit(
+            lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=param_shardings
+        )(loaded.params)
     return RunSetup(
         cfg,
         mesh,
@@ -100,4 +111,22 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
         param_shardings,
         data_dir,
         tokenizer_pad_id(tokenizer),
+        frozen_base,
+        cfg.model.lora is None or cfg.model.lora.from_peft is None,
     )
+
+
+def lora_meta(section) -> dict[str, Any]:
+    """What a LoRA checkpoint records instead of the base weights: the adapter settings in
+    PEFT's terms and the base model it adapts (path and a fingerprint of its files)."""
+    from alignjax.fileio import files_identity
+
+    lora = section.lora
+    return {
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "use_rslora": lora.use_rslora,
+        "target_modules": list(lora.targets),
+        "base_model_name_or_path": section.hf_path or f"preset:{section.preset}",
+        "base_fingerprint": files_identity(section.hf_path) if section.hf_path else None,
+    }

@@ -93,6 +93,7 @@ class StageReport:
     model_flops: float
     compiler_flops: float | None
     scanned: bool  # XLA's cost analysis counts a scanned layer's body once
+    lora: bool = False  # the reference row is then the frozen base the adapters train on
     # The compiler's refusal when the program cannot fit at all (no memory analysis then).
     compiler_error: str | None = None
 
@@ -122,7 +123,7 @@ class StageReport:
             head,
             f"  parameters    {g(self.params)}",
             f"  optimizer     {g(self.opt_state)}",
-            f"  reference     {g(self.reference)}",
+            f"  {'frozen base' if self.lora else 'reference  '}   {g(self.reference)}",
             f"  batch         {g(self.batch)}",
             f"  temporaries   {g(self.temporaries)}   (gradients, activations, attention; compiler)",
             f"  total         {g(self.total)}   of {hbm}{spare}: {'fits' if self.fits else 'DOES NOT FIT'}",
@@ -156,6 +157,8 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
         host_batch,
     )
     needs_ref = plan.objective.needs_reference and not (scfg.loss.reference == "precomputed")
+    # A LoRA step always holds the frozen base (the reference, adapters off, of a fresh stage).
+    needs_ref = needs_ref or bool(model_cfg.lora_rank)
     ref_dtype = np.dtype(jax.numpy.dtype(scfg.model.effective_reference_dtype))
     ref_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype), decoder_shapes)
     ref = abstract_arrays(ref_shapes, decoder_shardings) if needs_ref else None
@@ -203,6 +206,7 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
         hbm=entry.hbm_bytes if entry and platform != "cpu" else None,
         model_flops=flops.total,
         scanned=model_cfg.scan_layers,
+        lora=bool(model_cfg.lora_rank),
     )
     if compiled is None:
         needed = re.search(r"HLO temporaries \(([0-9.]+)G\)", refusal)
@@ -282,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--num-slices", type=int, default=1)
     parser.add_argument(
+        "--chips",
+        type=int,
+        help="compile for the first N chips of the topology only, e.g. --topology v5p:2x2x1 --chips 1 "
+        "for one chip (the smallest slice a generation describes may be larger)",
+    )
+    parser.add_argument(
         "--fit",
         action="store_true",
         help="search train.grad_accum and model.remat_policy for the largest per-chip micro-batch "
@@ -297,6 +307,10 @@ def _run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     topology = args.topology or cfg.mesh.topology
     devices = target_devices(topology, args.num_slices if args.topology else cfg.mesh.num_slices)
+    if args.chips is not None:
+        if not 1 <= args.chips <= len(devices):
+            raise ValueError(f"--chips {args.chips}: the target has {len(devices)} chips")
+        devices = devices[: args.chips]
     if args.fit:
         ok = True
         for index, stage in enumerate(stages(cfg)):

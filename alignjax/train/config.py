@@ -18,6 +18,7 @@ from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.sharding import MeshSection
 from alignjax.train import methods
 from alignjax.train.optim import OptimSection
+from alignjax.train.recipe_checks import check_stage_data
 
 
 def _data_section_fields():
@@ -222,6 +223,7 @@ def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
     """The run's stages with global step ranges; a config without `stages:` has one."""
     tree = tree if tree is not None else getattr(cfg, "_tree", configlib.to_dict(cfg))
     if not cfg.stages:
+        check_stage_data(cfg, cfg, "", "")
         return [Stage("train", cfg, 0, cfg.train.steps)]
     out, step = [], 0
     base = {k: v for k, v in tree.items() if k != "stages"}
@@ -235,6 +237,7 @@ def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
             stage_cfg = configlib.from_dict(TrainConfig, stage_tree)
         except configlib.ConfigError as e:
             raise configlib.ConfigError(f"stages[{i}] ({name}): {e}") from None
+        check_stage_data(cfg, stage_cfg, f"stages.{i}.", f"stage {i} ({name}) ")
         out.append(Stage(name, stage_cfg, step, step + stage_cfg.train.steps))
         step += stage_cfg.train.steps
     return out

@@ -21,12 +21,8 @@ import numpy as np
 from alignjax import sharding
 from alignjax.data.config import DataConfig
 from alignjax.data.sources import open_sources
+from alignjax.fileio import file_identity
 
-# Larger files are identified by their size and a hash of evenly spaced blocks: reading
-# all of them at every start of training would cost more than it protects against.
-# Content, not modification times: hosts that each hold a copy must agree.
-_HASH_LIMIT_BYTES = 64 * 2**20
-_SAMPLED_BLOCKS, _BLOCK_BYTES = 64, 64 * 2**10
 # data.* keys that change the tokens a record becomes. The others change batching or
 # order only, which the summed log-probs do not depend on beyond float rounding.
 TOKENISATION_KEYS = (
@@ -83,20 +79,6 @@ def model_identity(hf_config: dict, model_cfg, params, mesh) -> dict:
     }
 
 
-def _file_identity(path: str) -> dict:
-    size = os.path.getsize(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size <= _HASH_LIMIT_BYTES:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-            return {"sha256": digest.hexdigest()}
-        for offset in np.linspace(0, size - _BLOCK_BYTES, _SAMPLED_BLOCKS).astype(np.int64).tolist():
-            f.seek(offset)
-            digest.update(f.read(_BLOCK_BYTES))
-    return {"size": size, "sampled_sha256": digest.hexdigest()}
-
-
 def _source_identity(source) -> dict:
     out = {"records": len(source)}
     path = getattr(source, "path", None)
@@ -109,9 +91,9 @@ def _source_identity(source) -> dict:
         }
     out["name"] = os.path.basename(path.rstrip("/"))
     if os.path.isfile(path):
-        return {**out, **_file_identity(path)}
+        return {**out, **file_identity(path)}
     files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
-    parts = [(name, _file_identity(os.path.join(path, name))) for name in files]
+    parts = [(name, file_identity(os.path.join(path, name))) for name in files]
     return {
         **out,
         "split": getattr(source, "split", None),

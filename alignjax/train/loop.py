@@ -21,7 +21,7 @@ import numpy as np
 
 from alignjax.hardware import device_peak_flops
 from alignjax.models.flops import step_flops
-from alignjax.models.parts import DECODER
+from alignjax.models.parts import policy_decoder
 from alignjax.train import checkpoint as ckpt_lib
 from alignjax.train.bootstrap import RunSetup, bootstrap
 from alignjax.train.config import Stage, TrainConfig, stages
@@ -106,7 +106,9 @@ def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, 
             for micro in range(scfg.train.grad_accum):
                 if online:  # sampling from the current policy reads its samples back: a sync by nature
                     with jax.transfer_guard("allow"):
-                        local = source.next_for(params[DECODER], step * scfg.train.grad_accum + micro)
+                        local = source.next_for(
+                            policy_decoder(params, st.ref_params), step * scfg.train.grad_accum + micro
+                        )
                     if not everywhere(local is not None):
                         continue  # an online source found nothing to learn from (all samples tied)
                 else:

@@ -17,9 +17,11 @@ whose calls do nothing, so the training loop needs no `if` around logging.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -28,6 +30,8 @@ import numpy as np
 
 from alignjax.errors import MissingDependencyError
 from alignjax.fileio import atomic_write_text
+
+log = logging.getLogger("alignjax.train")
 
 JSONL_NAME = "metrics.jsonl"
 TB_DIR_NAME = "tb"
@@ -202,7 +206,9 @@ class ProgressBar:
 
     Shown only on the primary process and when `file` (stderr by default) is a
     terminal, so logs of batch jobs are not filled with carriage returns; pass
-    `enabled=True` to force it on.
+    `enabled=True` to force it on. Without the bar (output to a file: a pod worker's
+    log, nohup, SLURM) the primary process logs one line per update instead, with the
+    same fields and an ETA.
     """
 
     # (metric key, label, format) in display order; metrics absent from a step are skipped.
@@ -227,22 +233,45 @@ class ProgressBar:
         if enabled is None:
             enabled = is_primary and _isatty(file)
         self.enabled = enabled and is_primary
+        self.log_lines = is_primary and not self.enabled
+        self.total = total
+        # The ETA's origin moves to the first update, so compilation does not slow it down.
+        self._origin: tuple[float, int] = (time.perf_counter(), initial)
+        self._updates = 0
         self._bar = tqdm(
             total=total, initial=initial, file=file, disable=not self.enabled, unit="step", dynamic_ncols=True
         )
 
+    def _shown(self, metrics: Mapping[str, Any] | None) -> dict[str, str]:
+        shown = {}
+        for key, label, fmt in self.FIELDS:
+            if metrics and key in metrics:
+                value = to_number(key, metrics[key])
+                shown[label] = fmt.format(value) if math.isfinite(value) else str(value)
+        return shown
+
     def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
         """Moves the bar to `step` (steps done, so the last is `total`) and shows `metrics`."""
+        if self.log_lines:
+            self._log_line(step, metrics)
         if not self.enabled:
             return
         if metrics:
-            shown = {}
-            for key, label, fmt in self.FIELDS:
-                if key in metrics:
-                    value = to_number(key, metrics[key])
-                    shown[label] = fmt.format(value) if math.isfinite(value) else str(value)
-            self._bar.set_postfix(shown, refresh=False)
+            self._bar.set_postfix(self._shown(metrics), refresh=False)
         self._bar.update(step - self._bar.n)
+
+    def _log_line(self, step: int, metrics: Mapping[str, Any] | None) -> None:
+        now = time.perf_counter()
+        start, first_step = self._origin
+        parts = [f"step {step}/{self.total}"]
+        parts += [f"{label} {value}" for label, value in self._shown(metrics).items()]
+        if self._updates and step > first_step:
+            left_s = (now - start) / (step - first_step) * (self.total - step)
+            parts.append(f"eta {_duration(left_s)}")
+        else:
+            self._origin = (now, step)
+        self._updates += 1
+        log.info(", ".join(parts))
 
     def close(self) -> None:
         self._bar.close()
@@ -252,6 +281,13 @@ class ProgressBar:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def _isatty(file: TextIO) -> bool:

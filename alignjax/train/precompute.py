@@ -22,7 +22,7 @@ import numpy as np
 from alignjax.data.config import DataConfig
 from alignjax.data.pipeline import make_pipeline
 from alignjax.errors import run_command
-from alignjax.models.parts import split_parts
+from alignjax.models.parts import LORA, split_parts
 from alignjax.train.bootstrap import bootstrap
 from alignjax.train.config import LossSection, Stage, TrainConfig, stages
 from alignjax.train.datasets import model_for_rows, stage_data
@@ -81,7 +81,24 @@ def compute_table(params, model_cfg, loss: LossSection, dcfg: DataConfig, tokeni
     return keys_N, cat(chosen), cat(rejected)
 
 
-def _starting_params(cfg: TrainConfig, stage: Stage, index: int, initial_params):
+def _lora_starting_reference(cfg: TrainConfig, stage: Stage, index: int, run):
+    """A LoRA stage's reference as training builds it (`reference.lora_reference`): the
+    frozen base, with the adapters the stage starts from unless they are fresh."""
+    from alignjax.models.lora import Adapted
+    from alignjax.train.resume import initial_adapters
+    from alignjax.train.stage import adapter_layout
+
+    if index == 0:
+        if run.fresh_adapters:
+            return run.frozen_base
+        return Adapted(run.frozen_base, initial_adapters(run))
+    _, shardings = adapter_layout(run.model_cfg, run.mesh)
+    return Adapted(
+        run.frozen_base, jax.device_put(_starting_params(cfg, stage, index, None, LORA), shardings)
+    )
+
+
+def _starting_params(cfg: TrainConfig, stage: Stage, index: int, initial_params, key: str | None = None):
     """The parameters a stage starts from: the model section's for the first stage, else the
     checkpoint the stages before it ended with."""
     if index == 0:
@@ -97,7 +114,7 @@ def _starting_params(cfg: TrainConfig, stage: Stage, index: int, initial_params)
             f"{stage.name!r} starts and asks for this table, and resumes there once it is written"
         )
     restored = mc.load_params(root, step, as_numpy=True)
-    return split_parts(restored)[0]
+    return restored[key] if key is not None else split_parts(restored)[0]
 
 
 def precompute(cfg: TrainConfig) -> list[str]:
@@ -113,7 +130,12 @@ def precompute(cfg: TrainConfig) -> list[str]:
     written = []
     for index, stage in todo:
         scfg = stage.config
-        params = jax.device_put(_starting_params(cfg, stage, index, run.loaded.params), run.param_shardings)
+        if run.model_cfg.lora_rank:
+            params = _lora_starting_reference(cfg, stage, index, run)
+        else:
+            params = jax.device_put(
+                _starting_params(cfg, stage, index, run.loaded.params), run.param_shardings
+            )
         model_id = model_identity(run.model_meta["hf_config"], run.model_cfg, params, run.mesh)
         for label, dcfg in stage_data(stage, index, run.data_dir, cfg.run_dir).tables:
             data_id = data_identity(dcfg, run.tokenizer)

@@ -15,6 +15,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from alignjax.fileio import atomic_write_json
+from alignjax.models.lora import Adapted
 from alignjax.train import checkpoint as ckpt_lib
 from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import LossSection, Stage
@@ -63,6 +65,37 @@ def frozen_reference(run: RunSetup, checkpointer, stage: Stage, params, resuming
     )
     ckpt_lib.save_reference(root, ref, run.model_meta)
     return ref
+
+
+def lora_reference(run: RunSetup, checkpointer, stage: Stage, start_adapters, layout, resuming: bool):
+    """A LoRA stage's reference: the frozen base with the adapters the stage started from,
+    or the base alone (adapters off) when it started from fresh ones, whose update is zero.
+    Only adapters are saved, under <run_dir>/reference/<stage>; the base is never copied.
+
+    `start_adapters`: None for fresh adapters; `layout`: the adapters' (shapes, shardings).
+    """
+    root = os.path.join(run.cfg.run_dir, "reference", stage.name)
+    adapters_off = root + ".adapters_off.json"
+    checkpointer.wait()  # see frozen_reference: Orbax barriers must not interleave
+    if os.path.exists(adapters_off):
+        return run.frozen_base
+    shapes, shardings = layout
+    saved = ckpt_lib.restore_reference(root, abstract_arrays(shapes, shardings))
+    if saved is not None:
+        return Adapted(run.frozen_base, saved)
+    if resuming:
+        raise ValueError(
+            f"{root}: stage {stage.name!r} resumes at a checkpoint inside it, but the adapters it started "
+            "from were never committed there; restore that directory, or delete the stage's checkpoints "
+            "to restart the stage"
+        )
+    if start_adapters is None:
+        if jax.process_index() == 0:
+            atomic_write_json(adapters_off, {"reference": "the base model with adapters off"})
+        return run.frozen_base
+    ref = jax.jit(lambda a: jax.tree.map(jnp.copy, a), out_shardings=shardings)(start_adapters)
+    ckpt_lib.save_reference(root, ref, run.model_meta)
+    return Adapted(run.frozen_base, ref)
 
 
 def reference_tables(

@@ -6,7 +6,7 @@ import logging
 
 import jax
 
-from alignjax.models.parts import DECODER
+from alignjax.models.parts import DECODER, LORA
 from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import Stage
 from alignjax.train.multihost import everywhere
@@ -81,4 +81,22 @@ def restore(run: RunSetup, checkpointer, all_stages: list[Stage]):
             + "). If the config changed since they were written, restore it; to start over, "
             "move that directory away or set run_dir to a new directory"
         )
+    if run.model_cfg.lora_rank:
+        return 0, {LORA: initial_adapters(run)}, None
     return 0, {DECODER: jax.device_put(run.loaded.params, run.param_shardings)}, None
+
+
+def initial_adapters(run: RunSetup):
+    """A LoRA run's first adapters: `model.lora.from_peft`, or fresh (PEFT's init, B = 0)."""
+    from alignjax.models import decoder
+    from alignjax.train.stage import adapter_layout
+
+    _, shardings = adapter_layout(run.model_cfg, run.mesh)
+    section = run.cfg.model.lora
+    if section.from_peft is not None:
+        from alignjax.convert.peft import adapters_from_peft_dir
+
+        adapters = adapters_from_peft_dir(section.from_peft, run.model_cfg)
+    else:
+        adapters = decoder.init_adapters(run.model_cfg, jax.random.fold_in(jax.random.key(run.cfg.seed), 7))
+    return jax.device_put(adapters, shardings)

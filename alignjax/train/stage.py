@@ -19,13 +19,15 @@ import optax
 from alignjax import sharding
 from alignjax.data.pipeline import make_pipeline
 from alignjax.fileio import atomic_write_json
-from alignjax.models.parts import DECODER
+from alignjax.models import decoder
+from alignjax.models.parts import DECODER, LORA
 from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import Stage
+from alignjax.train.data_check import check_stage_data
 from alignjax.train.datasets import StageData, model_for_rows, stage_data
 from alignjax.train.methods import Method, Objective, method_for
 from alignjax.train.optim import make_optimizer, schedule
-from alignjax.train.reference import frozen_reference, reference_tables
+from alignjax.train.reference import frozen_reference, lora_reference, reference_tables
 from alignjax.train.step import StepFns, init_counters, make_step_fns
 
 
@@ -84,6 +86,13 @@ def stage_sizes(run: RunSetup, stage: Stage, data: StageData, pipeline=None) -> 
     return sizes
 
 
+def adapter_layout(model_cfg, mesh):
+    """(shapes, shardings) of a LoRA run's adapters: sharded like their base weights on
+    the input and output axes, replicated over the rank."""
+    shapes = jax.eval_shape(lambda: decoder.init_adapters(model_cfg, jax.random.key(0)))
+    return shapes, sharding.tree_shardings(decoder.adapter_logical_axes(model_cfg), shapes, mesh)
+
+
 def plan_stage(
     model_cfg, decoder_shapes, decoder_shardings, mesh, stage: Stage, sizes: dict[str, int]
 ) -> StagePlan:
@@ -97,12 +106,15 @@ def plan_stage(
     if objective.wrap_optimizer is not None:
         tx = objective.wrap_optimizer(tx, lr_at)
     part_shapes = jax.eval_shape(objective.init_parts, jax.random.key(0), decoder_shapes)
-    param_shapes = {DECODER: decoder_shapes, **part_shapes}
+    if model_cfg.lora_rank:  # only the adapters train; the base travels as the reference
+        trained_shapes, trained_shardings = adapter_layout(model_cfg, mesh)
+        param_shapes = {LORA: trained_shapes, **part_shapes}
+        param_shardings = {LORA: trained_shardings}
+    else:
+        param_shapes = {DECODER: decoder_shapes, **part_shapes}
+        param_shardings = {DECODER: decoder_shardings}
     # A method's own parts are small: replicated.
-    param_shardings = {
-        DECODER: decoder_shardings,
-        **jax.tree.map(lambda _: sharding.replicated(mesh), part_shapes),
-    }
+    param_shardings.update(jax.tree.map(lambda _: sharding.replicated(mesh), part_shapes))
     opt_shapes = jax.eval_shape(tx.init, param_shapes)
     opt_shardings = opt_state_shardings(tx, opt_shapes, param_shardings, mesh)
     return StagePlan(method, objective, tx, lr_at, param_shapes, param_shardings, opt_shapes, opt_shardings)
@@ -155,16 +167,28 @@ def start_stage(
 ) -> StageStart:
     """Data, reference, objective and state of a stage, fresh or as `restored` saved them."""
     resuming = restored is not None
-    decoder_params = params[DECODER]
+    lora_run = bool(run.model_cfg.lora_rank)
+    lora_ref = None
+    if lora_run:
+        # The stage's starting adapters are its reference; fresh ones (the run's first stage,
+        # no from_peft) change nothing, so the reference is the base with adapters off.
+        fresh = run.fresh_adapters and index == 0
+        layout = adapter_layout(run.model_cfg, run.mesh)
+        lora_ref = lora_reference(run, checkpointer, stage, None if fresh else params[LORA], layout, resuming)
+        decoder_params = run.frozen_base
+    else:
+        decoder_params = params[DECODER]
     data = stage_data(stage, index, run.data_dir, run.cfg.run_dir)
     # Before the data pipeline starts: a missing table is the error a user meets first.
-    tables = reference_tables(run, stage, data, decoder_params, resuming)
+    tables = reference_tables(run, stage, data, lora_ref if lora_run else decoder_params, resuming)
+    # Then every record once (cached), so a bad one stops the run now, not when the stream reaches it.
+    check_stage_data(run, stage, data)
     source = open_train_source(run, stage, index, data)
     plan = plan_stage_of(run, stage, stage_sizes(run, stage, data, source))
     objective = plan.objective
     base_rng = jax.random.fold_in(jax.random.key(run.cfg.seed), index)
-    ref_params = None
-    if objective.needs_reference and tables is None:
+    ref_params = lora_ref  # a LoRA policy needs its base even when the loss needs no reference
+    if objective.needs_reference and tables is None and not lora_run:
         ref_params = frozen_reference(run, checkpointer, stage, decoder_params, resuming)
     if resuming:
         opt_state = restored["opt_state"]
@@ -175,7 +199,8 @@ def start_stage(
         extra_rng = jax.random.fold_in(base_rng, 2**31 - 1)
         # Parts a previous stage trained carry over when this method has them too.
         parts = {k: params.get(k, v) for k, v in objective.init_parts(extra_rng, decoder_params).items()}
-        params = jax.device_put({DECODER: decoder_params, **parts}, plan.param_shardings)
+        trained = {LORA: params[LORA]} if lora_run else {DECODER: decoder_params}
+        params = jax.device_put({**trained, **parts}, plan.param_shardings)
         opt_state = jax.jit(plan.tx.init, out_shardings=plan.opt_shardings)(params)
         loss_state = objective.init_state()
         skipped = 0

@@ -4,7 +4,7 @@ Their vocabularies are written out here, so tests can state expected ids by
 hand (`LLAMA_VOCAB["user"]`) instead of asking the tokenizer.
 """
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 WORDS = (
@@ -50,9 +50,15 @@ def _word_level(vocab, specials):
 
 
 def make_llama_like(eos_token="<|eot_id|>"):
-    """Llama-3-style: the chat template writes BOS itself; turns end with <|eot_id|>."""
+    """Llama-3-style: encoding plain text adds BOS (its post-processor), and the chat
+    template writes BOS itself; turns end with <|eot_id|>."""
+    core = _word_level(LLAMA_VOCAB, LLAMA_SPECIALS)
+    bos = ("<|begin_of_text|>", LLAMA_VOCAB["<|begin_of_text|>"])
+    core.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[bos]
+    )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=_word_level(LLAMA_VOCAB, LLAMA_SPECIALS),
+        tokenizer_object=core,
         bos_token="<|begin_of_text|>",
         eos_token=eos_token,
         pad_token="<pad>",

@@ -213,6 +213,35 @@ def test_weighted_sum_of_losses_is_rpo():
     np.testing.assert_allclose(metrics["nll_loss"], -lw.sum() / nw.sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("terms", [("sigmoid", "sft"), ("orpo",)])
+def test_nll_terms_weigh_pairs_and_ignore_unused_slots_that_hold_tokens(terms):
+    """Pair weights reach the token-pooled NLL (the `sft` term, ORPO's NLL, `nll_loss`):
+    sum_i w_i * NLL tokens_i / sum_i w_i * len_i, in float64, with a zero-weight slot whose
+    tokens are real (not emptied) and weights other than 0 and 1."""
+    tokens = random_token_batch(seed=12)
+    weights = np.array([1.0, 0.0, 2.0, 0.5, 0.0, 1.5])
+    cfg = DPOConfig(loss_type=terms, loss_weights=[1.0] * len(terms), beta=BETA)
+    loss, metrics, _ = dpo_loss(pairs_from_tokens(tokens), cfg, valid_B=jnp.asarray(weights, jnp.float32))
+    lw, ll, rw, rl, nw, nl = np_sums(tokens)
+    nll = -(weights * lw).sum() / (weights * nw).sum()
+    used = weights > 0
+
+    def weighted_mean(x):
+        return (weights[used] * x[used]).sum() / weights.sum()
+
+    r_w, r_l = lw - rw, ll - rl
+    if terms == ("orpo",):
+        avg_w, avg_l = lw / nw, ll / nl
+        log_odds = (avg_w - avg_l) - (np.log(1 - np.exp(avg_w)) - np.log(1 - np.exp(avg_l)))
+        want = nll - cfg.orpo_lambda * weighted_mean(logsig(log_odds))
+    else:
+        want = weighted_mean(-logsig(BETA * (r_w - r_l))) + nll
+    np.testing.assert_allclose(metrics["nll_loss"], nll, rtol=1e-5)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    # The unweighted NLL differs: the check can tell weights apart from no weights.
+    assert abs(-lw.sum() / nw.sum() - nll) > 1e-2
+
+
 def test_bco_running_mean_is_carried_across_steps():
     cfg = DPOConfig(loss_type="bco_pair", beta=BETA)
     state = init_dpo_state(cfg)

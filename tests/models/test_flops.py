@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_models import FAMILY_CONFIGS
 
 from alignjax.models import decoder, head
 from alignjax.models.families import model_config_from_hf
 from alignjax.models.flops import step_flops
-from hf_models import FAMILY_CONFIGS
 
 SHAPE = dict(hidden_size=256, intermediate_size=1024, vocab_size=512, num_hidden_layers=2)
 

@@ -254,6 +254,40 @@ def test_accumulated_micro_batches_update_as_their_whole_batch(model, tokenizer,
     assert moved > 1e-4  # the step did update
 
 
+def test_reference_equal_to_the_policy_gives_exact_zero_margins_in_the_compiled_step(tokenizer, tmp_path):
+    """Step 1 of a stage (reference = the policy): rewards, margins and accuracy exactly 0
+    and the loss exactly ln 2, from the compiled step that also takes gradients; with a
+    reference that differs, the reference forward runs and margins are not 0."""
+    # The quickstart's model size: at the fixture's smaller one XLA happens to fuse the two
+    # forwards alike, and the check could not fail.
+    loaded = load_model(ModelSection(preset="tiny"), jax.random.key(0), vocab_size=VOCAB_SIZE)
+    cfg, params = loaded.cfg, loaded.params
+    ref = load_model(ModelSection(preset="tiny"), jax.random.key(1), vocab_size=VOCAB_SIZE).params
+    loss = LossSection(type="sigmoid", beta=0.1)
+    objective = method_for(loss).build(cfg, loss, SIZES)
+    rows = [
+        {
+            "prompt": f"Tell me about the tea number {i}.",
+            "chosen": f" The tea is fine and calm, really {i}.",
+            "rejected": f" no tea ever, never {i}!",
+        }
+        for i in range(6)
+    ]
+    batch = _batch(tmp_path, tokenizer, "preference", rows, 6)
+    tree = {DECODER: params}
+    fns, _, mesh = _step_fns(objective, tree, optax.sgd(0.1))
+    copy = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    run = lambda r: fns.first(  # noqa: E731
+        tree, r, batch, objective.init_state(), jax.random.key(0), init_counters(0, 0, mesh), jnp.int32(0)
+    )[0]["metrics"]
+    same = run(copy)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert float(same[key]) == 0.0, key
+    assert float(same["loss"]) == float(np.float32(np.log(2.0)))
+    other = run(ref)
+    assert abs(float(other["rewards/margins"])) > 1e-4
+
+
 def test_non_finite_step_changes_nothing_and_is_counted(model, tokenizer, tmp_path):
     cfg, params, ref = model
     loss = LossSection(type="sigmoid")
@@ -290,3 +324,62 @@ def test_method_sections_are_config_keys_with_suggestions():
         configlib.ConfigError, match=r"unknown config key 'loss.sparspo'; did you mean 'sparsepo'"
     ):
         configlib.from_dict(LossSection, {"sparspo": {}}, "loss")
+
+
+def _lora_cases(tmp_path, tokenizer):
+    pairs = _batch(tmp_path / "pairs", tokenizer, "preference", _pairs(3), 3)
+    sft = _batch(
+        tmp_path / "sft",
+        tokenizer,
+        "sft",
+        [{"prompt": f"Say {t}.", "response": f" {t}!"} for t in TOPICS[:3]],
+        3,
+    )
+    cut_rows = [
+        {"prompt": f"Name {t}.", "response": f" {t}.", "judgment": None if i % 2 else f"Wrong: not {t}."}
+        for i, t in enumerate(TOPICS[:4])
+    ]
+    cut = _batch(tmp_path / "cut", tokenizer, "cut", cut_rows, 4)
+    return {
+        "sft": (LossSection(type="sft"), sft),
+        "sigmoid": (LossSection(type="sigmoid", beta=0.2), pairs),
+        "tdpo": (LossSection(type="tdpo", beta=0.2), pairs),
+        "sparsepo": (LossSection(type="sparsepo", beta=0.2), pairs),
+        "cut": (LossSection(type="cut"), cut),
+    }
+
+
+@pytest.mark.parametrize("name", ["sft", "sigmoid", "tdpo", "sparsepo", "cut"])
+def test_every_method_trains_adapters_on_the_frozen_base(model, tokenizer, tmp_path, name):
+    """With fresh adapters (B = 0) a LoRA objective is the full-weight objective at the base,
+    value and parts' gradients alike; the adapters' B (only) gets a gradient, the base none
+    (it is not an argument of the differentiated function), and moving B moves the loss."""
+    from alignjax.models.parts import LORA
+
+    for d in ("pairs", "sft", "cut"):
+        (tmp_path / d).mkdir()
+    loss, batch = _lora_cases(tmp_path, tokenizer)[name]
+    cfg, params, _ = model
+    lora_cfg = dataclasses.replace(cfg, lora_rank=2, lora_targets=("q", "v", "down"), lora_scale=2.0)
+    full = method_for(loss).build(cfg, loss, SIZES)
+    adapted = method_for(loss).build(lora_cfg, loss, SIZES)
+    parts = full.init_parts(jax.random.key(4), params)
+    adapters = decoder.init_adapters(lora_cfg, jax.random.key(5))
+    rng, state = jax.random.key(3), full.init_state()
+
+    def value(objective, tree, ref):
+        return jax.value_and_grad(lambda t: objective.fn(t, ref, batch, state, rng)[0])(tree)
+
+    ref_value, ref_grads = value(full, {DECODER: params, **parts}, params)
+    got, grads = value(adapted, {LORA: adapters, **parts}, params)
+    np.testing.assert_allclose(float(got), float(ref_value), rtol=1e-6, atol=1e-7)
+    for part in parts:
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads[part], ref_grads[part]
+        )
+    b_norm = sum(float(jnp.sum(g["b"] ** 2)) for layer in grads[LORA].values() for g in layer.values())
+    a_norm = sum(float(jnp.sum(g["a"] ** 2)) for layer in grads[LORA].values() for g in layer.values())
+    assert b_norm > 0 and a_norm == 0.0  # B = 0: A's gradient passes through B
+    moved = jax.tree.map(lambda x: x + 0.05, adapters)
+    changed, _ = value(adapted, {LORA: moved, **parts}, params)
+    assert abs(float(changed) - float(got)) > 1e-5

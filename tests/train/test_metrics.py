@@ -261,3 +261,25 @@ def test_progress_bar_is_silent_off_a_terminal_and_off_the_primary():
     other.close()
     assert not bar.enabled and not other.enabled
     assert not_a_tty.getvalue() == "" and forced_but_not_primary.getvalue() == ""
+
+
+def test_without_a_terminal_the_primary_logs_a_line_per_update_with_eta(caplog, monkeypatch):
+    other = ProgressBar(100, file=io.StringIO(), is_primary=False)
+    clock = iter([100.0, 110.0, 130.0, 150.0])  # construction, then one reading per update
+    monkeypatch.setattr("alignjax.train.metrics.time.perf_counter", lambda: next(clock))
+    not_a_tty = io.StringIO()
+    bar = ProgressBar(100, file=not_a_tty)
+    with caplog.at_level("INFO", logger="alignjax.train"):
+        bar.update(10, {"loss": 0.6931, "rewards/accuracies": 0.5, "tokens_per_sec": 1000.0})
+        bar.update(20, {"loss": 0.6, "rewards/accuracies": 0.75, "tokens_per_sec": 2000.0})
+        bar.update(30, {"loss": 0.5})
+        other.update(10, {"loss": 0.1})
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    # ETA from the first update on (compilation excluded): 10 steps per 20 s.
+    assert lines == [
+        "step 10/100, loss 0.6931, acc 0.500, tok/s 1,000",
+        "step 20/100, loss 0.6000, acc 0.750, tok/s 2,000, eta 2m40s",
+        "step 30/100, loss 0.5000, eta 2m20s",
+    ]
+    assert not_a_tty.getvalue() == ""

@@ -123,7 +123,12 @@ def test_precomputed_reference_trains_exactly_like_the_in_step_reference(runs):
     for r in th.metrics(runs.in_step_dir):
         if "rewards/margins" in r:
             assert abs(by_step[r["step"]]["rewards/margins"] - r["rewards/margins"]) <= 1e-5, r["step"]
-    th.assert_eval_match(runs.precomputed_dir, runs.in_step_dir, 1e-5, "eval with precomputed reference")
+    # Summed log-probs near -300 carry float32 steps of 3e-5: a relative bound for those.
+    # (At step 1 the in-step reference is the policy's own values, exactly; the table's,
+    # computed by another program, differ from them by ~1e-6, and the runs drift that much.)
+    th.assert_eval_match(
+        runs.precomputed_dir, runs.in_step_dir, 1e-5, "eval with precomputed reference", rtol=1e-6
+    )
     # No reference model was held (nor saved) by the precomputed run.
     assert os.path.isdir(os.path.join(runs.in_step_dir, "reference", "train"))
     assert not os.path.exists(os.path.join(runs.precomputed_dir, "reference"))

@@ -241,9 +241,13 @@ def saved_specs(item_dir: str) -> dict[str, tuple]:
     return out
 
 
-def assert_eval_match(run_dir: str, reference_dir: str, atol: float, what: str) -> None:
+def assert_eval_match(run_dir: str, reference_dir: str, atol: float, what: str, rtol: float = 0.0) -> None:
     actual, expected = eval_metrics(run_dir), eval_metrics(reference_dir)
     assert sorted(actual) == sorted(expected), f"{what}: eval metrics {sorted(actual)} vs {sorted(expected)}"
     assert "eval/heldout/rewards/accuracies" in expected and "eval/heldout/loss" in expected, sorted(expected)
-    bad = {k: (actual[k], expected[k]) for k in expected if not abs(actual[k] - expected[k]) <= atol}
-    assert not bad, f"{what}: eval metrics differ by more than {atol}: {bad}"
+    bad = {
+        k: (actual[k], expected[k])
+        for k in expected
+        if not abs(actual[k] - expected[k]) <= atol + rtol * abs(expected[k])
+    }
+    assert not bad, f"{what}: eval metrics differ by more than {atol} (+ {rtol} relative): {bad}"

@@ -14,9 +14,20 @@ from alignjax.losses import token_logps
 from alignjax.losses.dpo_family import PairLogps
 from alignjax.models import decoder, head
 from alignjax.models.config import ModelConfig
-from alignjax.models.parts import DECODER
+from alignjax.models.lora import Adapted
+from alignjax.models.parts import DECODER, policy_decoder
 
-__all__ = ["DECODER", "forward_logps", "logps_from_hidden", "pair_logps", "pair_outputs", "require_unpacked"]
+__all__ = [
+    "DECODER",
+    "forward_logps",
+    "logps_from_hidden",
+    "pair_logps",
+    "pair_outputs",
+    "params_equal",
+    "policy_decoder",
+    "reference_pair_logps",
+    "require_unpacked",
+]
 
 
 def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, tokens_BxL):
@@ -50,6 +61,60 @@ def pair_logps(decoder_params, cfg, loss, batch, extra=None) -> PairLogps:
     chosen_P, rejected_P = data_ops.pair_sums(logps_BxL, batch)
     chosen_len_P, rejected_len_P = data_ops.pair_sums(jnp.ones_like(logps_BxL), batch)
     return PairLogps(chosen_P, rejected_P, chosen_len_P, rejected_len_P)
+
+
+def _same_computation(decoder_params, ref_params, cfg: ModelConfig) -> bool:
+    """Whether equal values make the reference's forward the policy's: the same tree (a
+    LoRA policy's base + adapters is not its adapters-off reference), and each reference
+    leaf in the policy leaf's dtype, or in the compute dtype the policy is cast to anyway."""
+    if jax.tree.structure(decoder_params) != jax.tree.structure(ref_params):
+        return False
+    return all(
+        r.dtype == p.dtype or r.dtype == jnp.dtype(cfg.dtype)
+        for p, r in zip(jax.tree.leaves(decoder_params), jax.tree.leaves(ref_params))
+    )
+
+
+def params_equal(decoder_params, ref_params) -> jax.Array:
+    """Scalar bool: every reference parameter equals the policy's (in the reference dtype).
+    One read of both trees: small next to a forward pass."""
+    same = [
+        jnp.all(p.astype(r.dtype) == r)
+        for p, r in zip(jax.tree.leaves(decoder_params), jax.tree.leaves(ref_params))
+    ]
+    return jnp.all(jnp.stack(same))
+
+
+def reference_pair_logps(policy: PairLogps, decoder_params, ref_params, cfg, loss, batch) -> PairLogps:
+    """The reference's pair log-probs, without gradient.
+
+    When the reference equals the policy (the first step of a stage, whose reference is
+    its starting parameters), these are the policy's own values, so every margin is
+    exactly 0. Computed separately they differ by ~1e-6: the policy's forward keeps its
+    activations for the backward, so XLA fuses it differently from the reference's. The
+    reference forward is skipped on those steps (`lax.cond`)."""
+
+    def computed():
+        return jax.lax.stop_gradient(pair_logps(ref_params, cfg, loss, batch))
+
+    own = jax.lax.stop_gradient(policy)
+    if isinstance(decoder_params, Adapted):
+        # LoRA: the policy's base is the reference's (one tree, shared). Against the base
+        # alone the policy is the reference while every B is 0 (fresh adapters); against
+        # base + starting adapters, while the adapters are unchanged.
+        if isinstance(ref_params, Adapted):
+            same = params_equal(decoder_params.adapters, ref_params.adapters)
+        else:
+            b_leaves = [
+                x
+                for path, x in jax.tree_util.tree_leaves_with_path(decoder_params.adapters)
+                if jax.tree_util.keystr(path).endswith("['b']")
+            ]
+            same = jnp.all(jnp.stack([jnp.all(b == 0) for b in b_leaves]))
+        return jax.lax.cond(same, lambda: own, computed)
+    if not _same_computation(decoder_params, ref_params, cfg):
+        return computed()
+    return jax.lax.cond(params_equal(decoder_params, ref_params), lambda: own, computed)
 
 
 def _per_condition(values_P, condition_P, valid_P, num_conditions: int):

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from alignjax.losses.cut import CUTConfig, cut_loss
-from alignjax.train.methods.common import DECODER, forward_logps
+from alignjax.train.methods.common import forward_logps, policy_decoder
 from alignjax.train.methods.registry import Method, Objective
 
 
@@ -46,7 +46,7 @@ def build(cfg, loss, sizes) -> Objective:
     )
 
     def fn(params, ref_params, batch, state, rng):
-        logps_BxL = forward_logps(params[DECODER], cfg, loss, batch)
+        logps_BxL = forward_logps(policy_decoder(params, ref_params), cfg, loss, batch)
         e = batch.is_satisfactory_E.shape[0]
         mask_BxL = batch.loss_mask_BxL * (batch.segment_ids_BxL > 0)
         valid_E = batch.example_valid_E.astype(bool)

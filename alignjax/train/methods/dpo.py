@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from alignjax.losses.dpo import LOSSES, DPOConfig, dpo_loss, implicit_rewards, init_dpo_state
-from alignjax.train.methods.common import DECODER, pair_logps, pair_outputs
+from alignjax.train.methods.common import pair_logps, pair_outputs, policy_decoder, reference_pair_logps
 from alignjax.train.methods.registry import Method, Objective
 
 
@@ -28,7 +27,8 @@ def build(cfg, loss, sizes) -> Objective:
     precomputed = loss.reference == "precomputed"
 
     def fn(params, ref_params, batch, state, rng):
-        policy = pair_logps(params[DECODER], cfg, loss, batch)
+        decoder_params = policy_decoder(params, ref_params)
+        policy = pair_logps(decoder_params, cfg, loss, batch)
         if dpo.needs_reference and precomputed:
             if batch.ref_chosen_logps_P is None or batch.ref_rejected_logps_P is None:
                 raise ValueError(
@@ -39,7 +39,7 @@ def build(cfg, loss, sizes) -> Objective:
                 ref_chosen_logps_B=batch.ref_chosen_logps_P, ref_rejected_logps_B=batch.ref_rejected_logps_P
             )
         elif dpo.needs_reference:
-            ref = jax.lax.stop_gradient(pair_logps(ref_params, cfg, loss, batch))
+            ref = reference_pair_logps(policy, decoder_params, ref_params, cfg, loss, batch)
             policy = policy._replace(
                 ref_chosen_logps_B=ref.chosen_logps_B, ref_rejected_logps_B=ref.rejected_logps_B
             )

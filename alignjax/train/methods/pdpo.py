@@ -11,7 +11,13 @@ from alignjax.data import ops as data_ops
 from alignjax.losses.personalized import PDPOConfig, PersonalizedLogps, pdpo_loss
 from alignjax.models import decoder
 from alignjax.models.user_model import USER_MODEL_KEY, UserModel, vocab_rows_init
-from alignjax.train.methods.common import DECODER, forward_logps, pair_logps, pair_outputs, require_unpacked
+from alignjax.train.methods.common import (
+    forward_logps,
+    pair_logps,
+    pair_outputs,
+    policy_decoder,
+    require_unpacked,
+)
 from alignjax.train.methods.registry import Method, Objective
 
 
@@ -72,7 +78,7 @@ def build(cfg, loss, sizes) -> Objective:
         extra = decoder.ExtraEmbeddings(
             jnp.concatenate([user_embeds, generic_embeds]), jnp.concatenate([index_BxT, index_BxT])
         )
-        logps = forward_logps(params[DECODER], cfg, loss, both, extra)
+        logps = forward_logps(policy_decoder(params, ref_params), cfg, loss, both, extra)
         user_c, user_r = data_ops.pair_sums(logps[: 2 * p], batch)
         gen_c, gen_r = data_ops.pair_sums(logps[2 * p :], batch)
         ref_batch = data_ops.remove_user_slots(batch)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from alignjax.losses.sft import sft_loss
-from alignjax.train.methods.common import DECODER, forward_logps
+from alignjax.train.methods.common import forward_logps, policy_decoder
 from alignjax.train.methods.registry import Method, Objective
 
 
 def build(cfg, loss, sizes) -> Objective:
     def fn(params, ref_params, batch, state, rng):
-        logps_BxL = forward_logps(params[DECODER], cfg, loss, batch)
+        logps_BxL = forward_logps(policy_decoder(params, ref_params), cfg, loss, batch)
         value, metrics = sft_loss(logps_BxL, batch.loss_mask_BxL * (batch.segment_ids_BxL > 0))
         return value, (metrics, state, {})
 

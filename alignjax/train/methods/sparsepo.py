@@ -13,7 +13,7 @@ from alignjax.losses.activation_masks import activation_mask
 from alignjax.losses.token_weighted import SparsePOConfig, TokenPairLogps, TokenWeights, sparsepo_loss
 from alignjax.models import decoder, head
 from alignjax.models.mask_head import MASK_HEAD_KEY, MaskHead, mask_head_optimizer
-from alignjax.train.methods.common import DECODER, logps_from_hidden, pair_outputs, require_unpacked
+from alignjax.train.methods.common import logps_from_hidden, pair_outputs, policy_decoder, require_unpacked
 from alignjax.train.methods.registry import Method, Objective
 
 
@@ -49,8 +49,9 @@ def build(cfg, loss, sizes) -> Objective:
         require_unpacked(batch, "sparsepo")
         p = batch.pair_valid_P.shape[0]
         tokens, positions, segments = batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL
-        policy_hidden = decoder.apply(params[DECODER], cfg, tokens, positions, segments)
-        policy_logps = logps_from_hidden(params[DECODER], cfg, loss, policy_hidden, tokens)
+        decoder_params = policy_decoder(params, ref_params)
+        policy_hidden = decoder.apply(decoder_params, cfg, tokens, positions, segments)
+        policy_logps = logps_from_hidden(decoder_params, cfg, loss, policy_hidden, tokens)
         ref_hidden, ref_layers, ref_acts = decoder.apply_with_intermediates(
             ref_params, cfg, tokens, positions, segments
         )
@@ -61,7 +62,7 @@ def build(cfg, loss, sizes) -> Objective:
         if section.kl:
             kl = token_kl(
                 policy_hidden[:, :-1],
-                head.unembedding_DxV(params[DECODER], cfg).astype(cfg.dtype),
+                head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype),
                 ref_hidden[:, :-1],
                 head.unembedding_DxV(ref_params, cfg).astype(cfg.dtype),
                 final_logit_softcap=cfg.final_logit_softcap,

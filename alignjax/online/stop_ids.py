@@ -1,0 +1,37 @@
+"""The token ids generation stops at: every end-of-sequence id the model's files name.
+
+transformers' `generate` stops at each id of generation_config.json's `eos_token_id` (an
+int or a list: Gemma 3 lists <eos> and <end_of_turn>, Llama 3 Instruct three ids), while
+config.json and the tokenizer name one EOS each, and not always the same one. A sampler
+that knew only the tokenizer's EOS would run on past an instruct model's end of turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignjax.models.config import ModelConfig
+
+
+def stop_ids(tokenizer, model_cfg: ModelConfig, generation_config: dict[str, Any] | None) -> tuple[int, ...]:
+    """The union of the generation config's, config.json's and the tokenizer's EOS ids.
+
+    In that order, each id once: the first is the id transformers treats as the EOS.
+    `generation_config` is generation_config.json's content (checkpoint meta
+    "generation_config"), or None when the model has none.
+    """
+    named = (
+        ("generation_config.json eos_token_id", (generation_config or {}).get("eos_token_id")),
+        ("config.json eos_token_id", model_cfg.eos_token_id),
+        ("tokenizer eos_token_id", tokenizer.eos_token_id),
+    )
+    ids: list[int] = []
+    for where, value in named:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{where} is {value!r}; it must be a token id or a list of token ids")
+            ids.append(v)
+    return tuple(dict.fromkeys(ids))
