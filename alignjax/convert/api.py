@@ -77,7 +77,19 @@ def lora_base(meta: dict[str, Any], **execution: Any):
 
     settings = meta["lora"]
     path = settings["base_model_name_or_path"]
-    if path.startswith("preset:") or not os.path.isdir(path):
+    preset = settings.get("base_preset")
+    if preset is not None:  # a random-init base: rebuilt as `loading.load_model` built it
+        import jax
+        import numpy as np
+
+        from alignjax.models import decoder
+        from alignjax.models.presets import preset_config
+
+        overrides = {**preset["overrides"], "vocab_size": meta["hf_config"]["vocab_size"]}
+        cfg = model_config_from_hf(preset_config(preset["name"], **overrides), **execution)
+        params = jax.tree.map(np.asarray, decoder.init_params(cfg, jax.random.key(preset["seed"])))
+        return cfg, params
+    if not os.path.isdir(path):
         raise ValueError(
             f"the LoRA checkpoint's base {path!r} is not a model directory here; --merge needs the base "
             "weights it was trained on"

@@ -97,7 +97,7 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     param_shardings = sharding.tree_shardings(decoder.logical_axes(loaded.cfg), shapes, mesh)
     frozen_base = None
     if cfg.model.lora is not None:
-        loaded.meta = {**loaded.meta, "lora": lora_meta(cfg.model)}
+        loaded.meta = {**loaded.meta, "lora": lora_meta(cfg.model, cfg.seed)}
         dtype = jax.numpy.dtype(cfg.model.effective_reference_dtype)
         frozen_base = jax.jit(
             lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=param_shardings
@@ -116,13 +116,18 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     )
 
 
-def lora_meta(section) -> dict[str, Any]:
+def lora_meta(section, seed: int) -> dict[str, Any]:
     """What a LoRA checkpoint records instead of the base weights: the adapter settings in
-    PEFT's terms and the base model it adapts (path and a fingerprint of its files)."""
+    PEFT's terms and the base model it adapts (path and a fingerprint of its files, or for
+    a randomly initialised preset what rebuilds it: name, overrides and seed)."""
     from alignjax.fileio import files_identity
 
     lora = section.lora
+    preset = None
+    if section.preset is not None:
+        preset = {"name": section.preset, "overrides": dict(section.preset_overrides), "seed": seed}
     return {
+        "base_preset": preset,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "use_rslora": lora.use_rslora,

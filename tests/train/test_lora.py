@@ -184,3 +184,25 @@ def test_online_and_personalised_methods_and_precomputed_references_train_adapte
     # The table holds the adapters-off base: fresh adapters (B = 0) start at margin 0 up to
     # the float noise of two separately compiled forwards.
     assert abs(records[0]["rewards/margins"]) < 1e-5 and len(records) == 3
+
+
+@pytest.mark.slow
+def test_a_lora_checkpoint_on_a_preset_base_loads_for_generation(uninterrupted):
+    """A random-init base is rebuilt from the name, overrides and seed the checkpoint
+    records: the very weights the run trained on (the run's reference of stage 1)."""
+    import jax
+
+    from alignjax.convert.loading import ModelSection, load_model
+    from alignjax.data.byte_tokenizer import VOCAB_SIZE
+    from alignjax.models.lora import Adapted
+    from alignjax.online.policy import load_policy
+
+    policy = load_policy(os.path.join(uninterrupted, "checkpoints"))
+    assert isinstance(policy.params, Adapted)
+    cfg = th.tiny_config(uninterrupted)
+    section = ModelSection(preset="tiny", preset_overrides=cfg["model"]["preset_overrides"])
+    built = load_model(section, jax.random.key(cfg["seed"]), vocab_size=VOCAB_SIZE).params
+    th.assert_trees_close(policy.params.base, built, 0.0, "rebuilt preset base")
+    _, saved = th.final_params(uninterrupted)
+    th.assert_trees_close(policy.params.adapters, saved["lora"], 0.0, "adapters")
+    assert policy.cfg.lora_rank == 4 and policy.cfg.lora_scale == 2.0
