@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from alignjax.convert import model_checkpoint as mc
 from alignjax.models.parts import is_grouped
+from alignjax.train.multihost import primary_decides
 
 OPT_ITEM = "opt_state"
 LOOP_ITEM = "loop"
@@ -122,8 +123,11 @@ def save_reference(root: str, params: Any, model_meta: dict[str, Any]) -> None:
 
 def restore_reference(root: str, abstract_params: Any) -> Any | None:
     """The reference saved under `root`, placed as `abstract_params` says; None if none was
-    committed (a save cut short leaves only Orbax's temporary directory, which is ignored)."""
-    if not os.path.isdir(root):
+    committed (a save cut short leaves only Orbax's temporary directory, which is ignored).
+
+    Every process calls this; they agree on process 0's view of the directory, since the
+    answer decides whether a (collective) save follows."""
+    if not primary_decides(os.path.isdir(root)):
         return None
     manager = ocp.CheckpointManager(
         os.path.abspath(root), options=ocp.CheckpointManagerOptions(read_only=True)

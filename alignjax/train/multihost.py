@@ -18,6 +18,20 @@ import numpy as np
 from alignjax import sharding
 
 
+def primary_decides(flag: bool) -> bool:
+    """Process 0's value of `flag`, on every process.
+
+    For decisions read from shared storage ("is the reference saved yet?") that choose
+    which collective comes next: each process reading the disk for itself can see it before
+    and after another process writes, and the processes then enter different barriers.
+    """
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def gather_states(state: dict) -> list[dict]:
     """Every process's data-iterator state, so process 0's checkpoint holds them all."""
     if jax.process_count() == 1:

@@ -28,7 +28,7 @@ from alignjax.train.config import LossSection, Stage, TrainConfig, stages
 from alignjax.train.datasets import model_for_rows, stage_data
 from alignjax.train.fingerprints import data_identity, fingerprint, model_identity
 from alignjax.train.methods.common import pair_logps
-from alignjax.train.multihost import anywhere, gather_host_values, global_batch, to_host
+from alignjax.train.multihost import anywhere, gather_host_values, global_batch, primary_decides, to_host
 from alignjax.train.reference import uses_table
 from alignjax.train.reference_table import table_path, write_table
 
@@ -142,7 +142,7 @@ def precompute(cfg: TrainConfig) -> list[str]:
             fp = fingerprint(model_id, data_id)
             path = table_path(cfg.run_dir, fp)
             what = f"stage {stage.name!r} {label}"
-            if os.path.exists(path):
+            if primary_decides(os.path.exists(path)):  # computing it is collective
                 log.info("%s: %s is up to date", what, path)
                 written.append(path)
                 continue

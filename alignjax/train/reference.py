@@ -23,6 +23,7 @@ from alignjax.train.config import LossSection, Stage
 from alignjax.train.datasets import StageData
 from alignjax.train.fingerprints import data_identity, model_identity
 from alignjax.train.methods import method_for
+from alignjax.train.multihost import primary_decides
 from alignjax.train.reference_table import TABLE_DIR, ReferenceTable, load_table, write_json
 
 
@@ -77,7 +78,7 @@ def lora_reference(run: RunSetup, checkpointer, stage: Stage, start_adapters, la
     root = os.path.join(run.cfg.run_dir, "reference", stage.name)
     adapters_off = root + ".adapters_off.json"
     checkpointer.wait()  # see frozen_reference: Orbax barriers must not interleave
-    if os.path.exists(adapters_off):
+    if primary_decides(os.path.exists(adapters_off)):
         return run.frozen_base
     shapes, shardings = layout
     saved = ckpt_lib.restore_reference(root, abstract_arrays(shapes, shardings))
