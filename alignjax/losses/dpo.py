@@ -11,6 +11,7 @@ The loss is sum_k weight_k * mean_B(loss_k). Metrics use TRL's names.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from alignjax.losses import dpo_family as fam
 from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.f_divergence import F_DIVERGENCE_LOSSES, F_DIVERGENCES
 from alignjax.losses.sequence import as_float
 
 
@@ -79,6 +81,15 @@ class DPOConfig:
     simpo_beta, simpo_gamma: SimPO's beta (2.0, as in the paper) and target reward
       margin gamma in reward units (TRL's simpo_gamma, 0.5).
     orpo_lambda: weight of ORPO's odds-ratio term (TRL's ORPOConfig.beta, 0.1).
+    f_divergence_type, f_alpha_divergence_coef: f-DPO's regulariser ("reverse_kl",
+      "forward_kl", "js_divergence", "alpha_divergence" with its alpha, 0.5), for the
+      losses in F_DIVERGENCE_LOSSES (`f_divergence.py`).
+    ld_alpha: LD-DPO's weight of the response tails beyond the pair's shared length, in
+      [0, 1]; the caller builds `PairLogps` with it (`length_desensitised.py`). None: off.
+    use_weighting: WPO: every per-pair loss times the pair's weight (`wpo_weights`); the
+      `PairLogps` must carry the aligned sums.
+    reference_free: the reference assigns every response log-prob 0 (older TRL's
+      `reference_free`; TRL 1.16 has no such key), so no reference model is needed.
     """
 
     loss_type: tuple[str, ...] = ("sigmoid",)
@@ -89,6 +100,11 @@ class DPOConfig:
     simpo_beta: float = 2.0
     simpo_gamma: float = 0.5
     orpo_lambda: float = 0.1
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    ld_alpha: float | None = None
+    use_weighting: bool = False
+    reference_free: bool = False
 
     def __post_init__(self):
         names = (self.loss_type,) if isinstance(self.loss_type, str) else tuple(self.loss_type)
@@ -117,10 +133,40 @@ class DPOConfig:
                 "loss_type 'exo_pair' needs label_smoothing > 0 (its target "
                 "distribution is [1-e, e]); TRL used to substitute 1e-3."
             )
+        self._check_options(names)
+
+    def _check_options(self, names):
+        """TRL's DPOConfig options: each error names the option (its `loss:` key too)."""
+        if self.f_divergence_type not in F_DIVERGENCES:
+            raise ValueError(
+                f"DPOConfig.f_divergence_type={self.f_divergence_type!r}: use one of {', '.join(F_DIVERGENCES)}."
+            )
+        unsupported = [n for n in names if n not in F_DIVERGENCE_LOSSES]
+        if self.f_divergence_type != "reverse_kl" and unsupported:
+            raise ValueError(
+                f"DPOConfig.f_divergence_type={self.f_divergence_type!r} does not apply to loss types "
+                f"{unsupported}: only {', '.join(F_DIVERGENCE_LOSSES)} depend on the log-ratios through "
+                "the chosen-rejected difference alone (as TRL); use reverse_kl with these."
+            )
+        if not math.isfinite(self.f_alpha_divergence_coef):
+            raise ValueError(
+                f"DPOConfig.f_alpha_divergence_coef={self.f_alpha_divergence_coef} must be finite."
+            )
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ValueError(
+                f"DPOConfig.ld_alpha={self.ld_alpha} must be in [0, 1] (1: plain DPO, 0: tails "
+                "beyond the shared length dropped), or None for off."
+            )
+        sorted_losses = [n for n in names if n in ("aot", "aot_pair", "aot_unpaired")]
+        if self.use_weighting and sorted_losses:
+            raise ValueError(
+                f"DPOConfig.use_weighting: loss types {sorted_losses} sort the batch, so a pair's "
+                "loss is not its own and WPO's per-pair weight has nothing to weigh (as TRL)."
+            )
 
     @property
     def needs_reference(self) -> bool:
-        return any(LOSSES[n].needs_reference for n in self.loss_type)
+        return not self.reference_free and any(LOSSES[n].needs_reference for n in self.loss_type)
 
 
 def init_dpo_state(config: DPOConfig) -> dict[str, Any]:
@@ -128,6 +174,14 @@ def init_dpo_state(config: DPOConfig) -> dict[str, Any]:
     return {
         n: LOSSES[n].init_state() for n in dict.fromkeys(config.loss_type) if LOSSES[n].init_state is not None
     }
+
+
+def _with_zero_reference(pairs: PairLogps, config: DPOConfig) -> PairLogps:
+    """Reference-free DPO: the reference's log-probs are 0, so log-ratios are the policy's."""
+    if not config.reference_free:
+        return pairs
+    zeros_B = jnp.zeros_like(as_float(pairs.chosen_logps_B))
+    return pairs._replace(ref_chosen_logps_B=zeros_B, ref_rejected_logps_B=zeros_B)
 
 
 def _check_inputs(pairs: PairLogps, config: DPOConfig, state) -> None:
@@ -139,6 +193,13 @@ def _check_inputs(pairs: PairLogps, config: DPOConfig, state) -> None:
             "PairLogps.ref_chosen_logps_B and ref_rejected_logps_B (from the "
             "reference model or precomputed), or use a reference-free loss "
             "(simpo, orpo, cpo, sft)."
+        )
+    if config.use_weighting and (
+        pairs.chosen_aligned_logps_B is None or pairs.rejected_aligned_logps_B is None
+    ):
+        raise ValueError(
+            "use_weighting (WPO) needs PairLogps.chosen_aligned_logps_B and rejected_aligned_logps_B: "
+            "the summed log p(y_t) - log sum_v p(v)^2 over each response (`token_log_sum_sq_probs`)."
         )
     stateful = [n for n in config.loss_type if LOSSES[n].init_state is not None]
     missing = [n for n in stateful if not state or n not in state]
@@ -152,6 +213,7 @@ def _check_inputs(pairs: PairLogps, config: DPOConfig, state) -> None:
 
 def implicit_rewards(pairs, config):
     """(chosen, rejected) implicit rewards of the first loss that defines them, [B]."""
+    pairs = _with_zero_reference(pairs, config)
     for name in config.loss_type:
         if LOSSES[name].rewards is not None:
             return LOSSES[name].rewards(pairs, config)
@@ -174,6 +236,7 @@ def dpo_loss(
     logps/chosen, logps/rejected (summed), loss/<name> per loss type, and
     nll_loss / log_odds_ratio / log_odds_chosen / bco/delta where they apply.
     """
+    pairs = _with_zero_reference(pairs, config)
     _check_inputs(pairs, config, state)
     state = dict(state or {})
     for name in dict.fromkeys(config.loss_type):
@@ -189,8 +252,10 @@ def dpo_loss(
         mean = lambda x_B: jnp.sum(jnp.where(weight_B > 0, as_float(x_B) * weight_B, 0.0)) / total  # noqa: E731
     loss = jnp.zeros((), as_float(pairs.chosen_logps_B).dtype)
     metrics = {}
+    wpo_B = fam.wpo_weights(pairs) if config.use_weighting else None
     for name, weight in zip(config.loss_type, config.loss_weights):
-        component = mean(LOSSES[name].fn(pairs, config, state.get(name)))
+        loss_B = LOSSES[name].fn(pairs, config, state.get(name))
+        component = mean(loss_B if wpo_B is None else loss_B * wpo_B)
         metrics[f"loss/{name}"] = component
         loss = loss + weight * component
 

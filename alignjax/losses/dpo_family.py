@@ -3,7 +3,9 @@
 Each function maps a `PairLogps` batch (and a config) to a per-pair loss [B];
 `dpo.py` holds the table that names them and combines them. Notation follows
 METHODS.md: r_w, r_l are summed policy-minus-reference log-ratios over response
-tokens, D = r_w - r_l, e is label smoothing.
+tokens, D = r_w - r_l, e is label smoothing. The losses built on the chosen-rejected
+difference read f-DPO scores (`score_margin`), which are r_w, r_l under the default
+reverse KL.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn import log_sigmoid, sigmoid
 
+from alignjax.losses.f_divergence import f_divergence_scores
 from alignjax.losses.sequence import as_float
 
 
@@ -34,6 +37,12 @@ class PairLogps(NamedTuple):
     # Pair weights (0 for unused slots, MO-ODPO's per-objective weights); None: all 1.
     # Per-pair terms are weighed by the caller's mean; token-pooled terms (the NLL) here.
     weight_B: jax.Array | None = None
+    # LD-DPO (`ld_alpha`) down-weights the tails in chosen_logps_B; the NLL term reads the
+    # chosen log-probs as they are (TRL's `sft`): their plain sums. None: chosen_logps_B.
+    chosen_plain_logps_B: jax.Array | None = None
+    # WPO (`use_weighting`): sum over response tokens of log p(y_t) - log sum_v p(v)^2.
+    chosen_aligned_logps_B: jax.Array | None = None
+    rejected_aligned_logps_B: jax.Array | None = None
 
 
 class RunningMean(NamedTuple):
@@ -56,6 +65,28 @@ def margin(p: PairLogps) -> jax.Array:
     return chosen_logratios(p) - rejected_logratios(p)
 
 
+def chosen_scores(p: PairLogps, cfg) -> jax.Array:
+    """f'(pi/pi_ref) of the chosen responses under cfg.f_divergence_type (r_w for reverse KL)."""
+    return f_divergence_scores(chosen_logratios(p), cfg.f_divergence_type, cfg.f_alpha_divergence_coef)
+
+
+def rejected_scores(p: PairLogps, cfg) -> jax.Array:
+    return f_divergence_scores(rejected_logratios(p), cfg.f_divergence_type, cfg.f_alpha_divergence_coef)
+
+
+def score_margin(p: PairLogps, cfg) -> jax.Array:
+    """The f-DPO margin: D itself for reverse KL."""
+    return chosen_scores(p, cfg) - rejected_scores(p, cfg)
+
+
+def wpo_weights(p: PairLogps) -> jax.Array:
+    """WPO's pair weight [B]: exp of each response's token-mean aligned log-prob, chosen times
+    rejected. A weight, not a target: no gradient flows through it."""
+    chosen_B = jnp.exp(_per_token(p.chosen_aligned_logps_B, p.chosen_len_B))
+    rejected_B = jnp.exp(_per_token(p.rejected_aligned_logps_B, p.rejected_len_B))
+    return jax.lax.stop_gradient(chosen_B * rejected_B)
+
+
 def _per_token(x_B: jax.Array, len_B: jax.Array) -> jax.Array:
     # An empty response has no tokens to average; clamp like TRL instead of dividing by 0.
     return as_float(x_B) / jnp.maximum(as_float(len_B), 1.0)
@@ -70,7 +101,8 @@ def chosen_nll(p: PairLogps) -> jax.Array:
     """Token-mean NLL of the chosen responses over the whole batch (TRL's `sft` term), each
     pair's tokens counted with its weight; a zero-weight slot adds nothing even when it
     holds tokens."""
-    logps_B, len_B = as_float(p.chosen_logps_B), as_float(p.chosen_len_B)
+    plain_B = p.chosen_logps_B if p.chosen_plain_logps_B is None else p.chosen_plain_logps_B
+    logps_B, len_B = as_float(plain_B), as_float(p.chosen_len_B)
     if p.weight_B is None:
         return -jnp.sum(logps_B) / jnp.maximum(jnp.sum(len_B), 1.0)
     weight_B = as_float(p.weight_B)
@@ -92,28 +124,28 @@ def log1mexp(x: jax.Array) -> jax.Array:
 
 
 def sigmoid_loss(p, cfg, state):
-    return _smoothed_sigmoid(cfg.beta * margin(p), cfg.label_smoothing)
+    return _smoothed_sigmoid(cfg.beta * score_margin(p, cfg), cfg.label_smoothing)
 
 
 def hinge_loss(p, cfg, state):
-    return jax.nn.relu(1.0 - cfg.beta * margin(p))
+    return jax.nn.relu(1.0 - cfg.beta * score_margin(p, cfg))
 
 
 def ipo_loss(p, cfg, state):
     # Length-normalised as in TRL (confirmed there with the IPO authors).
-    gap = _per_token(chosen_logratios(p), p.chosen_len_B) - _per_token(
-        rejected_logratios(p), p.rejected_len_B
+    gap = _per_token(chosen_scores(p, cfg), p.chosen_len_B) - _per_token(
+        rejected_scores(p, cfg), p.rejected_len_B
     )
     return jnp.square(gap - 1.0 / (2.0 * cfg.beta))
 
 
 def robust_loss(p, cfg, state):
-    z, e = cfg.beta * margin(p), cfg.label_smoothing
+    z, e = cfg.beta * score_margin(p, cfg), cfg.label_smoothing
     return (-(1.0 - e) * log_sigmoid(z) + e * log_sigmoid(-z)) / (1.0 - 2.0 * e)
 
 
 def exo_pair_loss(p, cfg, state):
-    z, e = cfg.beta * margin(p), cfg.label_smoothing
+    z, e = cfg.beta * score_margin(p, cfg), cfg.label_smoothing
     return sigmoid(z) * (log_sigmoid(z) - math.log1p(-e)) + sigmoid(-z) * (log_sigmoid(-z) - math.log(e))
 
 
@@ -173,15 +205,15 @@ def apo_down_loss(p, cfg, state):
 
 
 def discopop_loss(p, cfg, state):
-    z = cfg.beta * margin(p)
+    z = cfg.beta * score_margin(p, cfg)
     # exp(-z) * sig(z/tau) in log space: the naive product is inf * 0 = NaN for z << 0.
     exp_part = jnp.exp(-z + log_sigmoid(z / cfg.discopop_tau))
     return -log_sigmoid(z) * sigmoid(-z / cfg.discopop_tau) + exp_part
 
 
 def sigmoid_norm_loss(p, cfg, state):
-    gap = _per_token(chosen_logratios(p), p.chosen_len_B) - _per_token(
-        rejected_logratios(p), p.rejected_len_B
+    gap = _per_token(chosen_scores(p, cfg), p.chosen_len_B) - _per_token(
+        rejected_scores(p, cfg), p.rejected_len_B
     )
     return -log_sigmoid(cfg.beta * gap)
 

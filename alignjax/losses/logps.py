@@ -230,6 +230,56 @@ def token_logps(
 
 
 # ---------------------------------------------------------------------------------
+# log sum_v p(v)^2 (WPO's weights): forward only, no gradient.
+# ---------------------------------------------------------------------------------
+
+
+def _log_sum_sq_chunk(h_SxD, unembed_DxV, plan):
+    """log sum_v p(v)^2 = logsumexp(2z) - 2 logsumexp(z), both accumulated online with one max."""
+    s = h_SxD.shape[0]
+
+    def tile_step(carry, j):
+        max_S, sumexp_S, sumexp2_S = carry
+        w_DxC, _, _, fresh_C = _vocab_tile(unembed_DxV, j, plan)
+        z_SxC = jnp.where(fresh_C[None, :], _logits_tile(h_SxD, w_DxC, plan), -jnp.inf)
+        new_max_S = jnp.maximum(max_S, jnp.max(z_SxC, axis=1))
+        rescale_S = jnp.exp(max_S - new_max_S)
+        e_SxC = jnp.exp(z_SxC - new_max_S[:, None])
+        sumexp_S = sumexp_S * rescale_S + jnp.sum(e_SxC, axis=1)
+        sumexp2_S = sumexp2_S * jnp.square(rescale_S) + jnp.sum(jnp.square(e_SxC), axis=1)
+        return (new_max_S, sumexp_S, sumexp2_S), None
+
+    zeros = jnp.zeros((s,), plan.dtype)
+    init = (jnp.full((s,), -jnp.inf, plan.dtype), zeros, zeros)
+    (_, sumexp_S, sumexp2_S), _ = lax.scan(tile_step, init, jnp.arange(_num_vocab_tiles(plan)))
+    return jnp.log(sumexp2_S) - 2.0 * jnp.log(sumexp_S)
+
+
+def token_log_sum_sq_probs(
+    hidden_BxLxD: jax.Array,
+    unembed_DxV: jax.Array,
+    *,
+    final_logit_softcap: float | None = None,
+    token_chunk: int = 1024,
+    vocab_chunk: int = 8192,
+) -> jax.Array:
+    """log sum_v p(v)^2 of each position's next-token distribution, float32 (or wider) [B, L].
+
+    WPO's weights align each token's log-prob with this (TRL's `log_sum_sq_probs`); they
+    carry no gradient, so this is one forward pass over the vocabulary with the tiling of
+    `token_logps` and nothing kept for a backward.
+    """
+    b, l, d = hidden_BxLxD.shape
+    hidden_BxLxD, unembed_DxV = lax.stop_gradient((hidden_BxLxD, unembed_DxV))
+    plan = _plan(
+        b * l, unembed_DxV.shape[1], token_chunk, vocab_chunk, final_logit_softcap, hidden_BxLxD, unembed_DxV
+    )
+    h_CxSxD = _token_chunks(hidden_BxLxD.reshape(b * l, d), plan, 0)
+    out_CxS = lax.map(lambda h_SxD: _log_sum_sq_chunk(h_SxD, unembed_DxV, plan), h_CxSxD)
+    return out_CxS.reshape(-1)[: b * l].reshape(b, l)
+
+
+# ---------------------------------------------------------------------------------
 # Token KL(pi_ref || pi_theta) over the full vocabulary, gradient into the policy.
 # ---------------------------------------------------------------------------------
 

@@ -117,6 +117,14 @@ class LossSection:
     simpo_beta: float = 2.0
     simpo_gamma: float = 0.5
     orpo_lambda: float = 0.1
+    # TRL's DPOConfig options of the DPO family (`alignjax/losses/dpo.py`): f-DPO's
+    # regulariser, LD-DPO's tail weight (null: off), WPO's pair weights, a reference that
+    # gives every response log-prob 0 (older TRL's `reference_free`).
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    ld_alpha: float | None = None
+    use_weighting: bool = False
+    reference_free: bool = False
     # Where reference log-probs come from: the frozen initial model in the same step,
     # or files written by `alignjax precompute-ref`.
     reference: str = "model"
@@ -140,6 +148,7 @@ class LossSection:
                 f"{method.no_precomputed_reference}. Precomputed reference log-probs serve the DPO "
                 "family (sigmoid, ipo, ...); use loss.reference: model here"
             )
+        method.check(self)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from alignjax.data import ops as data_ops
 from alignjax.losses import token_logps
 from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.length_desensitised import length_desensitised_sums
+from alignjax.losses.logps import token_log_sum_sq_probs
 from alignjax.models import decoder, head
 from alignjax.models.config import ModelConfig
 from alignjax.models.lora import Adapted
@@ -20,8 +22,10 @@ from alignjax.models.parts import DECODER, policy_decoder
 __all__ = [
     "DECODER",
     "forward_logps",
+    "log_sum_sq_from_hidden",
     "logps_from_hidden",
     "pair_logps",
+    "pair_logps_from_tokens",
     "pair_outputs",
     "params_equal",
     "policy_decoder",
@@ -47,6 +51,20 @@ def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, toke
     return jnp.pad(logps_BxLm1, ((0, 0), (1, 0)))
 
 
+def log_sum_sq_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD):
+    """log sum_v p(v)^2 of the distribution that scores column t (0 at t = 0), no gradient:
+    aligned with `logps_from_hidden` (WPO's weights)."""
+    unembed_DxV = head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype)
+    log_sum_sq_BxLm1 = token_log_sum_sq_probs(
+        hidden_BxLxD[:, :-1],
+        unembed_DxV,
+        final_logit_softcap=cfg.final_logit_softcap,
+        token_chunk=loss.token_chunk,
+        vocab_chunk=loss.vocab_chunk,
+    )
+    return jnp.pad(log_sum_sq_BxLm1, ((0, 0), (1, 0)))
+
+
 def forward_logps(decoder_params, cfg, loss, batch, extra=None):
     """Per-token log-probs of a batch's rows under one decoder tree."""
     hidden_BxLxD = decoder.apply(
@@ -55,12 +73,31 @@ def forward_logps(decoder_params, cfg, loss, batch, extra=None):
     return logps_from_hidden(decoder_params, cfg, loss, hidden_BxLxD, batch.tokens_BxL)
 
 
-def pair_logps(decoder_params, cfg, loss, batch, extra=None) -> PairLogps:
-    """Summed log-probs of each pair's chosen and rejected responses, and their lengths."""
-    logps_BxL = forward_logps(decoder_params, cfg, loss, batch, extra)
+def pair_logps_from_tokens(logps_BxL, batch, ld_alpha: float | None = None) -> PairLogps:
+    """Per-pair sums of per-token log-probs and the response lengths. With `ld_alpha`
+    (LD-DPO) the sums down-weight each response's tail beyond the pair's shared length,
+    and the plain chosen sums ride along for the NLL term."""
     chosen_P, rejected_P = data_ops.pair_sums(logps_BxL, batch)
     chosen_len_P, rejected_len_P = data_ops.pair_sums(jnp.ones_like(logps_BxL), batch)
-    return PairLogps(chosen_P, rejected_P, chosen_len_P, rejected_len_P)
+    if ld_alpha is None:
+        return PairLogps(chosen_P, rejected_P, chosen_len_P, rejected_len_P)
+    pair_BxL, chosen_BxL = data_ops.token_pair_index(batch)
+    ld_chosen_P, ld_rejected_P = length_desensitised_sums(
+        logps_BxL,
+        batch.loss_mask_BxL * (batch.segment_ids_BxL > 0),
+        batch.segment_ids_BxL,
+        pair_BxL,
+        chosen_BxL,
+        batch.num_pairs,
+        ld_alpha,
+    )
+    return PairLogps(ld_chosen_P, ld_rejected_P, chosen_len_P, rejected_len_P, chosen_plain_logps_B=chosen_P)
+
+
+def pair_logps(decoder_params, cfg, loss, batch, extra=None, ld_alpha: float | None = None) -> PairLogps:
+    """Summed log-probs of each pair's chosen and rejected responses, and their lengths."""
+    logps_BxL = forward_logps(decoder_params, cfg, loss, batch, extra)
+    return pair_logps_from_tokens(logps_BxL, batch, ld_alpha)
 
 
 def _same_computation(decoder_params, ref_params, cfg: ModelConfig) -> bool:
@@ -85,8 +122,10 @@ def params_equal(decoder_params, ref_params) -> jax.Array:
     return jnp.all(jnp.stack(same))
 
 
-def reference_pair_logps(policy: PairLogps, decoder_params, ref_params, cfg, loss, batch) -> PairLogps:
-    """The reference's pair log-probs, without gradient.
+def reference_pair_logps(
+    policy: PairLogps, decoder_params, ref_params, cfg, loss, batch, ld_alpha: float | None = None
+) -> PairLogps:
+    """The reference's pair log-probs (summed as the policy's: `ld_alpha`), without gradient.
 
     When the reference equals the policy (the first step of a stage, whose reference is
     its starting parameters), these are the policy's own values, so every margin is
@@ -94,15 +133,26 @@ def reference_pair_logps(policy: PairLogps, decoder_params, ref_params, cfg, los
     activations for the backward, so XLA fuses it differently from the reference's. The
     reference forward is skipped on those steps (`lax.cond`)."""
 
-    def computed():
-        return jax.lax.stop_gradient(pair_logps(ref_params, cfg, loss, batch))
+    def sums_and_lengths(pairs: PairLogps) -> PairLogps:
+        # Both branches of the cond below must be the same tree: the policy's extra
+        # fields (LD-DPO's plain sums, WPO's aligned sums) are no reference's business.
+        return PairLogps(*pairs[:4])
 
-    own = jax.lax.stop_gradient(policy)
+    def computed():
+        return jax.lax.stop_gradient(
+            sums_and_lengths(pair_logps(ref_params, cfg, loss, batch, ld_alpha=ld_alpha))
+        )
+
+    own = jax.lax.stop_gradient(sums_and_lengths(policy))
     if isinstance(decoder_params, Adapted):
         # LoRA: the policy's base is the reference's (one tree, shared). Against the base
         # alone the policy is the reference while every B is 0 (fresh adapters); against
         # base + starting adapters, while the adapters are unchanged.
         if isinstance(ref_params, Adapted):
+            if decoder_params.dropout_rng is not None and cfg.lora_dropout > 0:
+                # Adapter dropout perturbs the policy's forward (not the reference's, as in
+                # PEFT with TRL), even while the adapters equal the starting ones.
+                return computed()
             same = params_equal(decoder_params.adapters, ref_params.adapters)
         else:
             b_leaves = [

@@ -51,6 +51,9 @@ class Method:
     # Why `loss.reference: precomputed` cannot serve it (a config error); None: it can, or
     # it has no reference to precompute.
     no_precomputed_reference: str | None = None
+    # (LossSection) -> None: raises ValueError naming the `loss.` key of a value it cannot
+    # train with; runs when the config loads, before any model or data is read.
+    check: Callable[[Any], None] = lambda loss: None
 
 
 _METHODS: list[Method] = []
