@@ -116,3 +116,27 @@ gpu_xla_defaults() {
     export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_latency_hiding_scheduler=true"
   fi
 }
+
+# The run_dir that `alignjax train CONFIG OVERRIDES...` will use: the last run_dir= override,
+# else CONFIG's top-level run_dir key, else the trainer's default.
+config_run_dir() {
+  local config_file=$1 value override
+  shift
+  value=$(sed -n -E 's/^run_dir:[[:space:]]*([^#]*).*$/\1/p' "$config_file" 2>/dev/null | tail -n 1)
+  for override in "$@"; do
+    [[ $override != run_dir=* ]] || value=${override#run_dir=}
+  done
+  value=${value%"${value##*[![:space:]]}"}
+  if [[ $value == \"*\" || $value == \'*\' ]]; then
+    value=${value:1:${#value}-2}
+  fi
+  printf '%s' "${value:-runs/default}"
+}
+
+# Every host of a multi-host run must see one run_dir (checkpoints are written by all of them
+# into it); alignjax train checks that at start and stops when they do not. The launchers
+# warn earlier, when run_dir is plainly on each host's own disk.
+warn_run_dir_not_shared() {
+  local run_dir=$1 hosts=$2 why=$3
+  note "warning: run_dir '$run_dir' $why, and the run has $hosts hosts: each would write checkpoints of its own. Set run_dir to a directory every host shares (a shared filesystem such as NFS, Filestore or Lustre, or a bucket mounted on every host with gcsfuse); alignjax train stops at start when the hosts do not share it."
+}

@@ -24,6 +24,14 @@ and the GPU XLA settings of launch/gpu_train.sh. Output lines carry the task num
 (srun --label). The job inherits this shell's environment, so activate the Python
 environment with alignjax installed before submitting.
 
+run_dir (CONFIG's, or a run_dir=... override) must be one directory that every node
+sees: all processes write the checkpoints into it and read back what process 0 wrote.
+With more than one node, put it on a shared filesystem (NFS, Lustre, GPFS) or a bucket
+mounted on every node, not on a node's local disk (/tmp, local scratch). alignjax train
+checks this at start and stops every process, naming the ones that do not see it; this
+script warns earlier when run_dir is in /tmp or on a local filesystem type here (ext4,
+xfs, btrfs, tmpfs, overlay).
+
 Submission options:
   --nodes N            nodes to allocate
   --gpus-per-node G    GPUs per node
@@ -74,12 +82,43 @@ overrides=("$@")
 check_overrides ${overrides[@]+"${overrides[@]}"}
 [[ -z $port || $port =~ ^[0-9]+$ ]] || die "--port '$port' is not a port number"
 
+# Whether DIR is plainly on this host's own disk: /tmp, or a local filesystem type (its
+# nearest existing parent, relative paths from here, where the job runs); prints the reason.
+on_local_disk() {
+  local dir=$1 probe fs
+  case $dir in
+    *://*) return 1 ;;
+    /tmp | /tmp/* | /var/tmp/* | /dev/shm/*) printf 'is in a temporary directory'; return 0 ;;
+  esac
+  probe=$dir
+  [[ $probe == /* ]] || probe=$PWD/$probe
+  while [[ ! -e $probe ]]; do probe=$(dirname "$probe"); done
+  fs=$(stat -f -c %T "$probe" 2>/dev/null) || return 1
+  case $fs in
+    ext2/ext3 | ext4 | xfs | btrfs | tmpfs | overlayfs | overlay | f2fs | ramfs)
+      printf 'is on a local %s filesystem here' "$fs"
+      return 0
+      ;;
+  esac
+  return 1
+}
+
+warn_if_not_shared() {
+  local hosts=$1 run_dir why
+  ((hosts > 1)) || return 0
+  run_dir=$(config_run_dir "$config" ${overrides[@]+"${overrides[@]}"})
+  if why=$(on_local_disk "$run_dir"); then
+    warn_run_dir_not_shared "$run_dir" "$hosts" "$why"
+  fi
+}
+
 submit() {
   [[ -n $nodes ]] || die "missing --nodes N (how many nodes to allocate; or run this inside an allocation)"
   [[ -n $gpus_per_node ]] || die "missing --gpus-per-node G (GPUs to allocate on each node)"
   [[ $nodes =~ ^[1-9][0-9]*$ ]] || die "--nodes '$nodes' is not a positive integer"
   [[ $gpus_per_node =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node '$gpus_per_node' is not a positive integer"
   [[ -f $config || $config == /* ]] || die "config '$config' not found (paths are relative to $(pwd), where the job will run)"
+  warn_if_not_shared "$nodes"
 
   local inner=("$HERE/slurm_train.sh")
   [[ -z $port ]] || inner+=(--port "$port")
@@ -127,6 +166,7 @@ start_processes() {
   coordinator_host=${hosts%%$'\n'*}
   num_processes=${SLURM_JOB_NUM_NODES:-$(printf '%s\n' "$hosts" | wc -l | tr -d ' ')}
   port=${port:-$((10000 + SLURM_JOB_ID % 20000))}
+  warn_if_not_shared "$num_processes"
   if ((!DRY_RUN)); then
     command -v srun >/dev/null || die "srun not found on PATH"
     command -v alignjax >/dev/null ||

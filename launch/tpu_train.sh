@@ -53,6 +53,14 @@ Options:
 CONFIG is a path inside the shipped code (the workers run from REMOTE_DIR/src), or an
 absolute path that exists on every worker.
 
+run_dir (CONFIG's, or a run_dir=... override) must be one directory that every worker
+sees: all of them write the checkpoints into it and read back what worker 0 wrote. Each
+TPU VM worker has its own disk, so on a slice with more than one worker use a Cloud
+Storage bucket mounted on every worker (gcsfuse) or a shared filesystem (Filestore, NFS).
+alignjax train checks this at start and stops every worker, naming the ones that do not
+see it. Before copying anything, this script asks gcloud how many workers the TPU has and
+warns when run_dir is relative (inside REMOTE_DIR/src), in a home directory or in /tmp.
+
 A run stopped with Ctrl-C may leave the trainer running on the workers and holding
 the TPU; check with: gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all
 --command 'ps -ef | grep "alignjax train"'.
@@ -126,6 +134,27 @@ run_name="train-$(date +%Y%m%d-%H%M%S)"
 
 config_file=$config
 [[ $config == /* ]] || config_file=$src/$config
+
+run_dir=$(config_run_dir "$config_file" ${overrides[@]+"${overrides[@]}"})
+case $run_dir in
+  *://*) on_worker_disk=0 ;;
+  /home/* | /root/* | /tmp/* | /var/tmp/* | "~"*) on_worker_disk=1 ;;
+  /*) on_worker_disk=0 ;;
+  *) on_worker_disk=1 ;; # relative: inside REMOTE_DIR/src on each worker
+esac
+if ((on_worker_disk)); then
+  if ((DRY_RUN)); then
+    note "warning: run_dir '$run_dir' is on each worker's own disk; if $tpu has more than one worker, set run_dir to a directory they all share (see --help)"
+  else
+    describe_where=(--zone "$zone")
+    [[ -z $project ]] || describe_where+=(--project "$project")
+    workers=$(gcloud "${target[@]}" describe "$tpu" "${describe_where[@]}" --format='json(networkEndpoints)' 2>/dev/null |
+      grep -o '"ipAddress"' | wc -l | tr -d ' ') || workers=0
+    if ((workers > 1)); then
+      warn_run_dir_not_shared "$run_dir" "$workers" "is on each worker's own disk"
+    fi
+  fi
+fi
 # The slice is known from --topology, a mesh.topology override, or CONFIG's mesh section.
 if ((compile_check)) && {
   [[ -n $topology ]] ||

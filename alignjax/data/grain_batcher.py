@@ -3,7 +3,10 @@
 It sits after the per-record map and before `mp_prefetch`, so each worker
 process batches its own slice of records. Dropped records travel here as
 `Skipped` and are counted into the next batch's `BatchElement.skipped`: that is
-how counts made in worker processes reach the main process exactly once.
+how counts made in worker processes reach the main process exactly once. Records
+arrive `Positioned` (their place in the global record order); each element names
+the positions it consumed, which is how the main process knows where it stands
+(`positions.py`) whatever the number of workers.
 
 Checkpointing: an example that did not fit the current batch is held back and
 the state names the parent's position *before* it, so a restored iterator
@@ -33,6 +36,7 @@ class BatchElement:
     n_tokens: int  # non-padding tokens
     n_slots: int  # tokens of the batch arrays, padding included
     epoch: int  # the largest epoch among this element's records (-1: none)
+    positions: tuple[int, ...] = ()  # global positions of the records it consumed (batched or dropped)
 
 
 class BatchIterDataset(grain.IterDataset):
@@ -51,7 +55,7 @@ class _BatchDatasetIterator(grain.DatasetIterator):
     def __init__(self, parent, builder):
         super().__init__(parent)
         self._builder = builder
-        self._held = None  # example read but not placed: it opens the next batch
+        self._held = None  # Positioned example read but not placed: it opens the next batch
         self._held_state = None  # parent state before `_held` was read
         self._exhausted = False
 
@@ -63,26 +67,33 @@ class _BatchDatasetIterator(grain.DatasetIterator):
         skipped = collections.Counter()
         origins = {}
         epoch = -1
+        positions = []
         if self._held is not None:
-            builder.add(self._held)
-            epoch = self._held.epoch
+            builder.add(self._held.item)
+            epoch = self._held.item.epoch
+            positions.append(self._held.position)
             self._held = self._held_state = None
         while not builder.full:
             state = self._parent.get_state()
             try:
-                element = next(self._parent)
+                positioned = next(self._parent)
             except StopIteration:
                 self._exhausted = True
                 break
+            element = positioned.item
+            if element is None:  # consumed before a resume: counted there already
+                continue
             if isinstance(element, Skipped):
                 skipped[(element.epoch, element.reason)] += 1
                 origins.setdefault(element.reason, element.origin)
                 epoch = max(epoch, element.epoch)
+                positions.append(positioned.position)
                 continue
             if not builder.add(element):
-                self._held, self._held_state = element, state
+                self._held, self._held_state = positioned, state
                 break
             epoch = max(epoch, element.epoch)
+            positions.append(positioned.position)
         if builder.empty and not skipped:
             raise StopIteration
         batch = None if builder.empty else builder.build()
@@ -95,6 +106,7 @@ class _BatchDatasetIterator(grain.DatasetIterator):
             n_tokens=0 if tokens is None else int((tokens > 0).sum()),
             n_slots=0 if tokens is None else int(tokens.size),
             epoch=epoch,
+            positions=tuple(positions),
         )
 
     def get_state(self) -> dict:

@@ -3,14 +3,17 @@
 The Grain graph, per process:
 
   sources -> MixtureMapDataset (weights) -> shuffle(seed, reshuffled per epoch)
-    -> repeat(num_epochs) -> [process_index::process_count]   (each host reads only its shard)
+    -> repeat(num_epochs)   (the global record order: positions 0, 1, 2, ...)
+    -> [start + process_index::process_count]   (each host reads only its lane)
     -> map(ExampleProcessor)   (decode, validate, condition, tokenize, truncate)
     -> to_iter_dataset(read threads) -> BatchIterDataset (pad to bucket / pack)
-    -> mp_prefetch(worker_count)  (worker w batches records w, w + W, ... of the shard)
+    -> mp_prefetch(worker_count)  (worker w batches records w, w + W, ... of the lane)
 
-Everything up to the batcher is index-based, so the order is a pure function of
+Everything up to the batcher is index-based, so the batches are a pure function of
 (seed, epoch, process_index, process_count, worker_count): two runs with the same
 config see the same batches, and `get_state()` / `set_state()` resume exactly.
+`resume_from()` also carries on with another process or worker count, from the global
+position every process had reached (`positions.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from alignjax.data.formats import condition_key, decode
 from alignjax.data.grain_batcher import BatchElement, BatchIterDataset
 from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.data.mixing import MixtureMapDataset, describe_mixture
+from alignjax.data.positions import LaneProgress, Positioned, consumed_beyond, continue_order
 from alignjax.data.records import BadRecord
 from alignjax.data.sources import open_sources
 from alignjax.data.vocab import Vocab
@@ -36,7 +40,8 @@ from alignjax.fileio import atomic_write_json
 
 log = logging.getLogger("alignjax.data")
 
-STATE_VERSION = 1
+# 2: the state holds the process's place in the global record order ("order", "workers").
+STATE_VERSION = 2
 
 
 class Pipeline:
@@ -44,24 +49,35 @@ class Pipeline:
 
     `get_state()` returns a JSON-able dict to store with the training checkpoint;
     `set_state()` on a fresh pipeline built from the same config resumes at the
-    next batch. `metrics()` gives cumulative `data/...` counters for logging.
+    next batch, and `resume_from()` with every process's state does so on any number of
+    processes. `metrics()` gives cumulative `data/...` counters for logging.
     """
 
     def __init__(
         self,
-        dataset: grain.IterDataset,
+        build,
         cfg: DataConfig,
         user_vocab,
         condition_vocab,
         records_per_epoch: int,
+        process_index: int,
+        process_count: int,
     ):
         self.cfg = cfg
         self.user_vocab = user_vocab
         self.condition_vocab = condition_vocab
         self.records_per_epoch = records_per_epoch
-        self._dataset = dataset
-        self._iterator = iter(dataset)
+        self.process_index, self.process_count = process_index, process_count
+        self._build = build  # LaneProgress -> the Grain dataset reading that lane
+        self._iterator = None
+        self._start(LaneProgress.fresh(0, process_count, process_index))
         self._reset_counters()
+
+    def _start(self, lane: LaneProgress) -> None:
+        """Read `lane` from where it stands; positions it counts as done are not read."""
+        self.close()
+        self._lane = lane
+        self._iterator = iter(self._build(lane))
 
     def _reset_counters(self):
         self._skipped_total = collections.Counter()
@@ -88,6 +104,7 @@ class Pipeline:
                 self.close()  # a bad record under on_bad_record: error; stop the workers
                 raise
             self._account(element)
+            self._lane.consume(element.positions)
             if element.batch is not None:
                 self._batches += 1
                 return element.batch
@@ -153,6 +170,8 @@ class Pipeline:
         return {
             "version": STATE_VERSION,
             "iterator": self._iterator.get_state(),
+            "order": self._lane.to_json(),
+            "workers": self.cfg.worker_count,
             "skipped_total": dict(self._skipped_total),
             "skipped_open": {str(e): dict(c) for e, c in self._skipped_open.items()},
             "reported_through": self._reported_through,
@@ -164,20 +183,63 @@ class Pipeline:
         }
 
     def set_state(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
+        """Resume exactly: `state` is this process's, saved with the same process and worker counts."""
+        state = _current(state, self.process_index, self.process_count)
+        lane = LaneProgress.from_json(state["order"])
+        if (lane.stride, lane.offset, state["workers"]) != (
+            self.process_count,
+            self.process_index,
+            self.cfg.worker_count,
+        ):
             raise ValueError(
-                f"data iterator state version {state.get('version')} != {STATE_VERSION}: "
-                "it was saved by another alignjax version; restart the data from scratch"
+                f"this data-iterator state is process {lane.offset}'s of {lane.stride} with "
+                f"{state['workers']} data workers, not process {self.process_index}'s of "
+                f"{self.process_count} with {self.cfg.worker_count}: use resume_from() with every process's state"
             )
+        self._start(lane)
         self._iterator.set_state(state["iterator"])
+        self._merge_counters([state])
+
+    def resume_from(self, states: list[dict]) -> None:
+        """Carry on from the states every process saved (in process order): exactly, when
+        the process and worker counts are unchanged; otherwise from the global position every
+        process had reached, skipping the records some had consumed beyond it (positions.py),
+        so across the resume each record of the order is consumed once."""
+        states = [_current(s, i, len(states)) for i, s in enumerate(states)]
+        if len(states) == self.process_count and all(s["workers"] == self.cfg.worker_count for s in states):
+            self.set_state(states[self.process_index])
+            return
+        saved = [LaneProgress.from_json(s["order"]) for s in states]
+        self._start(continue_order(saved, self.process_index, self.process_count))
+        # Counters carry over summed: process q of M takes those of saved processes q, q + M, ...
+        self._merge_counters(states[self.process_index :: self.process_count])
+        resume_at, skipped = consumed_beyond(saved)
+        log.info(
+            "data: %d process(es) with %d workers saved this state; process %d of %d (%d workers) "
+            "continues at position %d of the record order, skipping %d records consumed beyond it",
+            len(states),
+            states[0]["workers"],
+            self.process_index,
+            self.process_count,
+            self.cfg.worker_count,
+            resume_at,
+            skipped,
+        )
+
+    def _merge_counters(self, states: list[dict]) -> None:
+        """The counters of `states` summed (none: zero), so the processes' totals carry over."""
         self._reset_counters()
-        self._skipped_total.update(state["skipped_total"])
-        for e, counts in state["skipped_open"].items():
-            self._skipped_open[int(e)] = collections.Counter(counts)
-        self._reported_through = state["reported_through"]
-        self._examples, self._tokens = state["examples"], state["tokens"]
-        self._slots, self._batches = state["slots"], state["batches"]
-        self._epoch = state["epoch"]
+        for state in states:
+            self._skipped_total.update(state["skipped_total"])
+            for e, counts in state["skipped_open"].items():
+                self._skipped_open.setdefault(int(e), collections.Counter()).update(counts)
+            self._examples += state["examples"]
+            self._tokens += state["tokens"]
+            self._slots += state["slots"]
+            self._batches += state["batches"]
+        here = self._lane.start // self.records_per_epoch  # the epoch the lane starts in
+        self._epoch = max((s["epoch"] for s in states), default=here)
+        self._reported_through = min((s["reported_through"] for s in states), default=here)
 
     def close(self) -> None:
         """Stop worker processes (if any); the pipeline cannot be iterated after."""
@@ -230,23 +292,62 @@ def make_pipeline(
     if len(mixture) == 0:
         raise ValueError("data.sources: every source is empty")
     log.info("data mixture: %s", describe_mixture(sources, mixture.draws_per_epoch))
-    ds: grain.MapDataset = mixture
+    order: grain.MapDataset = mixture
     if cfg.shuffle:
-        ds = ds.shuffle(seed=cfg.seed)
-    ds = ds.repeat(cfg.num_epochs)
-    ds = ds[process_index::process_count]
-    ds = ds.map(ExampleProcessor(cfg, tokenizer, user_vocab, condition_vocab))
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads))
-    pad_id = tokenizer_pad_id(tokenizer)
-    it_ds = BatchIterDataset(it_ds, make_builder(cfg, cfg.batch_size // process_count, pad_id))
-    if cfg.worker_count > 0:
-        _ensure_absl_flags_parsed()
-        it_ds = it_ds.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+        order = order.shuffle(seed=cfg.seed)
+    order = order.repeat(cfg.num_epochs).map_with_index(_at_position)
+    processor = ExampleProcessor(cfg, tokenizer, user_vocab, condition_vocab)
+    builder = make_builder(cfg, cfg.batch_size // process_count, tokenizer_pad_id(tokenizer))
+
+    def build(lane: LaneProgress) -> grain.IterDataset:
+        ds = order[lane.start + lane.offset :: lane.stride]
+        ds = ds.map(_ProcessAtPosition(processor, lane.excluded))
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads))
+        it_ds = BatchIterDataset(it_ds, builder)
+        if cfg.worker_count > 0:
+            _ensure_absl_flags_parsed()
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+                )
             )
+        return it_ds
+
+    return Pipeline(build, cfg, user_vocab, condition_vocab, len(mixture), process_index, process_count)
+
+
+def _at_position(position: int, record):
+    return position, record
+
+
+class _ProcessAtPosition:
+    """The per-record map, keeping each record's global position; `excluded` positions (consumed
+    before a resume) are not read again."""
+
+    def __init__(self, processor: ExampleProcessor, excluded: frozenset[int]):
+        self.processor, self.excluded = processor, excluded
+
+    def __call__(self, element) -> Positioned:
+        position, record = element
+        if position in self.excluded:
+            return Positioned(position, None)
+        return Positioned(position, self.processor(record))
+
+
+def _current(state: dict, process_index: int, process_count: int) -> dict:
+    """A state in this version's form. Version 1 (no place in the record order) is read when
+    it has one data reader per process (data.worker_count: 0), whose place follows from it."""
+    if state.get("version") == STATE_VERSION:
+        return state
+    next_index = state.get("iterator", {}).get("parent", {}).get("next_index")
+    if state.get("version") != 1 or next_index is None:
+        raise ValueError(
+            f"data-iterator state version {state.get('version')} (with data workers) cannot be "
+            f"resumed by this alignjax (version {STATE_VERSION}): finish the stage with the "
+            "release that saved it, or start the stage again"
         )
-    return Pipeline(it_ds, cfg, user_vocab, condition_vocab, len(mixture))
+    lane = LaneProgress(0, process_count, process_index, process_index + next_index * process_count, set())
+    return {**state, "version": STATE_VERSION, "order": lane.to_json(), "workers": 0}
 
 
 def _ensure_absl_flags_parsed() -> None:

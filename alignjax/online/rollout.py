@@ -93,8 +93,8 @@ class OnlineSource:
     def get_state(self) -> dict:
         return self.prompt_pipeline.get_state()
 
-    def set_state(self, state: dict) -> None:
-        self.prompt_pipeline.set_state(state)
+    def resume_from(self, states: list[dict]) -> None:
+        self.prompt_pipeline.resume_from(states)
 
     def close(self) -> None:
         self.prompt_pipeline.close()

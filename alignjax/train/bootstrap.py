@@ -84,9 +84,11 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     """Distributed init, run directory, mesh, built-in data, model (same seed, same initial
     parameters in every command) and tokenizer."""
     from alignjax.data.byte_tokenizer import VOCAB_SIZE
+    from alignjax.train.shared_dir import check_shared_run_dir
 
     sharding.maybe_initialize_distributed()
     os.makedirs(cfg.run_dir, exist_ok=True)
+    check_shared_run_dir(cfg.run_dir)  # before anything is written there
     mesh = sharding.make_mesh(cfg.mesh)
     data_dir = prepare_builtin_data(cfg)
     loaded = load_model(

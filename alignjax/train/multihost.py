@@ -34,11 +34,16 @@ def primary_decides(flag: bool) -> bool:
 
 def gather_states(state: dict) -> list[dict]:
     """Every process's data-iterator state, so process 0's checkpoint holds them all."""
+    return gather_json(state)
+
+
+def gather_json(value) -> list:
+    """Every process's JSON-able `value`, in process order, on every process."""
     if jax.process_count() == 1:
-        return [state]
+        return [value]
     from jax.experimental import multihost_utils
 
-    blob = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    blob = np.frombuffer(json.dumps(value).encode(), np.uint8)
     longest = int(np.max(multihost_utils.process_allgather(np.array([blob.size]))))
     padded = np.zeros(longest, np.uint8)
     padded[: blob.size] = blob

@@ -193,7 +193,8 @@ def start_stage(
     if resuming:
         opt_state = restored["opt_state"]
         loss_state = _loss_state_from_json(restored["loop"]["loss_state"], objective.init_state())
-        source.set_state(restored["loop"]["data_state"][jax.process_index()])
+        # Every process's state: the checkpoint may have been saved by another number of processes.
+        source.resume_from(restored["loop"]["data_state"])
         skipped = int(restored["loop"].get("skipped_steps", 0))
     else:
         extra_rng = jax.random.fold_in(base_rng, 2**31 - 1)

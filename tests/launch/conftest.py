@@ -2,7 +2,8 @@
 
 Every stand-in appends its argv (tool name first) as one JSON list per line to
 calls.jsonl, then imitates just enough of the real tool for the scripts to go on:
-`gcloud ... scp/ssh` can act on a fake worker home directory, `srun` runs its command
+`gcloud ... scp/ssh` can act on a fake worker home directory, `gcloud ... describe`
+answers for a TPU of STANDIN_TPU_WORKERS workers, `srun` runs its command
 once per task with SLURM_PROCID set, and `alignjax` records what training would have
 received.
 """
@@ -31,7 +32,11 @@ with open(os.path.join(out_dir, "calls.jsonl"), "a") as f:
 if tool == "gcloud":
     # With a fake worker home, act like one TPU worker; otherwise only record.
     home = os.environ.get("STANDIN_WORKER_HOME")
-    if home and args[3] == "scp":
+    if args[3] == "describe":  # a TPU of STANDIN_TPU_WORKERS workers (default 1)
+        workers = int(os.environ.get("STANDIN_TPU_WORKERS", "1"))
+        endpoints = [{"ipAddress": f"10.0.0.{i + 2}", "port": 8470} for i in range(workers)]
+        print(json.dumps({"networkEndpoints": endpoints}, indent=2))
+    elif home and args[3] == "scp":
         shutil.copy(args[4], os.path.join(home, args[5].split(":", 1)[1]))
     elif home and args[3] == "ssh":
         command = args[args.index("--command") + 1]

@@ -1,5 +1,6 @@
 """launch/slurm_train.sh: the batch script it submits, and the processes srun starts."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,37 @@ def test_inside_allocation_without_nodelist_is_an_error(launcher, tmp_path, conf
     result = launcher.run("slurm_train.sh", config, cwd=tmp_path, env={"SLURM_JOB_ID": "1"})
     assert result.returncode == 2 and "SLURM_JOB_NODELIST is not" in result.stderr
     assert launcher.calls() == []
+
+
+def test_help_says_run_dir_must_be_shared_by_every_node(launcher):
+    text = " ".join(launcher.run("slurm_train.sh", "--help").stdout.split())
+    assert "run_dir (CONFIG's, or a run_dir=... override) must be one directory that every node sees" in text
+    assert "shared filesystem (NFS, Lustre, GPFS)" in text and "alignjax train checks this at start" in text
+
+
+LOCAL_TYPES = ("ext2/ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlayfs", "overlay", "f2fs", "ramfs")
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_run_dir_in_tmp_on_several_nodes_is_warned(launcher, tmp_path, config, inside):
+    args = ["--dry-run", config, "run_dir=/tmp/my-run"]
+    if inside:  # the job itself, in a two-node allocation
+        result = launcher.run("slurm_train.sh", *args, cwd=tmp_path, env=INSIDE_JOB)
+    else:
+        result = launcher.run("slurm_train.sh", *SUBMIT, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "warning: run_dir '/tmp/my-run' is in a temporary directory, and the run has 2 hosts" in result.stderr
+    )
+    assert "a bucket mounted on every host with gcsfuse" in result.stderr
+
+
+def test_a_run_dir_on_a_local_filesystem_is_warned_only_for_several_nodes(launcher, tmp_path, config):
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
+    ).stdout.strip()
+    several = launcher.run("slurm_train.sh", *SUBMIT, "--dry-run", config, cwd=tmp_path)
+    warning = f"warning: run_dir 'runs/default' is on a local {fs} filesystem here, and the run has 2 hosts"
+    assert (warning in several.stderr) == (fs in LOCAL_TYPES), (fs, several.stderr)
+    one = ["--nodes", "1", "--gpus-per-node", "8", "--dry-run", config, "run_dir=/tmp/my-run"]
+    assert "warning" not in launcher.run("slurm_train.sh", *one, cwd=tmp_path).stderr

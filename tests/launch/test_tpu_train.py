@@ -9,6 +9,9 @@ import pytest
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 WHERE = ["--zone", "us-central2-b", "--project", "my-proj", "--worker=all"]
 OVERRIDES = ["train.steps=10", "train.name=my run", 'data.template=it\'s "quoted" $HOME']
+# How many workers the TPU has (asked when run_dir may be on each worker's own disk).
+DESCRIBE = [*GCLOUD_TPU, "describe", "my-pod", "--zone", "us-central2-b", "--project", "my-proj",
+            "--format=json(networkEndpoints)"]  # fmt: skip
 
 
 @pytest.fixture
@@ -75,7 +78,8 @@ def test_dry_run_prints_every_command_and_calls_nothing(launcher, src):
 def test_run_syncs_installs_and_trains_on_all_workers(launcher, src):
     result = launcher.run("tpu_train.sh", *tpu_args(src), "configs/tiny.yaml", *OVERRIDES)
     assert result.returncode == 0, result.stderr
-    scp, sync, install, train = launcher.calls("gcloud")
+    describe, scp, sync, install, train = launcher.calls("gcloud")
+    assert describe == DESCRIBE  # the config's run_dir is relative: on each worker's disk
     assert scp[:5] == [*GCLOUD_TPU, "scp"] and scp[6:] == ["my-pod:alignjax-src.tar.gz", *WHERE]
     assert [c[4] for c in (sync, install, train)] == ["ssh"] * 3
     assert all(c[5:11] == ["my-pod", *WHERE] for c in (sync, install, train))
@@ -100,7 +104,7 @@ def test_fake_worker_receives_the_code_and_exact_arguments(launcher, src, tmp_pa
         env={**env, "TEST_SECRET": "s3cr3t"},
     )
     assert result.returncode == 0, result.stderr
-    assert [c[4] for c in launcher.calls("gcloud")] == ["scp", "ssh", "ssh"]
+    assert [c[4] for c in launcher.calls("gcloud")] == ["describe", "scp", "ssh", "ssh"]
 
     shipped = worker_home / "alignjax" / "src"
     files = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
@@ -185,9 +189,9 @@ def test_the_step_is_compiled_for_the_slice_before_any_worker_starts(launcher, s
     assert result.returncode == 0, result.stderr
     assert launcher.compile_checks() == [["compile-check", str(src / config), "train.steps=10"]]
     # Then the usual four steps; --topology names the slice for configs that do not.
-    assert [c[4] for c in launcher.calls("gcloud")] == ["scp", "ssh", "ssh", "ssh"]
-    tools = [c[0] for c in launcher.calls()]
-    assert tools.index("alignjax") < tools.index("gcloud")
+    assert [c[4] for c in launcher.calls("gcloud")] == ["describe", "scp", "ssh", "ssh", "ssh"]
+    steps = [c[0] if c[0] == "alignjax" else c[4] for c in launcher.calls()]
+    assert steps.index("alignjax") < steps.index("scp")
     result = launcher.run(
         "tpu_train.sh", *tpu_args(src, "--topology", "v5p:2x2x1", "--dry-run"), "configs/tiny.yaml"
     )
@@ -201,6 +205,64 @@ def test_a_step_that_does_not_fit_stops_before_the_workers(launcher, src):
     config = _with_topology(src)
     result = launcher.run("tpu_train.sh", *tpu_args(src), config, env={"STANDIN_DOES_NOT_FIT": "1"})
     assert result.returncode == 2 and "the step does not fit the slice" in result.stderr
-    assert launcher.calls("gcloud") == []
+    assert [c[4] for c in launcher.calls("gcloud")] == ["describe"]  # no worker was touched
     skipped = launcher.run("tpu_train.sh", *tpu_args(src, "--no-compile-check"), config)
     assert skipped.returncode == 0 and len(launcher.compile_checks()) == 1  # only the first run's
+
+
+def test_help_says_run_dir_must_be_shared_by_every_worker(launcher):
+    text = " ".join(launcher.run("tpu_train.sh", "--help").stdout.split())
+    assert (
+        "run_dir (CONFIG's, or a run_dir=... override) must be one directory that every worker sees" in text
+    )
+    assert (
+        "bucket mounted on every worker (gcsfuse)" in text and "alignjax train checks this at start" in text
+    )
+
+
+@pytest.mark.parametrize(
+    "workers, overrides, warned",
+    [
+        (4, [], True),  # runs/default: relative, under REMOTE_DIR/src on each worker
+        (4, ["run_dir=/home/me/runs/x"], True),
+        (1, [], False),  # one worker: its own disk is the only one
+        (4, ["run_dir=/mnt/shared/runs/x"], False),  # maybe a mount; alignjax train checks it
+    ],
+)
+def test_a_run_dir_on_each_worker_disk_of_a_multi_worker_tpu_is_warned(
+    launcher, src, workers, overrides, warned
+):
+    result = launcher.run(
+        "tpu_train.sh",
+        *tpu_args(src),
+        "configs/tiny.yaml",
+        *overrides,
+        env={"STANDIN_TPU_WORKERS": str(workers)},
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = overrides[0].split("=", 1)[1] if overrides else "runs/default"
+    warning = f"warning: run_dir '{run_dir}' is on each worker's own disk, and the run has {workers} hosts"
+    assert (warning in result.stderr) == warned, result.stderr
+    if warned:
+        assert "a bucket mounted on every host with gcsfuse" in result.stderr
+    asked = [c[4] for c in launcher.calls("gcloud")].count("describe")
+    assert asked == (0 if run_dir.startswith("/mnt/") else 1)
+
+
+def test_config_run_dir_is_read_from_the_config_unless_overridden(launcher, src):
+    (src / "configs" / "own.yaml").write_text(
+        'seed: 1\nrun_dir: "runs/own"  # where it goes\ntrain:\n  run_dir: no\n'
+    )
+    result = launcher.run(
+        "tpu_train.sh", *tpu_args(src), "configs/own.yaml", env={"STANDIN_TPU_WORKERS": "2"}
+    )
+    assert (
+        "warning: run_dir 'runs/own' is on each worker's own disk, and the run has 2 hosts" in result.stderr
+    )
+    result = launcher.run("tpu_train.sh", *tpu_args(src, "--dry-run"), "configs/own.yaml", "run_dir=/tmp/r")
+    assert (
+        "warning: run_dir '/tmp/r' is on each worker's own disk; if my-pod has more than one worker"
+        in result.stderr
+    )
+    # Asked once, by the first run: the dry run asks nothing.
+    assert [c for c in launcher.calls("gcloud") if c[4] == "describe"] == [DESCRIBE]
