@@ -1,8 +1,9 @@
 """Training checkpoints: the model checkpoint layout plus optimizer and loop state.
 
 `<run_dir>/checkpoints/<step>/` holds `params` and `model` exactly like a converted
-model (so `alignjax convert orbax-to-hf` exports a run directly), plus `opt_state` and
-`loop` (JSON: step, stage, every process's data-iterator state, loss state, counters).
+model (so `alignjax convert orbax-to-hf` exports a run directly), plus `opt_state`,
+`loop` (JSON: step, stage, every process's data-iterator state, loss state, counters), and
+`reference` when the stage's reference moves (TR-DPO).
 Saves are asynchronous and the last `keep` steps are kept; the trainer restores the
 newest step that restores cleanly and warns about any newer one that does not.
 """
@@ -22,6 +23,8 @@ from alignjax.train.multihost import primary_decides
 
 OPT_ITEM = "opt_state"
 LOOP_ITEM = "loop"
+# A stage's reference when it moves during training (TR-DPO, `train/reference_sync.py`).
+REFERENCE_ITEM = "reference"
 
 
 class TrainCheckpointer:
@@ -42,7 +45,11 @@ class TrainCheckpointer:
         loop_state: dict[str, Any],
         model_meta: dict[str, Any],
         tokenizer_dir: str | None = None,
+        reference: Any = None,
     ) -> None:
+        """`reference`: the stage's moving reference, saved beside the parameters; None when
+        it is frozen (saved once per stage, `save_reference`)."""
+        moving = {} if reference is None else {REFERENCE_ITEM: ocp.args.StandardSave(reference)}
         if tokenizer_dir is not None and jax.process_index() == 0 and mc.tokenizer_path(self.root) is None:
             mc.copy_tokenizer(tokenizer_dir, self.root)
         self.manager.save(
@@ -53,6 +60,7 @@ class TrainCheckpointer:
                     OPT_ITEM: ocp.args.StandardSave(opt_state),
                     LOOP_ITEM: ocp.args.JsonSave(loop_state),
                     mc.MODEL_ITEM: ocp.args.JsonSave(model_meta),
+                    **moving,
                 }
             ),
             force=True,
@@ -107,6 +115,13 @@ class TrainCheckpointer:
             ),
         )
         return restored[mc.PARAMS_ITEM], restored[OPT_ITEM]
+
+    def restore_reference_item(self, step: int, abstract_reference: Any):
+        """The moving reference saved with one step, placed as `abstract_reference` says."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(**{REFERENCE_ITEM: ocp.args.StandardRestore(abstract_reference)})
+        )
+        return restored[REFERENCE_ITEM]
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -125,6 +125,11 @@ class LossSection:
     ld_alpha: float | None = None
     use_weighting: bool = False
     reference_free: bool = False
+    # TR-DPO: every `ref_model_sync_steps` steps of a stage, the reference becomes
+    # alpha * policy + (1 - alpha) * reference (checkpointed with the run as it moves).
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
     # Where reference log-probs come from: the frozen initial model in the same step,
     # or files written by `alignjax precompute-ref`.
     reference: str = "model"
@@ -147,6 +152,15 @@ class LossSection:
                 f"loss.reference=precomputed is not supported for loss.type={self.type}: "
                 f"{method.no_precomputed_reference}. Precomputed reference log-probs serve the DPO "
                 "family (sigmoid, ipo, ...); use loss.reference: model here"
+            )
+        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+            raise ValueError(f"loss.ref_model_mixup_alpha={self.ref_model_mixup_alpha} must be in [0, 1]")
+        if self.ref_model_sync_steps < 1:
+            raise ValueError(f"loss.ref_model_sync_steps={self.ref_model_sync_steps} must be at least 1")
+        if self.sync_ref_model and self.reference == "precomputed":
+            raise ValueError(
+                "loss.sync_ref_model moves the reference during training, so its log-probs cannot be "
+                "precomputed: use loss.reference: model"
             )
         method.check(self)
 
@@ -228,11 +242,22 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
     return cfg
 
 
+def _check_reference_sync(stage_cfg: TrainConfig, prefix: str) -> None:
+    # A LoRA stage's reference is the base (with the starting adapters): no copy of its own
+    # to move, as in TRL, which refuses sync_ref_model for PEFT models.
+    if stage_cfg.loss.sync_ref_model and stage_cfg.model.lora is not None:
+        raise configlib.ConfigError(
+            f"{prefix}loss.sync_ref_model: a LoRA run's reference is its frozen base, which does not "
+            "move; unset model.lora or loss.sync_ref_model"
+        )
+
+
 def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
     """The run's stages with global step ranges; a config without `stages:` has one."""
     tree = tree if tree is not None else getattr(cfg, "_tree", configlib.to_dict(cfg))
     if not cfg.stages:
         check_stage_data(cfg, cfg, "", "")
+        _check_reference_sync(cfg, "")
         return [Stage("train", cfg, 0, cfg.train.steps)]
     out, step = [], 0
     base = {k: v for k, v in tree.items() if k != "stages"}
@@ -247,6 +272,7 @@ def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
         except configlib.ConfigError as e:
             raise configlib.ConfigError(f"stages[{i}] ({name}): {e}") from None
         check_stage_data(cfg, stage_cfg, f"stages.{i}.", f"stage {i} ({name}) ")
+        _check_reference_sync(stage_cfg, f"stages.{i}.")
         out.append(Stage(name, stage_cfg, step, step + stage_cfg.train.steps))
         step += stage_cfg.train.steps
     return out

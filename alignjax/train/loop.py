@@ -30,6 +30,7 @@ from alignjax.train.log_record import PendingLog, resolve
 from alignjax.train.metrics import MetricsWriter, ProgressBar
 from alignjax.train.multihost import everywhere, gather_states, global_batch
 from alignjax.train.preemption import Preempted, Stopper
+from alignjax.train.reference_sync import syncs_after
 from alignjax.train.resume import restore
 from alignjax.train.stage import StageStart, loss_state_to_json, start_stage
 
@@ -70,7 +71,10 @@ def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, 
             "loss_state": loss_state_to_json(loss_state),
             "skipped_steps": skipped_now,
         }
-        checkpointer.save(at_step, params, opt_state, loop_state, run.model_meta, run.tokenizer_dir)
+        moving_ref = st.ref_params if st.sync_reference is not None else None  # TR-DPO: part of the state
+        checkpointer.save(
+            at_step, params, opt_state, loop_state, run.model_meta, run.tokenizer_dir, reference=moving_ref
+        )
 
     bar = ProgressBar(
         stage.last_step,
@@ -132,6 +136,10 @@ def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, 
                 params, opt_state, counters, metrics = fns.apply(params, opt_state, acc, counters)
             flush()  # the previous logging step's values, now that this step is dispatched
             step += 1
+            if st.sync_reference is not None and syncs_after(scfg.loss, stage.first_step, step):
+                # TR-DPO, after the update as TRL's callback: the next steps, this step's eval
+                # and checkpoint see the moved reference. Dispatched only: no wait.
+                st.ref_params = st.sync_reference(st.ref_params, policy_decoder(params, st.ref_params))
             at_end = step == stage.last_step
             if step % scfg.train.log_every == 0 or at_end:
                 with jax.transfer_guard("allow"):  # the schedule is a jnp function of the step

@@ -28,6 +28,7 @@ from alignjax.train.datasets import StageData, model_for_rows, stage_data
 from alignjax.train.methods import Method, Objective, method_for
 from alignjax.train.optim import make_optimizer, schedule
 from alignjax.train.reference import frozen_reference, lora_reference, reference_tables
+from alignjax.train.reference_sync import reference_sync, restore_synced_reference
 from alignjax.train.step import StepFns, init_counters, make_step_fns
 
 
@@ -160,6 +161,8 @@ class StageStart:
     fns: StepFns
     base_rng: jax.Array
     micro_ids: list[jax.Array]  # micro-batch indices, on the device once (the RNG folds them in)
+    # TR-DPO (`loss.sync_ref_model`): (reference, policy decoder) -> moved reference; None: frozen.
+    sync_reference: Any = None
 
 
 def start_stage(
@@ -188,8 +191,13 @@ def start_stage(
     objective = plan.objective
     base_rng = jax.random.fold_in(jax.random.key(run.cfg.seed), index)
     ref_params = lora_ref  # a LoRA policy needs its base even when the loss needs no reference
+    sync_reference = None
     if objective.needs_reference and tables is None and not lora_run:
-        ref_params = frozen_reference(run, checkpointer, stage, decoder_params, resuming)
+        sync_reference = reference_sync(stage.config.loss, run.param_shardings)
+        if resuming and sync_reference is not None:  # it has moved since the stage started
+            ref_params = restore_synced_reference(run, checkpointer, restored, decoder_params)
+        else:
+            ref_params = frozen_reference(run, checkpointer, stage, decoder_params, resuming)
     if resuming:
         opt_state = restored["opt_state"]
         loss_state = _loss_state_from_json(restored["loop"]["loss_state"], objective.init_state())
@@ -220,4 +228,5 @@ def start_stage(
         fns=make_step_fns(objective, plan.tx, plan.param_shardings, plan.opt_shardings),
         base_rng=base_rng,
         micro_ids=[jax.device_put(np.int32(m), on_mesh) for m in range(stage.config.train.grad_accum)],
+        sync_reference=sync_reference,
     )

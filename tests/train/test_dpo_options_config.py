@@ -10,11 +10,11 @@ from alignjax import cli, configlib
 from alignjax.train import config as train_config
 
 
-def _write(tmp_path, loss, stages=None):
+def _write(tmp_path, loss, stages=None, model=None):
     tree = {
         "run_dir": str(tmp_path / "run"),
         # Nothing here exists: an error about the loss must come before anything reads it.
-        "model": {"hf_path": str(tmp_path / "no_model")},
+        "model": {"hf_path": str(tmp_path / "no_model"), **(model or {})},
         "data": {"train": str(tmp_path / "no_data.jsonl")},
         "loss": loss,
     }
@@ -42,6 +42,23 @@ BAD = [
         "loss.ld_alpha needs the reference's log-probs split at each pair's shared length",
     ),
     ({"type": ["sigmoid", "sft"], "weights": [1.0]}, "loss.weights has 1 entries"),
+    (
+        {"type": "sigmoid", "sync_ref_model": True, "ref_model_mixup_alpha": 1.5},
+        "loss.ref_model_mixup_alpha=1.5",
+    ),
+    ({"type": "sigmoid", "sync_ref_model": True, "ref_model_sync_steps": 0}, "loss.ref_model_sync_steps=0"),
+    (
+        {"type": "sigmoid", "sync_ref_model": True, "reference": "precomputed"},
+        "loss.sync_ref_model moves the reference during training, so its log-probs cannot be precomputed",
+    ),
+    (
+        {"type": "sigmoid", "sync_ref_model": True, "reference_free": True},
+        "loss.sync_ref_model: loss.type='sigmoid' with loss.reference_free uses no reference model",
+    ),
+    (
+        {"type": "simpo", "sync_ref_model": True},
+        "loss.sync_ref_model: loss.type='simpo' uses no reference model",
+    ),
 ]
 
 
@@ -54,6 +71,17 @@ def test_a_bad_option_is_a_config_error_naming_its_key(tmp_path, capsys, loss, m
     assert cli.main(["train", path]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_moving_reference_is_refused_for_lora(tmp_path, capsys):
+    path = _write(tmp_path, {"type": "sigmoid", "sync_ref_model": True}, model={"lora": {"rank": 4}})
+    with pytest.raises(
+        configlib.ConfigError, match="loss.sync_ref_model: a LoRA run's reference is its frozen base"
+    ):
+        train_config.load_config(path)
+    assert cli.main(["train", path]) == 2
+    # Without the sync, the same LoRA config loads.
+    train_config.load_config(_write(tmp_path, {"type": "sigmoid"}, model={"lora": {"rank": 4}}))
 
 
 def test_options_load_and_reach_the_loss_section(tmp_path):

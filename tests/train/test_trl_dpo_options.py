@@ -1,5 +1,5 @@
 """TRL's DPOConfig options against TRL's DPOTrainer, step by step: f-DPO's divergences,
-LD-DPO (`ld_alpha`), WPO (`use_weighting`) and reference-free DPO.
+LD-DPO (`ld_alpha`), WPO (`use_weighting`), reference-free DPO and TR-DPO (`sync_ref_model`).
 
 One tiny Llama and one word-level tokenizer (`test_trl_parity`'s: the same token ids on
 both sides by construction), the same pairs in file order, AdamW with the same settings;
@@ -54,6 +54,16 @@ CASES = {
         {"type": ["sigmoid", "nca_pair"], "weights": [1.0, 0.5], "use_weighting": True},
     ),
     "reference_free": ({"loss_type": ["sigmoid"]}, {"type": "sigmoid", "reference_free": True}),
+    # TR-DPO: the reference moves after steps 2 and 4, so steps 3 and 5 train against it.
+    "sync_ref_model": (
+        {
+            "loss_type": ["sigmoid"],
+            "sync_ref_model": True,
+            "ref_model_mixup_alpha": 0.5,
+            "ref_model_sync_steps": 2,
+        },
+        {"type": "sigmoid", "sync_ref_model": True, "ref_model_mixup_alpha": 0.5, "ref_model_sync_steps": 2},
+    ),
 }
 
 

@@ -55,6 +55,12 @@ def check(loss) -> None:
             "loss.ld_alpha needs the reference's log-probs split at each pair's shared length; the "
             "`alignjax precompute-ref` table holds whole-response sums: use loss.reference: model"
         )
+    if loss.sync_ref_model and not dpo.needs_reference:
+        raise ValueError(
+            f"loss.sync_ref_model: loss.type={loss.type!r}"
+            + (" with loss.reference_free" if dpo.reference_free else "")
+            + " uses no reference model, so there is none to move"
+        )
 
 
 def policy_pair_logps(decoder_params, cfg, loss, batch, dpo: DPOConfig):
