@@ -139,7 +139,8 @@ class DPOConfig:
         """TRL's DPOConfig options: each error names the option (its `loss:` key too)."""
         if self.f_divergence_type not in F_DIVERGENCES:
             raise ValueError(
-                f"DPOConfig.f_divergence_type={self.f_divergence_type!r}: use one of {', '.join(F_DIVERGENCES)}."
+                f"DPOConfig.f_divergence_type={self.f_divergence_type!r}: use one of "
+                f"{', '.join(F_DIVERGENCES)}."
             )
         unsupported = [n for n in names if n not in F_DIVERGENCE_LOSSES]
         if self.f_divergence_type != "reverse_kl" and unsupported:
