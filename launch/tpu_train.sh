@@ -51,7 +51,9 @@ Options:
   -h, --help           this text
 
 CONFIG is a path inside the shipped code (the workers run from REMOTE_DIR/src), or an
-absolute path that exists on every worker.
+absolute path that exists on every worker. A relative run_dir is resolved in REMOTE_DIR,
+beside src (passed as run_dir=../RUN_DIR), since every launch replaces src: relaunching
+the same command resumes from the run's checkpoints.
 
 run_dir (CONFIG's, or a run_dir=... override) must be one directory that every worker
 sees: all of them write the checkpoints into it and read back what worker 0 wrote. Each
@@ -59,7 +61,7 @@ TPU VM worker has its own disk, so on a slice with more than one worker use a Cl
 Storage bucket mounted on every worker (gcsfuse) or a shared filesystem (Filestore, NFS).
 alignjax train checks this at start and stops every worker, naming the ones that do not
 see it. Before copying anything, this script asks gcloud how many workers the TPU has and
-warns when run_dir is relative (inside REMOTE_DIR/src), in a home directory or in /tmp.
+warns when run_dir is relative (in REMOTE_DIR), in a home directory or in /tmp.
 
 A run stopped with Ctrl-C may leave the trainer running on the workers and holding
 the TPU; check with: gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all
@@ -140,7 +142,7 @@ case $run_dir in
   *://*) on_worker_disk=0 ;;
   /home/* | /root/* | /tmp/* | /var/tmp/* | "~"*) on_worker_disk=1 ;;
   /*) on_worker_disk=0 ;;
-  *) on_worker_disk=1 ;; # relative: inside REMOTE_DIR/src on each worker
+  *) on_worker_disk=1 ;; # relative: in REMOTE_DIR on each worker (see step 4)
 esac
 if ((on_worker_disk)); then
   if ((DRY_RUN)); then
@@ -182,6 +184,21 @@ else
   py=$(printf '%q' "$python")
   ssh_all "set -eu; cd $rd; $py -c \"import sys; sys.exit(sys.version_info < (3, 11))\" || { echo \"\$(hostname): alignjax needs Python >= 3.11 and $python is missing or older; pass --python python3.11 (sudo apt-get install -y python3.11 python3.11-venv)\" >&2; exit 1; }; [ -d venv ] || $py -m venv venv || { echo \"\$(hostname): could not create a venv; sudo apt-get install -y python3-venv (or python3.11-venv)\" >&2; exit 1; }; venv/bin/pip install --quiet --upgrade pip; venv/bin/pip install --quiet -e \"src[tpu]\""
 fi
+
+# Every launch replaces REMOTE_DIR/src, so a relative run_dir (the configs' runs/NAME)
+# resolved inside it would lose its checkpoints at the next launch instead of resuming
+# from them: it is resolved beside src, in REMOTE_DIR.
+case $run_dir in
+  *://* | /* | "~"*) ;;
+  *)
+    kept=()
+    for override in ${overrides[@]+"${overrides[@]}"}; do
+      [[ $override == run_dir=* ]] || kept+=("$override")
+    done
+    overrides=(${kept[@]+"${kept[@]}"} "run_dir=../$run_dir")
+    note "run_dir '$run_dir' is relative: on the workers it is ~/$remote_dir/$run_dir, beside src (which every launch replaces), so a relaunch resumes from its checkpoints"
+    ;;
+esac
 
 step "4/4 train on every worker; logs also in ~/$remote_dir/logs/$run_name-HOSTNAME.log"
 train_cmd=$(q_words alignjax train "$config" ${overrides[@]+"${overrides[@]}"})

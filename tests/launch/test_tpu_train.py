@@ -1,6 +1,7 @@
 """launch/tpu_train.sh against a stand-in gcloud, including a fake worker that runs it."""
 
 import json
+import os
 import shlex
 import subprocess
 
@@ -9,6 +10,8 @@ import pytest
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 WHERE = ["--zone", "us-central2-b", "--project", "my-proj", "--worker=all"]
 OVERRIDES = ["train.steps=10", "train.name=my run", 'data.template=it\'s "quoted" $HOME']
+# The config's relative run_dir, resolved beside src (which every launch replaces).
+KEPT_RUN_DIR = "run_dir=../runs/default"
 # How many workers the TPU has (asked when run_dir may be on each worker's own disk).
 DESCRIBE = [*GCLOUD_TPU, "describe", "my-pod", "--zone", "us-central2-b", "--project", "my-proj",
             "--format=json(networkEndpoints)"]  # fmt: skip
@@ -67,7 +70,7 @@ def test_dry_run_prints_every_command_and_calls_nothing(launcher, src):
     assert "alignjax train configs/tiny.yaml train.steps=10 train.name=my\\ run " in remote
     # The override with a space and quotes survives as one word through both shells.
     train_words = shlex.split(remote[remote.index("alignjax train") : remote.index(" 2>&1")])
-    assert train_words == ["alignjax", "train", "configs/tiny.yaml", *OVERRIDES]
+    assert train_words == ["alignjax", "train", "configs/tiny.yaml", *OVERRIDES, KEPT_RUN_DIR]
     # Comments say which step is which, and the output is a script bash accepts.
     assert [line[:5] for line in result.stdout.splitlines() if line.startswith("#")] == [
         "# 1/4", "# 2/4", "# 3/4", "# 4/4",
@@ -110,7 +113,7 @@ def test_fake_worker_receives_the_code_and_exact_arguments(launcher, src, tmp_pa
     files = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
     assert files == [".gitignore", "configs/tiny.yaml", "new_module.py"]
     (training,) = launcher.trainings()
-    assert training["argv"] == ["train", "configs/tiny.yaml", *OVERRIDES]
+    assert training["argv"] == ["train", "configs/tiny.yaml", *OVERRIDES, KEPT_RUN_DIR]
     assert training["cwd"] == str(shipped)
     assert training["env"]["TEST_SECRET"] == "s3cr3t" and training["env"]["TEST_FLAGS"] == "a b"
     (log,) = (worker_home / "alignjax" / "logs").glob("train-*.log")
@@ -134,7 +137,7 @@ def test_pasting_the_dry_run_does_what_the_run_does(launcher, src, tmp_path):
     )
     assert pasted.returncode == 0
     (training,) = launcher.trainings()
-    assert training["argv"] == ["train", "configs/tiny.yaml", *OVERRIDES]
+    assert training["argv"] == ["train", "configs/tiny.yaml", *OVERRIDES, KEPT_RUN_DIR]
 
 
 def test_ref_ships_the_commit_not_the_working_tree(launcher, src):
@@ -266,3 +269,26 @@ def test_config_run_dir_is_read_from_the_config_unless_overridden(launcher, src)
     )
     # Asked once, by the first run: the dry run asks nothing.
     assert [c for c in launcher.calls("gcloud") if c[4] == "describe"] == [DESCRIBE]
+
+
+def test_a_relaunch_keeps_the_checkpoints_of_a_relative_run_dir(launcher, src, tmp_path):
+    """Every launch replaces REMOTE_DIR/src; the run's checkpoints must survive it, so the
+    same command relaunched after a preemption resumes instead of starting over."""
+    worker_home = tmp_path / "worker"
+    (worker_home / "alignjax" / "venv" / "bin").mkdir(parents=True)
+    (worker_home / "alignjax" / "venv" / "bin" / "activate").write_text("")
+    env = {"STANDIN_WORKER_HOME": str(worker_home)}
+    args = [*tpu_args(src, "--skip-install"), "configs/tiny.yaml", "run_dir=runs/mine", "train.steps=3"]
+    assert launcher.run("tpu_train.sh", *args, env=env).returncode == 0
+    # What the trainer wrote there, as the stand-in does not write anything.
+    checkpoint = worker_home / "alignjax" / "runs" / "mine" / "checkpoints" / "100"
+    checkpoint.mkdir(parents=True)
+    result = launcher.run("tpu_train.sh", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.is_dir()
+    first, second = launcher.trainings()
+    for training in (first, second):
+        assert training["argv"] == ["train", "configs/tiny.yaml", "train.steps=3", "run_dir=../runs/mine"]
+        # Resolved from the workers' working directory, that is ~/alignjax/runs/mine.
+        assert os.path.normpath(os.path.join(training["cwd"], "../runs/mine")) == str(checkpoint.parents[1])
+    assert "run_dir 'runs/mine' is relative: on the workers it is ~/alignjax/runs/mine" in result.stderr
