@@ -5,7 +5,7 @@ Entry point: `make_pipeline(cfg, tokenizer, process_index=..., process_count=...
 so worker processes start fast.
 """
 
-from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch
+from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch, UnpairedBatch
 from alignjax.data.byte_tokenizer import make_byte_tokenizer
 from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
 from alignjax.data.load_tokenizer import load_tokenizer, tokenizer_pad_id
@@ -24,6 +24,7 @@ __all__ = [
     "SftBatch",
     "SourceConfig",
     "TemplateConfig",
+    "UnpairedBatch",
     "Vocab",
     "load_state",
     "load_tokenizer",

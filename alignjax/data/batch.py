@@ -114,6 +114,27 @@ class CutBatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class UnpairedBatch:
+    """KTO's examples in B = 2E rows, right-padded, one sequence per row.
+
+    Rows [0, E): example e's prompt and completion. Rows [E, 2E): example e's prompt with
+    the completion of example e - 1 (example E' - 1's for e = 0, E' the valid examples),
+    the mismatched pairs the KL reference point is estimated from, as TRL pairs them.
+    """
+
+    tokens_BxL: np.ndarray  # int32
+    positions_BxL: np.ndarray  # int32
+    segment_ids_BxL: np.ndarray  # int32
+    loss_mask_BxL: np.ndarray  # int32
+    desirable_E: np.ndarray  # int32, the record's label (1 = desirable)
+    example_valid_E: np.ndarray  # int32
+    condition_id_E: np.ndarray  # int32
+
+    # Example e's two rows are e and E + e.
+    rows_in_halves = True
+
+
+@dataclasses.dataclass(frozen=True)
 class PromptBatch:
     """Prompts for online sampling (MO-ODPO), LEFT-padded so generation starts at column L."""
 

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch
-from alignjax.data.examples import CutTokenized, PromptTokenized
+from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch, UnpairedBatch
+from alignjax.data.examples import CutTokenized, PromptTokenized, UnpairedTokenized
 from alignjax.data.tokenize import TokenizedSequence
 
 
@@ -277,6 +277,48 @@ class CutBuilder(_Builder):
         )
 
 
+class UnpairedBuilder(_Builder):
+    """KTO's batches: each example's row, then its mismatched (KL) row."""
+
+    def __init__(self, batch_size, pad_id, buckets, max_length):
+        super().__init__(batch_size, pad_id)
+        self.buckets = buckets
+        self.max_length = max_length
+
+    def build(self) -> UnpairedBatch:
+        E = self.batch_size
+        exs: list[UnpairedTokenized] = self.examples
+        rows = [[] for _ in range(2 * E)]
+        desirable, cond = np.zeros(E, np.int32), np.zeros(E, np.int32)
+        for i, ex in enumerate(exs):
+            rows[i] = [ex.sequence]
+            # TRL's pairing: completions rotated by one within the batch, (x_i, y_{i-1}),
+            # cut as that prompt cuts its own completion (keep start, to max_length).
+            other = exs[i - 1]
+            prompt_ids = ex.sequence.prompt_ids
+            rows[E + i] = [
+                dataclasses.replace(
+                    ex.sequence,
+                    response_ids=other.completion_ids[: self.max_length - len(prompt_ids)],
+                    response_weights=None,
+                )
+            ]
+            desirable[i], cond[i] = ex.desirable, ex.condition_id
+        longest = max((len(s) for r in rows for s in r), default=1)
+        laid = layout_rows(rows, pick_bucket(self.buckets, longest), self.pad_id)
+        valid = np.zeros(E, np.int32)
+        valid[: len(exs)] = 1
+        return UnpairedBatch(
+            tokens_BxL=laid.tokens_BxL,
+            positions_BxL=laid.positions_BxL,
+            segment_ids_BxL=laid.segment_ids_BxL,
+            loss_mask_BxL=laid.loss_mask_BxL,
+            desirable_E=desirable,
+            example_valid_E=valid,
+            condition_id_E=cond,
+        )
+
+
 class PromptBuilder(_Builder):
     def __init__(self, batch_size, pad_id, buckets, n_objectives):
         super().__init__(batch_size, pad_id)
@@ -331,6 +373,8 @@ def make_builder(cfg, per_host_batch_size: int, pad_id: int) -> _Builder:
     buckets = cfg.effective_buckets
     if cfg.record_type == "cut":
         return CutBuilder(per_host_batch_size, pad_id, buckets)
+    if cfg.record_type == "unpaired":
+        return UnpairedBuilder(per_host_batch_size, pad_id, buckets, cfg.max_length)
     if cfg.record_type == "prompt":
         return PromptBuilder(per_host_batch_size, pad_id, buckets, len(cfg.templates.objectives))
     k = 2 if cfg.record_type == "preference" else 1

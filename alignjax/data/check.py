@@ -30,7 +30,14 @@ from tqdm import tqdm
 
 from alignjax.data.batching import make_builder
 from alignjax.data.config import DataConfig
-from alignjax.data.examples import CutTokenized, ExampleProcessor, PairExample, PromptTokenized, SftTokenized
+from alignjax.data.examples import (
+    CutTokenized,
+    ExampleProcessor,
+    PairExample,
+    PromptTokenized,
+    SftTokenized,
+    UnpairedTokenized,
+)
 from alignjax.data.records import (
     BAD_RECORD_REASONS,
     LENGTH_DROP_REASONS,
@@ -208,7 +215,7 @@ class _Tally:
 
 def _shape(example) -> tuple[int, ...]:
     """The lengths of the token sequences an example puts into batch rows (0: an empty row)."""
-    if isinstance(example, (PairExample, SftTokenized)):
+    if isinstance(example, (PairExample, SftTokenized, UnpairedTokenized)):
         return tuple(len(s) for s in example.sequences)
     if isinstance(example, CutTokenized):
         return (len(example.judged), len(example.misaligned) if example.misaligned is not None else 0)
@@ -216,7 +223,7 @@ def _shape(example) -> tuple[int, ...]:
 
 
 def _prompt_lengths(example) -> tuple[int, ...]:
-    if isinstance(example, (PairExample, SftTokenized)):
+    if isinstance(example, (PairExample, SftTokenized, UnpairedTokenized)):
         return tuple(len(s.prompt_ids) for s in example.sequences)
     if isinstance(example, CutTokenized):
         return tuple(len(s.prompt_ids) for s in (example.judged, example.misaligned) if s is not None)
@@ -426,6 +433,11 @@ def _stand_in(cfg: DataConfig, shape: tuple[int, ...]):
         return PairExample(seq(shape[0]), seq(shape[1]), user_index=0, condition_id=0, epoch=0)
     if cfg.record_type == "sft":
         return SftTokenized(seq(shape[0]), user_index=0, condition_id=0, epoch=0)
+    if cfg.record_type == "unpaired":
+        # Its KL row holds its prompt and a neighbour's completion: counted at its own length.
+        return UnpairedTokenized(
+            seq(shape[0]), np.zeros(0, np.int32), desirable=True, condition_id=0, epoch=0
+        )
     if cfg.record_type == "cut":
         misaligned = seq(shape[1]) if shape[1] else None
         return CutTokenized(seq(shape[0]), misaligned, score=float("nan"), condition_id=0, epoch=0)

@@ -9,7 +9,7 @@ import dataclasses
 import string
 from typing import Any
 
-RECORD_TYPES = ("preference", "sft", "prompt", "cut")
+RECORD_TYPES = ("preference", "sft", "prompt", "cut", "unpaired")
 SOURCE_FORMATS = ("auto", "jsonl", "parquet", "hf", "array_record", "tfds")
 
 
@@ -62,7 +62,8 @@ class DataConfig:
 
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
     # preference: prompt/chosen/rejected; sft: prompt/response|completion or
-    # messages; prompt: prompt only (online MO-ODPO); cut: prompt/response/judgment.
+    # messages; prompt: prompt only (online MO-ODPO); cut: prompt/response/judgment;
+    # unpaired: prompt/completion/label (KTO).
     record_type: str = "preference"
     # Per sequence (prompt + one response), in tokens, BOS/EOS/user slots included.
     max_length: int = 1024

@@ -21,6 +21,7 @@ from alignjax.data.formats import (
     PreferenceExample,
     PromptExample,
     SftExample,
+    UnpairedExample,
     decode,
     parse,
 )
@@ -72,6 +73,23 @@ class CutTokenized:
     score: float  # NaN when absent
     condition_id: int
     epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UnpairedTokenized:
+    """A KTO example: its sequence, and its completion as another prompt would take it."""
+
+    sequence: TokenizedSequence
+    # The completion cut only where any prompt would cut it (max_length - 1): the batcher
+    # puts it after another example's prompt for the KL pairs, and cuts it to that budget.
+    completion_ids: np.ndarray
+    desirable: bool
+    condition_id: int
+    epoch: int
+
+    @property
+    def sequences(self) -> tuple[TokenizedSequence, ...]:
+        return (self.sequence,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +152,8 @@ class ExampleProcessor:
             return self._sft(ex, epoch)
         if isinstance(ex, CutExample):
             return self._cut(ex, epoch)
+        if isinstance(ex, UnpairedExample):
+            return self._unpaired(ex, epoch)
         return self._prompt(ex, epoch)
 
     def _prompt_ids(self, prompt) -> tuple[np.ndarray, int]:
@@ -178,6 +198,13 @@ class ExampleProcessor:
         prompt = condition_prompt(ex.prompt, ex.cond, self.cfg.templates)
         p, n_bos, r, _ = self._response(prompt, ex.response)
         return SftTokenized(self.seq.sequence(p, n_bos, r), *self._ids(ex.cond), epoch)
+
+    def _unpaired(self, ex: UnpairedExample, epoch: int) -> UnpairedTokenized:
+        prompt = condition_prompt(ex.prompt, ex.cond, self.cfg.templates)
+        p, n_bos, r, _ = self._response(prompt, ex.completion)
+        sequence = self.seq.sequence(p, n_bos, r)
+        completion_ids = r[: self.cfg.max_length - 1]
+        return UnpairedTokenized(sequence, completion_ids, ex.label, self._ids(ex.cond)[1], epoch)
 
     def _cut(self, ex: CutExample, epoch: int) -> CutTokenized:
         score = np.nan if ex.score is None else ex.score

@@ -72,6 +72,16 @@ class PromptExample:
 
 
 @dataclasses.dataclass(frozen=True)
+class UnpairedExample:
+    """KTO's record: one completion, desirable (`label` true) or not."""
+
+    prompt: Text
+    completion: Text
+    label: bool
+    cond: Conditioning
+
+
+@dataclasses.dataclass(frozen=True)
 class CutExample:
     prompt: Text
     response: Text
@@ -111,6 +121,8 @@ def parse(row: dict, record_type: str, *, condition_field: str | None = None):
         return PromptExample(_text(row, "prompt", allow_empty=True), cond)
     if record_type == "cut":
         return _cut(row, cond)
+    if record_type == "unpaired":
+        return _unpaired(row, cond)
     raise ValueError(record_type)
 
 
@@ -164,6 +176,20 @@ def _cut(row: dict, cond: Conditioning) -> CutExample:
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise BadRecord("wrong_type", f"'score' must be a number or null, got {type(score).__name__}")
     return CutExample(prompt, response, judgment or None, None if score is None else float(score), cond)
+
+
+def _unpaired(row: dict, cond: Conditioning) -> UnpairedExample:
+    prompt, completion = _text(row, "prompt", allow_empty=True), _text(row, "completion")
+    prompt, completion = _align_forms(prompt, completion)
+    _check_completion(completion, "completion")
+    label = row.get("label")
+    if not isinstance(label, bool):
+        # 0/1 or "yes" would be guesses: TRL's unpaired datasets hold JSON booleans.
+        raise BadRecord(
+            "missing_field" if label is None else "wrong_type",
+            f"'label' must be true (desirable) or false (undesirable), got {label!r}",
+        )
+    return UnpairedExample(prompt, completion, label, cond)
 
 
 def _text(row: dict, key: str, allow_empty: bool = False) -> Text:

@@ -11,9 +11,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch
+from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch, UnpairedBatch
 
-for _cls in (PairBatch, SftBatch, CutBatch):
+for _cls in (PairBatch, SftBatch, CutBatch, UnpairedBatch):
     jax.tree_util.register_dataclass(
         _cls, data_fields=[f.name for f in dataclasses.fields(_cls)], meta_fields=[]
     )

@@ -8,7 +8,7 @@ import numpy as np
 
 from alignjax.data.batching import make_builder
 from alignjax.data.config import DataConfig
-from alignjax.data.examples import CutTokenized, PairExample, SftTokenized
+from alignjax.data.examples import CutTokenized, PairExample, SftTokenized, UnpairedTokenized
 from alignjax.data.tokenize import TokenizedSequence
 
 
@@ -38,9 +38,11 @@ def largest_batch(cfg: DataConfig, examples: int, record_type: str | None = None
         example = SftTokenized(seq, user_index=0, condition_id=0, epoch=0)
     elif record_type == "cut":
         example = CutTokenized(seq, seq, score=float("nan"), condition_id=0, epoch=0)
+    elif record_type == "unpaired":
+        example = UnpairedTokenized(seq, seq.response_ids, desirable=True, condition_id=0, epoch=0)
     else:
         raise ValueError(
-            f"data.record_type={record_type!r}: no training batch to size (preference, sft or cut)"
+            f"data.record_type={record_type!r}: no training batch to size (preference, sft, cut or unpaired)"
         )
     builder = make_builder(cfg, examples, pad_id=0)
     while not builder.full and builder.add(example):

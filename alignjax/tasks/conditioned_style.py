@@ -101,15 +101,20 @@ def _judged_records(record: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def split_topics(seed: int) -> tuple[list[str], list[str]]:
+    """(held-out topics, training topics): a fifth of the topics never appear in training."""
+    topics = sorted(set(TOPICS))
+    random.Random(seed).shuffle(topics)
+    n_heldout = len(topics) // 5
+    return topics[:n_heldout], topics[n_heldout:]
+
+
 def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> dict[str, str]:
     """Write train.jsonl, sft.jsonl (chosen answers as SFT rows), eval.jsonl,
     eval_flipped.jsonl (the same held-out pairs under the opposite conditions, labels
     swapped), pdpo.jsonl / pdpo_eval.jsonl (the condition as a user id instead of text)
     and cut.jsonl (every answer with a judgment, null when it follows the preference)."""
-    topics = sorted(set(TOPICS))
-    random.Random(seed).shuffle(topics)
-    n_heldout = len(topics) // 5
-    heldout, train_topics = topics[:n_heldout], topics[n_heldout:]
+    heldout, train_topics = split_topics(seed)
     eval_records = make_records(heldout, n_eval, seed + 1)
     train = make_records(train_topics, n_train, seed)
     files = {

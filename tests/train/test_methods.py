@@ -340,23 +340,30 @@ def _lora_cases(tmp_path, tokenizer):
         for i, t in enumerate(TOPICS[:4])
     ]
     cut = _batch(tmp_path / "cut", tokenizer, "cut", cut_rows, 4)
+    unpaired_rows = [
+        {"prompt": f"Name {t}.", "completion": f" {t}.", "label": i % 2 == 0}
+        for i, t in enumerate(TOPICS[:3])
+    ]
+    unpaired = _batch(tmp_path / "unpaired", tokenizer, "unpaired", unpaired_rows, 4)
     return {
         "sft": (LossSection(type="sft"), sft),
         "sigmoid": (LossSection(type="sigmoid", beta=0.2), pairs),
         "tdpo": (LossSection(type="tdpo", beta=0.2), pairs),
         "sparsepo": (LossSection(type="sparsepo", beta=0.2), pairs),
         "cut": (LossSection(type="cut"), cut),
+        # KTO: its reference (the base) and its KL rows (prompt i with completion i - 1).
+        "kto": (LossSection(type="kto", beta=0.2), unpaired),
     }
 
 
-@pytest.mark.parametrize("name", ["sft", "sigmoid", "tdpo", "sparsepo", "cut"])
+@pytest.mark.parametrize("name", ["sft", "sigmoid", "tdpo", "sparsepo", "cut", "kto"])
 def test_every_method_trains_adapters_on_the_frozen_base(model, tokenizer, tmp_path, name):
     """With fresh adapters (B = 0) a LoRA objective is the full-weight objective at the base,
     value and parts' gradients alike; the adapters' B (only) gets a gradient, the base none
     (it is not an argument of the differentiated function), and moving B moves the loss."""
     from alignjax.models.parts import LORA
 
-    for d in ("pairs", "sft", "cut"):
+    for d in ("pairs", "sft", "cut", "unpaired"):
         (tmp_path / d).mkdir()
     loss, batch = _lora_cases(tmp_path, tokenizer)[name]
     cfg, params, _ = model

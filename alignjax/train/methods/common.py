@@ -29,6 +29,7 @@ __all__ = [
     "pair_outputs",
     "params_equal",
     "policy_decoder",
+    "reference_or_own",
     "reference_pair_logps",
     "require_unpacked",
 ]
@@ -139,11 +140,19 @@ def reference_pair_logps(
         return PairLogps(*pairs[:4])
 
     def computed():
-        return jax.lax.stop_gradient(
-            sums_and_lengths(pair_logps(ref_params, cfg, loss, batch, ld_alpha=ld_alpha))
-        )
+        return sums_and_lengths(pair_logps(ref_params, cfg, loss, batch, ld_alpha=ld_alpha))
 
-    own = jax.lax.stop_gradient(sums_and_lengths(policy))
+    return reference_or_own(sums_and_lengths(policy), computed, decoder_params, ref_params, cfg)
+
+
+def reference_or_own(own, computed, decoder_params, ref_params, cfg):
+    """The reference's values, without gradient: `computed()` (a reference forward), or the
+    policy's `own` values where the reference is the policy (see `reference_pair_logps`)."""
+    own = jax.lax.stop_gradient(own)
+
+    def computed_values():
+        return jax.lax.stop_gradient(computed())
+
     if isinstance(decoder_params, Adapted):
         # LoRA: the policy's base is the reference's (one tree, shared). Against the base
         # alone the policy is the reference while every B is 0 (fresh adapters); against
@@ -152,7 +161,7 @@ def reference_pair_logps(
             if decoder_params.dropout_rng is not None and cfg.lora_dropout > 0:
                 # Adapter dropout perturbs the policy's forward (not the reference's, as in
                 # PEFT with TRL), even while the adapters equal the starting ones.
-                return computed()
+                return computed_values()
             same = params_equal(decoder_params.adapters, ref_params.adapters)
         else:
             b_leaves = [
@@ -161,10 +170,10 @@ def reference_pair_logps(
                 if jax.tree_util.keystr(path).endswith("['b']")
             ]
             same = jnp.all(jnp.stack([jnp.all(b == 0) for b in b_leaves]))
-        return jax.lax.cond(same, lambda: own, computed)
+        return jax.lax.cond(same, lambda: own, computed_values)
     if not _same_computation(decoder_params, ref_params, cfg):
-        return computed()
-    return jax.lax.cond(params_equal(decoder_params, ref_params), lambda: own, computed)
+        return computed_values()
+    return jax.lax.cond(params_equal(decoder_params, ref_params), lambda: own, computed_values)
 
 
 def _per_condition(values_P, condition_P, valid_P, num_conditions: int):
