@@ -13,7 +13,7 @@ from alignjax.train.config import load_config, stages
 from alignjax.train.recipe_checks import _builtin_paths
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-DEMO_RECIPES = ["quickstart", "metaalign", "sparsepo", "pdpo", "cut", "mo_odpo_quickstart"]
+DEMO_RECIPES = ["quickstart", "metaalign", "sparsepo", "pdpo", "cut", "kto", "mo_odpo_quickstart"]
 
 
 def _header_commands(name):
