@@ -5,6 +5,7 @@ data      Grain pipeline throughput (examples/s, tokens/s) on synthetic pairs
 generate  sampler throughput (prefill and decode tokens/s) on a tiny model
 train     training-step throughput of a config (tokens/s, step time, MFU where known)
 trl       step time of alignjax and of TRL's DPOTrainer on the same ~100M model and data
+quantize  logits error of an NF4 / int8 base (QLoRA) against the full-precision base
 """
 
 from __future__ import annotations
@@ -92,6 +93,37 @@ def _trl(args) -> dict:
     return bench_vs_trl(args.batch_size, args.max_length, args.steps)
 
 
+def _quantize(args) -> dict:
+    """A Hugging Face model directory, or a preset initialised as `model.preset` runs are."""
+    import jax
+    import numpy as np
+
+    from alignjax.convert.loading import ModelSection, load_model
+    from alignjax.models.quantize_error import logits_error
+
+    overrides = dict(_parse_value(kv) for kv in args.override)
+    if args.hf_path:
+        section = ModelSection(hf_path=args.hf_path)
+    else:
+        section = ModelSection(preset=args.preset, preset_overrides=overrides)
+    loaded = load_model(section, jax.random.key(args.seed))
+    vocab = loaded.cfg.vocab_size
+    tokens = np.random.default_rng(args.seed).integers(0, vocab, size=(args.batch, args.length))
+    model = {"hf_path": args.hf_path} if args.hf_path else {"preset": args.preset, "overrides": overrides}
+    report = {"model": model, "token_source": "uniformly random token ids", "seed": args.seed}
+    report["results"] = [logits_error(loaded.params, loaded.cfg, tokens, kind) for kind in args.kinds]
+    return report
+
+
+def _parse_value(kv: str):
+    import yaml
+
+    key, _, value = kv.partition("=")
+    if not value:
+        raise ValueError(f"--override {kv!r}: expected KEY=VALUE (a config.json key)")
+    return key, yaml.safe_load(value)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignjax bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -120,6 +152,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.set_defaults(fn=_trl)
+    p = sub.add_parser("quantize", help="logits error of an NF4 / int8 base against the full-precision one")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf-path", help="a local Hugging Face model directory")
+    src.add_argument("--preset", help="a preset, initialised as model.preset runs are")
+    p.add_argument("--override", action="append", default=[], help="KEY=VALUE of the preset's config.json")
+    p.add_argument("--kinds", nargs="+", default=["nf4", "int8"], choices=["nf4", "int8"])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_quantize)
     args = parser.parse_args(argv)
     return run_command("bench", _print_report, args)
 

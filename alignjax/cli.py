@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Parsed by alignjax.plot itself; listed here so --help shows it.
     sub.add_parser("plot", help="draw a run's training curves to PNG (alignjax plot RUN_DIR)")
-    sub.add_parser("bench", help="benchmarks: logps | data | generate | train (alignjax bench WHAT --help)")
+    sub.add_parser("bench", help="benchmarks: logps | data | generate | train | trl | quantize (alignjax bench WHAT --help)")
     sub.add_parser(
         "generate",
         help="sample from a trained model, prompted as in training (alignjax generate MODEL --prompt ...)",

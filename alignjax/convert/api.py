@@ -116,6 +116,7 @@ def _export_lora(root: str, step: int, meta: dict[str, Any], out_dir: str, merge
             rslora=settings["use_rslora"],
             target_modules=settings["target_modules"],
             base_model_name_or_path=settings["base_model_name_or_path"],
+            dropout=settings.get("lora_dropout", 0.0),
         )
         return written + _copy_tokenizer(root, out_dir)
     _, base = lora_base(meta, scan_layers=meta["scan_layers"], param_dtype=meta["param_dtype"])

@@ -14,15 +14,18 @@ from alignjax.models.families import model_config_from_hf
 from alignjax.models.lora import DEFAULT_TARGETS, HF_TO_PROJECTION
 from alignjax.models.lora import scale as lora_scale
 from alignjax.models.presets import preset_config
+from alignjax.models.quantize import KINDS as QUANT_KINDS
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraSection:
     """`model.lora`: low-rank adapters on the decoder (PEFT's LoraConfig names and defaults).
 
-    Only the adapters train; the base is frozen in the compute dtype and, with adapters
-    off, is the reference. `from_peft`: a PEFT adapter directory to start from (its rank,
-    alpha and targets win; the reference is that starting adapter, as in TRL)."""
+    Only the adapters train; the base is frozen in model.reference_dtype (its projection
+    kernels quantized when `quantize_base` is nf4 or int8: QLoRA) and, with adapters off,
+    is the reference. `dropout`: PEFT's lora_dropout on the adapters' input, in training
+    steps only. `from_peft`: a PEFT adapter directory to start from (its rank, alpha,
+    dropout and targets win; the reference is that starting adapter, as in TRL)."""
 
     rank: int = 8
     alpha: float = 8.0
@@ -43,14 +46,12 @@ class LoraSection:
             )
         if self.rank < 1:
             raise ValueError(f"model.lora.rank={self.rank} must be at least 1")
-        if self.dropout != 0.0:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout={self.dropout} must be in [0, 1)")
+        if self.quantize_base not in (None, *QUANT_KINDS):
             raise ValueError(
-                f"model.lora.dropout={self.dropout}: dropout on the adapter input is not supported; use 0"
-            )
-        if self.quantize_base is not None:
-            raise ValueError(
-                f"model.lora.quantize_base={self.quantize_base!r}: a quantized base (QLoRA) is not "
-                "supported; leave it null (the base is held in model.dtype)"
+                f"model.lora.quantize_base={self.quantize_base!r}: choose one of {list(QUANT_KINDS)} "
+                "(QLoRA), or null for a base held in model.reference_dtype"
             )
 
     def _take_peft_settings(self) -> None:
@@ -71,6 +72,7 @@ class LoraSection:
         object.__setattr__(self, "rank", settings["rank"])
         object.__setattr__(self, "alpha", float(settings["alpha"]))
         object.__setattr__(self, "use_rslora", settings["rslora"])
+        object.__setattr__(self, "dropout", settings["dropout"])
         object.__setattr__(self, "targets", tuple(by_projection[t] for t in settings["targets"]))
 
     def execution(self) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class LoraSection:
             "lora_rank": self.rank,
             "lora_targets": tuple(HF_TO_PROJECTION[t] for t in self.targets),
             "lora_scale": lora_scale(self.alpha, self.rank, self.use_rslora),
+            "lora_dropout": float(self.dropout),
         }
 
 

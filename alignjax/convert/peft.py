@@ -262,6 +262,7 @@ def lora_settings_from_peft(
         rank=rank,
         alpha=alpha,
         rslora=bool(adapter_config.get("use_rslora", False)),
+        dropout=float(adapter_config.get("lora_dropout") or 0.0),
         targets=_target_projections(adapter_config.get("target_modules"), source),
     )
 

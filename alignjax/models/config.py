@@ -88,6 +88,7 @@ class ModelConfig:
     lora_rank: int = 0
     lora_targets: tuple[str, ...] = ()
     lora_scale: float = 1.0
+    lora_dropout: float = 0.0  # on the adapters' input, in training steps only
 
     def __post_init__(self):
         if self.attention_backend not in ATTENTION_BACKENDS:

@@ -24,6 +24,7 @@ from alignjax.models import lora
 from alignjax.models import rope as rope_lib
 from alignjax.models.attention import attention
 from alignjax.models.config import FULL, SLIDING, ModelConfig
+from alignjax.models.quantize import QTensor
 from alignjax.sharding import constrain
 
 Params = dict[str, Any]
@@ -140,9 +141,15 @@ class Projection(nn.Module):
     @nn.compact
     def __call__(self, x):
         dtype = jnp.dtype(self.cfg.dtype)
-        kernel = _param(
-            self, "kernel", self.in_shape + self.out_shape, self.in_axes + self.out_axes, _kernel_init
-        )
+        stored = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
+        if isinstance(stored, QTensor):
+            # A QLoRA base: dequantized here, inside the layer, so one layer's kernel is
+            # materialised at a time (Flax's param() would reject the codes' shape).
+            kernel = stored.dequantize(dtype)
+        else:
+            kernel = _param(
+                self, "kernel", self.in_shape + self.out_shape, self.in_axes + self.out_axes, _kernel_init
+            )
         n_in = len(self.in_shape)
         x_axes = tuple(range(x.ndim - n_in, x.ndim))
         y = jax.lax.dot_general(
@@ -160,6 +167,8 @@ class Projection(nn.Module):
 
     def _lora(self, x, dtype, n_in: int):
         cfg, r = self.cfg, self.cfg.lora_rank
+        if cfg.lora_dropout > 0 and self.has_rng(lora.DROPOUT_RNG):
+            x = lora.dropout(x, cfg.lora_dropout, self.make_rng(lora.DROPOUT_RNG))
         pdtype = jnp.dtype(cfg.param_dtype)
 
         def boxed(init, shape, axes):
@@ -359,7 +368,7 @@ class Decoder(nn.Module):
             scanned = nn.scan(
                 block_cls,
                 variable_axes={"params": 0, "lora": 0, "intermediates": 0},
-                split_rngs={"params": True},
+                split_rngs={"params": True, lora.DROPOUT_RNG: True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
@@ -424,7 +433,12 @@ def apply(
 ):
     """Final-normed hidden states [B, L, D]. `params`: a decoder tree, or `lora.Adapted`."""
     return Decoder(cfg).apply(
-        lora.variables(params), tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings
+        lora.variables(params),
+        tokens_BxL,
+        positions_BxL,
+        segment_ids_BxL,
+        extra_embeddings,
+        rngs=lora.rngs(params),
     )
 
 
@@ -448,6 +462,7 @@ def apply_with_intermediates(
         segment_ids_BxL,
         extra_embeddings,
         mutable=["intermediates"],
+        rngs=lora.rngs(params),
     )
     inter = state["intermediates"]
     hidden_NxBxLxD = inter.pop("hidden_states")[0]

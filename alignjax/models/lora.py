@@ -31,18 +31,38 @@ HF_TO_PROJECTION = {
 }
 PROJECTION_TO_HF = {v: k for k, v in HF_TO_PROJECTION.items()}
 DEFAULT_TARGETS = tuple(HF_TO_PROJECTION)
+DROPOUT_RNG = "lora_dropout"  # the Flax rng stream of the adapters' dropout
 
 
 class Adapted(NamedTuple):
-    """A decoder tree with adapters: the frozen base and the "lora" collection."""
+    """A decoder tree with adapters: the frozen base and the "lora" collection.
+
+    `dropout_rng`: set on the policy's forward in a training step, where the adapters'
+    input dropout (`model.lora.dropout`, PEFT's lora_dropout) is active; None elsewhere
+    (reference, eval, sampling, export), where it is off as in PEFT's eval mode.
+    """
 
     base: Any
     adapters: Any
+    dropout_rng: Any = None
 
 
 def base_of(params):
     """The base decoder tree (the adapters off)."""
     return params.base if isinstance(params, Adapted) else params
+
+
+def rngs(params) -> dict[str, Any]:
+    """Flax rngs for `Decoder.apply`: the adapters' dropout key when it is active."""
+    if isinstance(params, Adapted) and params.dropout_rng is not None:
+        return {DROPOUT_RNG: params.dropout_rng}
+    return {}
+
+
+def dropout(x, rate: float, rng):
+    """PEFT's lora_dropout on the adapter's input (inverted: kept values scaled by 1/(1-rate))."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
 def variables(params) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from alignjax.models.lora import Adapted, base_of
 from alignjax.models.mask_head import MASK_HEAD_KEY
 from alignjax.models.user_model import USER_MODEL_KEY
@@ -18,17 +20,22 @@ from alignjax.models.user_model import USER_MODEL_KEY
 DECODER = "decoder"
 LORA = "lora"
 _UNGROUPED_PARTS = (MASK_HEAD_KEY, USER_MODEL_KEY)
+# Folded into the step's key for the adapters' dropout, so it draws apart from the other
+# users of that key (SparsePO's mask-head dropout takes the key itself).
+_LORA_DROPOUT_STREAM = 0x10AA
 
 
 def is_grouped(tree: dict[str, Any]) -> bool:
     return DECODER in tree or LORA in tree
 
 
-def policy_decoder(params: dict[str, Any], ref_params):
+def policy_decoder(params: dict[str, Any], ref_params, rng=None):
     """The policy's decoder: the trained tree, or for LoRA the frozen base (carried by the
-    reference, with or without adapters of its own) with the trained adapters."""
+    reference, with or without adapters of its own) with the trained adapters. `rng`: the
+    training step's key, for the adapters' dropout (None in eval: dropout off)."""
     if LORA in params:
-        return Adapted(base_of(ref_params), params[LORA])
+        dropout_rng = None if rng is None else jax.random.fold_in(rng, _LORA_DROPOUT_STREAM)
+        return Adapted(base_of(ref_params), params[LORA], dropout_rng)
     return params[DECODER]
 
 

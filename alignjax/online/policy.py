@@ -12,11 +12,13 @@ ids generation stops at.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
 
 from alignjax.data.load_tokenizer import tokenizer_pad_id
+from alignjax.models import quantize
 from alignjax.models.config import ModelConfig
 from alignjax.models.lora import Adapted
 from alignjax.models.mask_head import MASK_HEAD_KEY  # noqa: F401  (names of `extras`)
@@ -110,6 +112,9 @@ def load_policy(path: str, **execution: Any) -> Policy:
         cfg = api.lora_config_from_meta(meta, **execution)
         saved = mc.load_params(root, step)
         _, base = api.lora_base(meta, **{"param_dtype": meta["param_dtype"], **execution})
+        kind = meta["lora"].get("quantize_base")
+        if kind:  # sampled through the base it trained with (QLoRA: quantized the same way)
+            base = jax.jit(functools.partial(quantize.quantize_tree, kind=kind))(base)
         params = Adapted(base, saved.pop(LORA))
         extras = saved
     else:

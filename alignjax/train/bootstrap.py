@@ -5,6 +5,7 @@ online commands that load a run's config)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -13,7 +14,7 @@ import jax
 from alignjax import sharding
 from alignjax.convert.loading import LoadedModel, load_model
 from alignjax.data.load_tokenizer import tokenizer_pad_id
-from alignjax.models import decoder
+from alignjax.models import decoder, quantize
 from alignjax.models.config import ModelConfig
 from alignjax.train.config import TrainConfig
 
@@ -100,10 +101,7 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     frozen_base = None
     if cfg.model.lora is not None:
         loaded.meta = {**loaded.meta, "lora": lora_meta(cfg.model, cfg.seed)}
-        dtype = jax.numpy.dtype(cfg.model.effective_reference_dtype)
-        frozen_base = jax.jit(
-            lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=param_shardings
-        )(loaded.params)
+        frozen_base = frozen_lora_base(cfg.model, loaded, param_shardings, mesh)
     return RunSetup(
         cfg,
         mesh,
@@ -115,6 +113,21 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
         tokenizer_pad_id(tokenizer),
         frozen_base,
         cfg.model.lora is None or cfg.model.lora.from_peft is None,
+    )
+
+
+def frozen_lora_base(section, loaded: LoadedModel, param_shardings, mesh):
+    """The base of a LoRA run on the mesh, in the reference dtype, quantized when
+    `model.lora.quantize_base` says (QLoRA). Sharded before it is converted, so no device
+    ever holds the whole full-precision model."""
+    kind = section.lora.quantize_base
+    dtype = jax.numpy.dtype(section.effective_reference_dtype)
+    convert = functools.partial(quantize.frozen, kind=kind, dtype=dtype)
+    shapes = jax.eval_shape(convert, loaded.params)
+    axes = quantize.frozen_axes(decoder.logical_axes(loaded.cfg), kind)
+    shardings = sharding.tree_shardings(axes, shapes, mesh)
+    return jax.jit(convert, out_shardings=shardings, donate_argnums=0)(
+        jax.device_put(loaded.params, param_shardings)
     )
 
 
@@ -133,6 +146,8 @@ def lora_meta(section, seed: int) -> dict[str, Any]:
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "use_rslora": lora.use_rslora,
+        "lora_dropout": lora.dropout,
+        "quantize_base": lora.quantize_base,
         "target_modules": list(lora.targets),
         "base_model_name_or_path": section.hf_path or f"preset:{section.preset}",
         "base_fingerprint": files_identity(section.hf_path) if section.hf_path else None,

@@ -27,7 +27,7 @@ from alignjax import sharding
 from alignjax.data.shapes import largest_batch
 from alignjax.errors import run_command
 from alignjax.hardware import GiB, chip
-from alignjax.models import attention, decoder
+from alignjax.models import attention, decoder, quantize
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import load_hf_config_dict, model_config_from_hf
 from alignjax.models.flops import step_flops
@@ -161,7 +161,13 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
     needs_ref = needs_ref or bool(model_cfg.lora_rank)
     ref_dtype = np.dtype(jax.numpy.dtype(scfg.model.effective_reference_dtype))
     ref_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype), decoder_shapes)
-    ref = abstract_arrays(ref_shapes, decoder_shardings) if needs_ref else None
+    ref_shardings = decoder_shardings
+    if model_cfg.lora_rank:  # the frozen base as the run holds it (quantized for QLoRA)
+        kind = scfg.model.lora.quantize_base
+        ref_shapes = jax.eval_shape(lambda p: quantize.frozen(p, kind, ref_dtype), decoder_shapes)
+        axes = quantize.frozen_axes(decoder.logical_axes(model_cfg), kind)
+        ref_shardings = sharding.tree_shardings(axes, ref_shapes, mesh)
+    ref = abstract_arrays(ref_shapes, ref_shardings) if needs_ref else None
     replicated = sharding.replicated(mesh)
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
     loss_state = jax.tree.map(
@@ -201,7 +207,7 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
         tokens_per_chip=flops.tokens / n,
         params=_bytes_per_chip(plan.param_shapes, plan.param_shardings),
         opt_state=_bytes_per_chip(plan.opt_shapes, plan.opt_shardings),
-        reference=_bytes_per_chip(ref_shapes, decoder_shardings) if ref is not None else 0,
+        reference=_bytes_per_chip(ref_shapes, ref_shardings) if ref is not None else 0,
         batch=_bytes_per_chip(batch, jax.tree.map(lambda x: x.sharding, batch)),
         hbm=entry.hbm_bytes if entry and platform != "cpu" else None,
         model_flops=flops.total,

@@ -81,7 +81,9 @@ def _step_functions(objective: Objective, tx: optax.GradientTransformation):
         return {"step": counters["step"] + 1, "skipped": counters["skipped"] + 1}
 
     def eval_fn(params, ref_params, batch, loss_state, base_rng):
-        value, (metrics, _, per_pair) = objective.fn(params, ref_params, batch, loss_state, base_rng)
+        # No key: evaluation runs without dropout (adapters', mask head's), as in eval mode.
+        del base_rng
+        value, (metrics, _, per_pair) = objective.fn(params, ref_params, batch, loss_state, None)
         return dict(metrics, loss=value), per_pair
 
     return micro_grads, accumulate, apply, skip, eval_fn

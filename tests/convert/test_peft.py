@@ -59,6 +59,7 @@ def _peft_model(path, rslora=False):
         lora_alpha=ALPHA,
         target_modules=ALL_TARGETS,
         use_rslora=rslora,
+        lora_dropout=0.05,  # read back as model.lora.dropout; off in eval, so logits are unaffected
         init_lora_weights=False,
         task_type="CAUSAL_LM",
     )
@@ -104,6 +105,7 @@ def test_peft_adapter_imports_to_the_same_logits(family, rslora, tmp_path):
         "rank": RANK,
         "alpha": ALPHA,
         "rslora": rslora,
+        "dropout": 0.05,
         "targets": ("q", "k", "v", "o", "gate", "up", "down"),
     }
     lora_cfg = _with_lora(cfg, settings["rank"], settings["alpha"], settings["rslora"])

@@ -139,8 +139,9 @@ def _recipe(name, run_dir, *overrides):
 
 @pytest.mark.slow
 def test_online_and_personalised_methods_and_precomputed_references_train_adapters(tmp_path):
-    """MO-ODPO (sampling through the adapted policy), P-DPO (the user model trains beside the
-    adapters) and DPO against a precomputed table of the adapters-off base, a few steps each."""
+    """MO-ODPO and online CUT (sampling through the adapted policy), P-DPO (the user model
+    trains beside the adapters) and DPO against a precomputed table of the adapters-off
+    base, a few steps each."""
     from alignjax import cli
     from alignjax.convert import model_checkpoint as mc
 
@@ -158,6 +159,27 @@ def test_online_and_personalised_methods_and_precomputed_references_train_adapte
     assert [r["step"] for r in mo] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in mo)
     params = mc.load_params(*mc.resolve(str(tmp_path / "mo" / "checkpoints")))
+    assert set(params) == {"lora"}
+
+    # Online CUT: the adapted policy answers, a judge critiques, with adapter dropout on.
+    judge = (
+        "loss.cut.judge={name: threshold, reward: {name: length, unit: chars}, threshold: 20, "
+        "critique: Too long.}"
+    )
+    cut = _recipe(
+        "cut",
+        str(tmp_path / "ocut"),
+        "model.lora={rank: 4, alpha: 8, dropout: 0.1}",
+        small,
+        "train.steps=2",
+        "train.log_every=1",
+        "train.batch_size=4",
+        judge,
+        "loss.cut.sampling={max_new_tokens: 16}",
+        "data.train=builtin:train",
+    )
+    assert [r["step"] for r in cut] == [1, 2] and all(math.isfinite(r["loss"]) for r in cut)
+    params = mc.load_params(*mc.resolve(str(tmp_path / "ocut" / "checkpoints")))
     assert set(params) == {"lora"}
 
     pdpo = _recipe("pdpo", str(tmp_path / "pdpo"), lora, *short, "data.eval=null")

@@ -46,7 +46,7 @@ def build(cfg, loss, sizes) -> Objective:
     )
 
     def fn(params, ref_params, batch, state, rng):
-        logps_BxL = forward_logps(policy_decoder(params, ref_params), cfg, loss, batch)
+        logps_BxL = forward_logps(policy_decoder(params, ref_params, rng), cfg, loss, batch)
         e = batch.is_satisfactory_E.shape[0]
         mask_BxL = batch.loss_mask_BxL * (batch.segment_ids_BxL > 0)
         valid_E = batch.example_valid_E.astype(bool)

@@ -83,7 +83,7 @@ def build(cfg, loss, sizes) -> Objective:
     precomputed = loss.reference == "precomputed"
 
     def fn(params, ref_params, batch, state, rng):
-        decoder_params = policy_decoder(params, ref_params)
+        decoder_params = policy_decoder(params, ref_params, rng)
         policy = policy_pair_logps(decoder_params, cfg, loss, batch, dpo)
         if dpo.needs_reference and precomputed:
             if batch.ref_chosen_logps_P is None or batch.ref_rejected_logps_P is None:

@@ -78,7 +78,7 @@ def build(cfg, loss, sizes) -> Objective:
         extra = decoder.ExtraEmbeddings(
             jnp.concatenate([user_embeds, generic_embeds]), jnp.concatenate([index_BxT, index_BxT])
         )
-        logps = forward_logps(policy_decoder(params, ref_params), cfg, loss, both, extra)
+        logps = forward_logps(policy_decoder(params, ref_params, rng), cfg, loss, both, extra)
         user_c, user_r = data_ops.pair_sums(logps[: 2 * p], batch)
         gen_c, gen_r = data_ops.pair_sums(logps[2 * p :], batch)
         ref_batch = data_ops.remove_user_slots(batch)

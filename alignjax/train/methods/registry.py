@@ -23,6 +23,7 @@ class Objective:
     `params` is `{"decoder": ..., <part>: ...}`: the decoder and the method's own trainable
     parts (`init_parts`); `ref_params` is the frozen reference decoder (or None).
     `per_pair` carries per-pair implicit-reward margins for exact eval aggregation.
+    `rng` is the micro-step's key in training and None in evaluation (dropout off).
     """
 
     fn: Callable[..., Any]

@@ -9,7 +9,7 @@ from alignjax.train.methods.registry import Method, Objective
 
 def build(cfg, loss, sizes) -> Objective:
     def fn(params, ref_params, batch, state, rng):
-        logps_BxL = forward_logps(policy_decoder(params, ref_params), cfg, loss, batch)
+        logps_BxL = forward_logps(policy_decoder(params, ref_params, rng), cfg, loss, batch)
         value, metrics = sft_loss(logps_BxL, batch.loss_mask_BxL * (batch.segment_ids_BxL > 0))
         return value, (metrics, state, {})
 

@@ -49,7 +49,7 @@ def build(cfg, loss, sizes) -> Objective:
         require_unpacked(batch, "sparsepo")
         p = batch.pair_valid_P.shape[0]
         tokens, positions, segments = batch.tokens_BxL, batch.positions_BxL, batch.segment_ids_BxL
-        decoder_params = policy_decoder(params, ref_params)
+        decoder_params = policy_decoder(params, ref_params, rng)
         policy_hidden = decoder.apply(decoder_params, cfg, tokens, positions, segments)
         policy_logps = logps_from_hidden(decoder_params, cfg, loss, policy_hidden, tokens)
         ref_hidden, ref_layers, ref_acts = decoder.apply_with_intermediates(
@@ -84,7 +84,10 @@ def build(cfg, loss, sizes) -> Objective:
             weights = TokenWeights(m[:p], m[p:], m[:p], m[p:])
         else:
             m_u, m_d = head_module.apply(
-                {"params": params[MASK_HEAD_KEY]}, ref_layers, deterministic=False, rngs={"dropout": rng}
+                {"params": params[MASK_HEAD_KEY]},
+                ref_layers,
+                deterministic=rng is None,  # eval passes no key
+                rngs={} if rng is None else {"dropout": rng},
             )
             weights = TokenWeights(m_u[:p], m_u[p:], m_d[:p], m_d[p:])
 
