@@ -1,4 +1,5 @@
-"""KTO against TRL's KTOTrainer, step by step, for both loss types (kto, apo_zero_unpaired).
+"""KTO against TRL's KTOTrainer, step by step, for both loss types (kto, apo_zero_unpaired)
+and for kto with TR-DPO's moving reference (`sync_ref_model`, which KTOConfig has too).
 
 One tiny Llama and one word-level tokenizer (`test_trl_parity`'s: the same token ids on
 both sides by construction), the same unpaired records in file order, AdamW with the same
@@ -72,7 +73,16 @@ def _records(n, seed=0):
     ]
 
 
-def _run_trl(model_dir, rows, loss_type, out_dir):
+# The reference moves after steps 2 and 4 (TRL's kl at step 3: 0.92 against 4.07 unmoved).
+SYNC = {"sync_ref_model": True, "ref_model_mixup_alpha": 0.3, "ref_model_sync_steps": 2}
+CASES = {
+    "kto": ("kto", {}),
+    "apo_zero_unpaired": ("apo_zero_unpaired", {}),
+    "kto_sync_ref_model": ("kto", SYNC),
+}
+
+
+def _run_trl(model_dir, rows, loss_type, options, out_dir):
     torch.set_num_threads(1)
     args = trl.KTOConfig(
         output_dir=out_dir,
@@ -97,6 +107,7 @@ def _run_trl(model_dir, rows, loss_type, out_dir):
         use_cpu=True,
         bf16=False,
         seed=0,
+        **options,
     )
     load = lambda: transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # noqa: E731
     seen = []
@@ -118,7 +129,7 @@ def _run_trl(model_dir, rows, loss_type, out_dir):
     return [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h], seen
 
 
-def _run_alignjax(model_dir, data_path, loss_type, run_dir):
+def _run_alignjax(model_dir, data_path, loss_type, options, run_dir):
     import yaml
 
     from alignjax import cli
@@ -136,6 +147,7 @@ def _run_alignjax(model_dir, data_path, loss_type, run_dir):
         "loss": {
             "type": "kto",
             "beta": BETA,
+            **options,
             "kto": {
                 "loss_type": loss_type,
                 "desirable_weight": DESIRABLE_WEIGHT,
@@ -175,11 +187,12 @@ def _unpadded(ids_rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
-def test_per_step_metrics_match_trl(setup, tmp_path, loss_type):
+@pytest.mark.parametrize("case", list(CASES))
+def test_per_step_metrics_match_trl(setup, tmp_path, case):
     model_dir, rows, data_path = setup
-    theirs, seen = _run_trl(model_dir, rows, loss_type, str(tmp_path / "trl"))
-    ours = _run_alignjax(model_dir, data_path, loss_type, str(tmp_path / "alignjax"))
+    loss_type, options = CASES[case]
+    theirs, seen = _run_trl(model_dir, rows, loss_type, options, str(tmp_path / "trl"))
+    ours = _run_alignjax(model_dir, data_path, loss_type, options, str(tmp_path / "alignjax"))
 
     # TRL's batches are the records in file order, and (kto) its KL rows pair prompt i
     # with completion i - 1 of the same batch, as alignjax's UnpairedBatch does.
@@ -209,6 +222,6 @@ def test_per_step_metrics_match_trl(setup, tmp_path, loss_type):
             # A difference of two means that may cross 0: relative to the means it subtracts.
             scale = np.abs(_column(theirs, "rewards/chosen")) + np.abs(_column(theirs, "rewards/rejected"))
         report[key] = float(np.max(np.abs(a - b)[~zero] / scale[~zero], initial=0.0))
-    print(f"{loss_type}: max relative difference over {STEPS} steps {report}")
+    print(f"{case}: max relative difference over {STEPS} steps {report}")
     for key, rel in report.items():
-        assert rel <= REL_TOL, f"{loss_type} {key}: {rel:.2e}"
+        assert rel <= REL_TOL, f"{case} {key}: {rel:.2e}"
