@@ -10,11 +10,18 @@ from typing import Any
 from alignjax.convert import model_checkpoint as mc
 from alignjax.convert.hf import params_from_tensors, tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
+from alignjax.convert.sequence_classification import (
+    backbone,
+    is_sequence_classifier,
+    read_score_head,
+    write_sequence_classifier,
+)
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import hf_class_name, load_hf_config_dict, model_config_from_hf
 from alignjax.models.lora import HF_TO_PROJECTION
 from alignjax.models.lora import scale as lora_scale
-from alignjax.models.parts import LORA, split_parts
+from alignjax.models.parts import DECODER, LORA, split_parts
+from alignjax.models.score_head import SCORE_HEAD_KEY
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -28,7 +35,10 @@ def load_hf_model(hf_dir: str, **execution: Any) -> tuple[ModelConfig, dict[str,
     """(config, NumPy params, checkpoint metadata) from a local Hugging Face directory."""
     config_dict = load_hf_config_dict(hf_dir)
     cfg = model_config_from_hf(config_dict, **execution)
-    params, dtypes = params_from_tensors(cfg, iter_tensors(hf_dir), source=hf_dir)
+    tensors = iter_tensors(hf_dir)
+    if is_sequence_classifier(config_dict):  # its score head is a part: `read_score_head`
+        cfg, tensors = backbone(cfg, tensors)
+    params, dtypes = params_from_tensors(cfg, tensors, source=hf_dir)
     meta = {
         "hf_config": config_dict,
         "hf_tensor_dtypes": dtypes,
@@ -40,7 +50,9 @@ def load_hf_model(hf_dir: str, **execution: Any) -> tuple[ModelConfig, dict[str,
 
 
 def hf_to_orbax(hf_dir: str, out_dir: str, *, param_dtype: str = "float32", scan_layers: bool = False) -> str:
-    _, params, meta = load_hf_model(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers)
+    cfg, params, meta = load_hf_model(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers)
+    if is_sequence_classifier(meta["hf_config"]):  # the score head travels as a part, as in training
+        params = {DECODER: params, **read_score_head(hf_dir, cfg)}
     return mc.save_model(out_dir, params, meta, step=0, tokenizer_dir=hf_dir)
 
 
@@ -150,7 +162,12 @@ def orbax_to_hf(
         raise ValueError(f"{ckpt}: --merge is for LoRA checkpoints; this one holds full weights")
     cfg = model_config_from_meta(meta)
     # A training checkpoint may hold parts beside the decoder (a mask head, a user model).
-    params, _ = split_parts(mc.load_params(root, step))
+    params, parts = split_parts(mc.load_params(root, step))
+    if SCORE_HEAD_KEY in parts:  # a reward model: a sequence classifier
+        written = write_sequence_classifier(
+            cfg, params, parts[SCORE_HEAD_KEY], meta, out_dir, max_shard_bytes
+        )
+        return written + _copy_tokenizer(root, out_dir)
     return _write_full(cfg, params, meta, out_dir, max_shard_bytes) + _copy_tokenizer(root, out_dir)
 
 

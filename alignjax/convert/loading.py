@@ -123,6 +123,8 @@ class LoadedModel:
     params: Any
     meta: dict[str, Any]  # what a checkpoint stores to describe the model (see convert/)
     tokenizer_dir: str | None
+    # Trainable parts the checkpoint holds beside the decoder (a classifier's score head).
+    parts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def load_model(section: ModelSection, rng: jax.Array, vocab_size: int | None = None) -> LoadedModel:
@@ -131,9 +133,11 @@ def load_model(section: ModelSection, rng: jax.Array, vocab_size: int | None = N
         raise ValueError("set exactly one of model.hf_path and model.preset")
     if section.hf_path is not None:
         from alignjax.convert.api import load_hf_model
+        from alignjax.convert.sequence_classification import is_sequence_classifier, read_score_head
 
         cfg, params, meta = load_hf_model(section.hf_path, **section.execution())
-        return LoadedModel(cfg, params, meta, section.hf_path)
+        parts = read_score_head(section.hf_path, cfg) if is_sequence_classifier(meta["hf_config"]) else {}
+        return LoadedModel(cfg, params, meta, section.hf_path, parts)
     overrides = dict(section.preset_overrides)
     if vocab_size is not None:
         overrides.setdefault("vocab_size", vocab_size)

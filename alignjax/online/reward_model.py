@@ -1,29 +1,28 @@
 """Reward models from Hugging Face `*ForSequenceClassification` checkpoints, run in JAX.
 
 Such a checkpoint is a decoder backbone (`model.*`, the causal-LM names minus `lm_head`)
-plus `score.weight` [num_labels, D]. The backbone goes through the causal-LM converter
-unchanged, so every family the decoder supports imports the same way; only the score head
-is read here. A sequence's score is the head applied to the hidden state of one token,
-chosen by transformers' rule (`pooled_index_B`).
+plus `score.weight` [num_labels, D], imported by `convert.sequence_classification`, so
+every family the decoder supports imports the same way (and a reward model alignjax
+trained and exported is one). A sequence's score is the head applied to the hidden state
+of one token, chosen by transformers' rule (`pooled_index_B`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alignjax.convert.hf import params_from_tensors
-from alignjax.convert.safetensors_io import iter_tensors
+from alignjax.convert.api import load_hf_model
+from alignjax.convert.sequence_classification import SCORE_TENSOR, is_sequence_classifier, read_score_head
 from alignjax.models import decoder
 from alignjax.models.config import ModelConfig
-from alignjax.models.families import load_hf_config_dict, model_config_from_hf
-
-SCORE_TENSOR = "score.weight"
+from alignjax.models.families import load_hf_config_dict
+from alignjax.models.score_head import SCORE_HEAD_KEY
 
 
 @dataclasses.dataclass
@@ -42,37 +41,14 @@ class RewardModel:
 def load_reward_model(hf_dir: str, **execution: Any) -> RewardModel:
     """Import a local `*ForSequenceClassification` directory; `execution` sets dtype, scan, ..."""
     config_dict = load_hf_config_dict(hf_dir)
-    architectures = config_dict.get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    if not is_sequence_classifier(config_dict):
         raise ValueError(
-            f"{hf_dir}/config.json: architectures={architectures} has no *ForSequenceClassification "
-            "entry; a reward model needs a sequence-classification checkpoint with a "
-            f"{SCORE_TENSOR!r} head (a causal LM cannot score text)"
+            f"{hf_dir}/config.json: architectures={config_dict.get('architectures') or []} has no "
+            "*ForSequenceClassification entry; a reward model needs a sequence-classification checkpoint "
+            f"with a {SCORE_TENSOR!r} head (a causal LM cannot score text)"
         )
-    # The backbone never applies an LM head; declaring the embedding tied removes `lm_head`
-    # from the expected tensors, which such checkpoints do not have.
-    cfg = model_config_from_hf(config_dict, **execution).replace(tie_embeddings=True)
-    score: dict[str, np.ndarray] = {}
-
-    def backbone_tensors() -> Iterator[tuple[str, np.ndarray]]:
-        for name, array in iter_tensors(hf_dir):
-            if name.startswith("score."):
-                score[name] = np.asarray(array)
-            else:
-                yield name, array
-
-    params, _ = params_from_tensors(cfg, backbone_tensors(), source=hf_dir)
-    unexpected = sorted(set(score) - {SCORE_TENSOR})
-    if SCORE_TENSOR not in score or unexpected:
-        raise ValueError(
-            f"{hf_dir}: expected exactly one score tensor {SCORE_TENSOR!r}, found {sorted(score)}"
-        )
-    score_CxD = score[SCORE_TENSOR]
-    if score_CxD.ndim != 2 or score_CxD.shape[1] != cfg.hidden_size:
-        raise ValueError(
-            f"{hf_dir}: {SCORE_TENSOR} has shape {score_CxD.shape}, expected [num_labels, {cfg.hidden_size}]"
-        )
-    score_DxC = score_CxD.T.astype(np.dtype(cfg.param_dtype))
+    cfg, params, _ = load_hf_model(hf_dir, **execution)
+    score_DxC = read_score_head(hf_dir, cfg)[SCORE_HEAD_KEY]["kernel"]
     return RewardModel(cfg, params, score_DxC, config_dict.get("pad_token_id"))
 
 

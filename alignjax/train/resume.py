@@ -83,7 +83,8 @@ def restore(run: RunSetup, checkpointer, all_stages: list[Stage]):
         )
     if run.model_cfg.lora_rank:
         return 0, {LORA: initial_adapters(run)}, None
-    return 0, {DECODER: jax.device_put(run.loaded.params, run.param_shardings)}, None
+    # A classifier's score head starts the stages whose method trains one (`start_stage`).
+    return 0, {DECODER: jax.device_put(run.loaded.params, run.param_shardings), **run.loaded.parts}, None
 
 
 def initial_adapters(run: RunSetup):
