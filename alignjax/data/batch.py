@@ -61,6 +61,8 @@ class PairBatch:
     ref_rejected_logps_P: np.ndarray | None = None  # float32
     # Per-pair loss weights (MO-ODPO's one-winner-per-objective pairs carry w_k); None = 1.
     pair_weight_P: np.ndarray | None = None  # float32
+    # Per-pair margins (data.margin_field, reward models); None without the field.
+    margin_P: np.ndarray | None = None  # float32
 
     @property
     def num_pairs(self) -> int:

@@ -109,9 +109,11 @@ class PaddedSequenceBuilder(_Builder):
         with_slots,
         token_weight_default,
         sequences_per_example,
+        with_margins=False,
     ):
         super().__init__(batch_size, pad_id)
         self.buckets = buckets
+        self.with_margins = with_margins
         self.with_slots = with_slots
         self.token_weight_default = token_weight_default
         self.k = sequences_per_example
@@ -133,8 +135,10 @@ class PackedSequenceBuilder(_Builder):
         with_slots,
         token_weight_default,
         sequences_per_example,
+        with_margins=False,
     ):
         super().__init__(rows, pad_id)
+        self.with_margins = with_margins
         self.pack_length = pack_length
         self.max_sequences_per_row = max_sequences_per_row
         self.with_slots = with_slots
@@ -203,10 +207,11 @@ def _build_sequences(builder, packed_rows):
     user = np.zeros(n_ex, np.int32)
     cond = np.zeros(n_ex, np.int32)
     keys = np.zeros(n_ex, np.int64)
+    margins = np.zeros(n_ex, np.float32)
     for i, ex in enumerate(examples):
         user[i], cond[i] = ex.user_index, ex.condition_id
         if is_pair:
-            keys[i] = ex.record_key
+            keys[i], margins[i] = ex.record_key, ex.margin
     slots = laid.user_slot_mask_BxL if builder.with_slots else None
     if is_pair:
         weights = None
@@ -229,6 +234,7 @@ def _build_sequences(builder, packed_rows):
             record_key_P=keys,
             user_slot_mask_BxL=slots,
             token_weights_BxL=weights,
+            margin_P=margins if builder.with_margins else None,
         )
     return SftBatch(
         tokens_BxL=laid.tokens_BxL,
@@ -370,6 +376,7 @@ def make_builder(cfg, per_host_batch_size: int, pad_id: int) -> _Builder:
     """The builder for `cfg.record_type` and `cfg.packing`."""
     with_slots = cfg.n_user_tokens > 0
     weight_default = cfg.default_token_weight if cfg.token_weights else None
+    with_margins = cfg.margin_field is not None and cfg.record_type == "preference"
     buckets = cfg.effective_buckets
     if cfg.record_type == "cut":
         return CutBuilder(per_host_batch_size, pad_id, buckets)
@@ -387,6 +394,7 @@ def make_builder(cfg, per_host_batch_size: int, pad_id: int) -> _Builder:
             with_slots=with_slots,
             token_weight_default=weight_default,
             sequences_per_example=k,
+            with_margins=with_margins,
         )
     return PaddedSequenceBuilder(
         per_host_batch_size,
@@ -395,4 +403,5 @@ def make_builder(cfg, per_host_batch_size: int, pad_id: int) -> _Builder:
         with_slots=with_slots,
         token_weight_default=weight_default,
         sequences_per_example=k,
+        with_margins=with_margins,
     )

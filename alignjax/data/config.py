@@ -104,6 +104,9 @@ class DataConfig:
     # Record field that names a preference condition (e.g. "system", "weights",
     # "user_info"); mapped to `condition_id` 1..C for per-condition metrics.
     condition_field: str | None = None
+    # Preference records' per-pair margin (TRL RewardTrainer's `margin` column: the loss
+    # wants r_chosen - r_rejected above it), read from this field into margin_P.
+    margin_field: str | None = None
     # SparsePO given weights: emit token_weights_BxL in every batch (records
     # without weights get default_token_weight on all response tokens).
     token_weights: bool = False
@@ -155,6 +158,11 @@ class DataConfig:
                 bad(f"sources[{i}].weight", f"must be > 0, got {s.weight}")
         if self.record_type not in RECORD_TYPES:
             bad("record_type", f"{self.record_type!r} is not one of {RECORD_TYPES}")
+        if self.margin_field is not None and self.record_type != "preference":
+            bad(
+                "margin_field",
+                f"only preference records carry a pair margin, not {self.record_type!r} records",
+            )
         if self.truncation_mode not in ("keep_end", "keep_start"):
             bad("truncation_mode", f"{self.truncation_mode!r}: use keep_end or keep_start")
         if self.on_bad_record not in ("error", "skip"):

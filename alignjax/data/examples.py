@@ -46,6 +46,7 @@ class PairExample:
     condition_id: int
     epoch: int
     record_key: int = 0  # RawRecord.key: looks up precomputed reference log-probs
+    margin: float = 0.0  # data.margin_field (reward models)
 
     @property
     def sequences(self) -> tuple[TokenizedSequence, ...]:
@@ -130,7 +131,12 @@ class ExampleProcessor:
 
     def __call__(self, raw: RawRecord):
         try:
-            example = parse(decode(raw), self.cfg.record_type, condition_field=self.cfg.condition_field)
+            example = parse(
+                decode(raw),
+                self.cfg.record_type,
+                condition_field=self.cfg.condition_field,
+                margin_field=self.cfg.margin_field,
+            )
             return self._tokenize(example, raw)
         except BadRecord as e:
             if self.cfg.on_bad_record == "error" and e.reason not in LENGTH_DROP_REASONS:
@@ -192,7 +198,8 @@ class ExampleProcessor:
                 f"chosen and rejected agree on their first {len(chosen_seq.response_ids)} tokens, "
                 "all that max_length keeps",
             )
-        return PairExample(chosen_seq, rejected_seq, *self._ids(ex.cond), epoch, key)
+        margin = ex.margin if ex.margin is not None else 0.0
+        return PairExample(chosen_seq, rejected_seq, *self._ids(ex.cond), epoch, key, margin)
 
     def _sft(self, ex: SftExample, epoch: int) -> SftTokenized:
         prompt = condition_prompt(ex.prompt, ex.cond, self.cfg.templates)

@@ -56,6 +56,7 @@ class PreferenceExample:
     cond: Conditioning
     chosen_weights: ResponseWeights | None = None
     rejected_weights: ResponseWeights | None = None
+    margin: float | None = None  # data.margin_field's value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +111,16 @@ def decode(raw: RawRecord) -> dict:
     return value
 
 
-def parse(row: dict, record_type: str, *, condition_field: str | None = None):
+def parse(
+    row: dict, record_type: str, *, condition_field: str | None = None, margin_field: str | None = None
+):
     """A decoded row -> the typed example for `record_type` (see config.RECORD_TYPES)."""
     cond = _conditioning(row, condition_field)
     if record_type == "preference":
-        return _preference(row, cond)
+        example = _preference(row, cond)
+        if margin_field is not None:
+            example = dataclasses.replace(example, margin=_margin(row, margin_field))
+        return example
     if record_type == "sft":
         return _sft(row, cond)
     if record_type == "prompt":
@@ -146,6 +152,13 @@ def _preference(row: dict, cond: Conditioning) -> PreferenceExample:
         _response_weights(row, "chosen", chosen),
         _response_weights(row, "rejected", rejected),
     )
+
+
+def _margin(row: dict, field: str) -> float:
+    value = row.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRecord("bad_margin", f"{field} must be a finite number (data.margin_field), got {value!r}")
+    return float(value)
 
 
 def _sft(row: dict, cond: Conditioning) -> SftExample:

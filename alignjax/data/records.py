@@ -23,6 +23,7 @@ BAD_RECORD_REASONS = {
     "bad_conversation": "a conversation is malformed",
     "bad_weights": "the objective `weights` do not match data.templates.weights",
     "bad_token_weights": "the token weights or weight spans do not fit the response",
+    "bad_margin": "the pair's data.margin_field is missing or not a finite number",
     "template_error": "the chat template could not render the record",
 }
 # Reasons a well-formed record is dropped by length handling. These are counted

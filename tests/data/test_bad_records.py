@@ -168,3 +168,27 @@ def _sft_cfg(path, on_bad_record, **kw):
         shuffle=False,
         **kw,
     )
+
+
+def test_pair_margins_reach_the_batch_and_a_bad_margin_names_its_line(tmp_path, byte_tok):
+    """data.margin_field (TRL RewardTrainer's `margin` column) travels as margin_P."""
+    good = [
+        {"prompt": "Hi", "chosen": "a", "rejected": "b", "margin": 0.5},
+        {"prompt": "Yo", "chosen": "c", "rejected": "d", "margin": -2},
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", good)
+    pipeline = make_pipeline(
+        _cfg(path, "error", margin_field="margin"), byte_tok, process_index=0, process_count=1
+    )
+    (batch,) = list(pipeline)
+    assert batch.margin_P.tolist() == [0.5, -2.0]
+    without = make_pipeline(_cfg(path, "error"), byte_tok, process_index=0, process_count=1)
+    assert next(iter(without)).margin_P is None
+    bad = write_jsonl(tmp_path / "bad.jsonl", [good[0], {**good[1], "margin": "high"}])
+    pipeline = make_pipeline(
+        _cfg(bad, "error", margin_field="margin"), byte_tok, process_index=0, process_count=1
+    )
+    with pytest.raises(DataError, match=rf"^{bad}:2: bad_margin: margin must be a finite number"):
+        list(pipeline)
+    with pytest.raises(ValueError, match="data.margin_field: only preference records"):
+        DataConfig(sources=[{"path": path}], record_type="sft", margin_field="margin").validate()

@@ -80,7 +80,7 @@ def _run_trl(model_dir, rows, out_dir):
     return logged, seen_input_ids
 
 
-def _run_alignjax(model_dir, data_path, run_dir):
+def _run_alignjax(model_dir, data_path, run_dir, margins):
     import yaml
 
     from alignjax import cli
@@ -89,7 +89,14 @@ def _run_alignjax(model_dir, data_path, run_dir):
         "run_dir": run_dir,
         "seed": 0,
         "model": {"hf_path": model_dir},
-        "data": {"train": data_path, "shuffle": False, "max_length": MAX_LENGTH, "max_prompt_length": 32},
+        "data": {
+            "train": data_path,
+            "shuffle": False,
+            "max_length": MAX_LENGTH,
+            "max_prompt_length": 32,
+            # TRL reads a `margin` column whenever the data has one; alignjax when told to.
+            "margin_field": "margin" if margins else None,
+        },
         "loss": {"type": "reward", "reward": {"center_rewards_coefficient": CENTER}},
         "optim": {
             "name": "adamw",
@@ -111,18 +118,22 @@ def _run_alignjax(model_dir, data_path, run_dir):
         return [r for r in map(json.loads, f) if "loss" in r]
 
 
-@pytest.fixture(scope="module")
-def both_runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["no-margin", "margin"])
+def both_runs(request, tmp_path_factory):
+    margins = request.param
     root = tmp_path_factory.mktemp("trl_reward")
     model_dir = str(root / "model")
     build_hf_model("llama2", model_dir, head="sequence_classification", num_labels=1)
     _save_word_tokenizer(model_dir)
     rows = _pairs(STEPS * BATCH_SIZE, seed=3)
+    if margins:  # TRL's optional per-pair column, some negative, some above typical margins
+        draws = np.random.default_rng(4).uniform(-1.0, 2.0, len(rows))
+        rows = [{**r, "margin": round(float(m), 3)} for r, m in zip(rows, draws)]
     data_path = str(root / "pairs.jsonl")
     with open(data_path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     trl_logged, trl_input_ids = _run_trl(model_dir, rows, str(root / "trl"))
-    alignjax_logged = _run_alignjax(model_dir, data_path, str(root / "alignjax"))
+    alignjax_logged = _run_alignjax(model_dir, data_path, str(root / "alignjax"), margins)
     return rows, trl_logged, trl_input_ids, alignjax_logged
 
 

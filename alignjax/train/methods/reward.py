@@ -91,6 +91,7 @@ def build(cfg, loss, sizes) -> Objective:
             chosen_P,
             rejected_P,
             batch.pair_valid_P,
+            margin_P=batch.margin_P,  # data.margin_field; None: no margins
             center_rewards_coefficient=section.center_rewards_coefficient,
         )
         per_pair = pair_outputs(metrics, chosen_P - rejected_P, batch, sizes["num_conditions"])
