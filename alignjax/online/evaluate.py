@@ -245,7 +245,7 @@ def _pdpo_accuracy(policy: Policy, args, renderer: PromptRenderer, user_vocab) -
     stage = next((s for s in all_stages if s.name == stage_name), None)
     if stage is None:
         raise ValueError(f"{config}: no stage {stage_name!r}; pass --stage naming the P-DPO stage")
-    ref_params = personalized_eval.load_reference(policy.run_dir, stage.name)
+    ref_params = personalized_eval.load_reference(policy.run_dir, stage.name, policy)
     return personalized_eval.user_accuracies(
         policy,
         renderer.data_cfg,

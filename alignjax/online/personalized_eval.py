@@ -22,23 +22,30 @@ from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.data.pipeline import make_pipeline
 from alignjax.data.vocab import Vocab
 from alignjax.models import decoder
+from alignjax.models.lora import Adapted
 from alignjax.online.policy import USER_MODEL_KEY, Policy
 from alignjax.online.soft_prompt import soft_tokens_BxTxD
 from alignjax.train.config import LossSection
 from alignjax.train.methods.common import logps_from_hidden
 
 
-def load_reference(run_dir: str, stage: str):
-    """The stage's frozen reference parameters (NumPy), as the trainer saved them."""
+def load_reference(run_dir: str, stage: str, policy: Policy | None = None):
+    """The stage's frozen reference parameters, as the trainer saved them. A LoRA run saves
+    only adapters (or marks that the reference is its base with adapters off): its
+    reference is then rebuilt on `policy`'s base, the one the run trained on."""
     from alignjax.convert import model_checkpoint as mc
 
     root = os.path.join(run_dir, "reference", stage)
+    base = policy.params.base if policy is not None and isinstance(policy.params, Adapted) else None
+    if base is not None and os.path.exists(root + ".adapters_off.json"):
+        return base
     if not os.path.isdir(root):
         raise FileNotFoundError(
             f"{root}: no reference for stage {stage!r}; P-DPO accuracy needs the run directory of a "
             "training run that reached that stage"
         )
-    return mc.load_params(*mc.resolve(root))
+    saved = mc.load_params(*mc.resolve(root))
+    return Adapted(base, saved) if base is not None else saved
 
 
 def _sequence_logps(params, cfg, tokens_BxL, positions_BxL, segment_ids_BxL, extra=None):

@@ -182,10 +182,25 @@ def test_online_and_personalised_methods_and_precomputed_references_train_adapte
     params = mc.load_params(*mc.resolve(str(tmp_path / "ocut" / "checkpoints")))
     assert set(params) == {"lora"}
 
-    pdpo = _recipe("pdpo", str(tmp_path / "pdpo"), lora, *short, "data.eval=null")
+    pdpo = _recipe("pdpo", str(tmp_path / "pdpo"), lora, *short)
     assert len(pdpo) == 3 and all(math.isfinite(r["loss"]) for r in pdpo)
     params = mc.load_params(*mc.resolve(str(tmp_path / "pdpo" / "checkpoints")))
     assert set(params) == {"lora", "user_model"}
+    # `alignjax eval --pdpo-eval` rebuilds the reference of a LoRA stage (the SFT adapters
+    # on the base) and measures what the trainer's end-of-stage eval measured.
+    from alignjax.online import evaluate
+
+    run = tmp_path / "pdpo"
+    out = tmp_path / "pdpo_eval"
+    assert (
+        evaluate.main([str(run), "--pdpo-eval", str(run / "data" / "pdpo_eval.jsonl"), "--out", str(out)])
+        == 0
+    )
+    table = json.loads((out / "table.json").read_text())["pdpo_accuracy"]
+    with open(run / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if "eval/rewards/accuracies" in r]
+    assert table["all"]["n"] == 200
+    assert table["all"]["accuracy"] == pytest.approx(evals[-1]["eval/rewards/accuracies"], abs=1e-6)
 
     run_dir = str(tmp_path / "pre")
     config = os.path.join(th.REPO, "configs", "quickstart.yaml")
