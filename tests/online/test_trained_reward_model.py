@@ -2,8 +2,8 @@
 
 Trains `loss.type: reward` for a few steps on the built-in task, exports the run with
 `alignjax convert orbax-to-hf`, builds the reward from the exported directory as an
-MO-ODPO config names it, and checks its scores against transformers' classifier on the
-same token ids.
+MO-ODPO config names it, checks its scores against transformers' classifier on the
+same token ids, and runs MO-ODPO steps with it as one objective's reward.
 """
 
 import json
@@ -60,3 +60,32 @@ def test_exported_reward_model_drives_the_reward_model_reward(tmp_path):
     assert ours.dtype == np.float32 and ours.shape == (3,)
     assert np.ptp(expected) > 1e-3  # distinct scores: the comparison is not of constants
     np.testing.assert_allclose(ours, expected, atol=TOL, rtol=0)
+
+    # ... and drives an MO-ODPO run: the keyword objective's reward swapped for this model.
+    rewards = (
+        f"[{{name: length, unit: chars, target: 0, scale: 0.3333}}, {{name: reward_model, path: {out}}}]"
+    )
+    mo_dir = tmp_path / "mo"
+    args = [
+        "train",
+        os.path.join(th.REPO, "configs", "mo_odpo_quickstart.yaml"),
+        f"run_dir={mo_dir}",
+        f"loss.mo_odpo.rewards={rewards}",
+        f"model.preset_overrides={json.dumps(tree['model']['preset_overrides'])}",
+        f"seed={tree['seed']}",
+        "loss.mo_odpo.num_samples=2",
+        "loss.mo_odpo.max_new_tokens=8",
+        "train.batch_size=4",
+        "stages.0.train.steps=1",
+        "stages.1.train.steps=2",
+        "train.log_every=1",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+    ]
+    assert cli.main(args) == 0
+    with open(mo_dir / "metrics.jsonl") as f:
+        online = [r for r in map(json.loads, f) if "loss" in r and r["step"] > 1]
+    assert [r["step"] for r in online] == [2, 3]
+    assert all(np.isfinite(r["loss"]) for r in online)
+    # The samples were scored by the reward model (a real-valued score, not a count).
+    assert all(np.isfinite(r["online/score/keyword"]) and r["online/score/keyword"] != 0 for r in online)
