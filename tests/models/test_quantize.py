@@ -207,3 +207,20 @@ def test_policy_dropout_key_reaches_every_scanned_layer():
     assert float(jnp.max(jnp.abs(on_a - off))) > 1e-3
     assert float(jnp.max(jnp.abs(on_a - on_b))) > 1e-3
     np.testing.assert_array_equal(on_a, again)
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_kv_cache_decoding_on_a_quantized_base_equals_the_dequantized_weights(scan):
+    """Sampling (MO-ODPO, online CUT, generate) runs the cached path, layer by layer."""
+    cfg = _cfg(scan=scan, lora_rank=4, lora_targets=("q", "v"), lora_scale=2.0)
+    params = decoder.init_params(cfg, jax.random.key(0))
+    adapters = jax.tree.map(lambda x: jnp.ones_like(x) * 0.05, decoder.init_adapters(cfg, jax.random.key(1)))
+    frozen = quantize.frozen(params, "nf4", jnp.float32)
+    tokens = jnp.array([[5, 9, 11, 3, 7, 2]])
+    positions, segments = jnp.arange(6)[None], jnp.ones_like(tokens)
+    hidden = []
+    for base in (frozen, quantize.dequantize_tree(frozen, jnp.float32)):
+        cache = decoder.init_cache(cfg, 1, 16)
+        h, _ = decoder.apply_with_cache(lora.Adapted(base, adapters), cfg, tokens, positions, segments, cache)
+        hidden.append(h)
+    np.testing.assert_allclose(hidden[0], hidden[1], rtol=0, atol=1e-6)
