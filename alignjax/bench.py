@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 
+from alignjax.configlib import apply_override
 from alignjax.errors import run_command
 
 
@@ -101,7 +102,9 @@ def _quantize(args) -> dict:
     from alignjax.convert.loading import ModelSection, load_model
     from alignjax.models.quantize_error import logits_error
 
-    overrides = dict(_parse_value(kv) for kv in args.override)
+    overrides: dict = {}
+    for kv in args.override:  # config.json keys, parsed as config overrides are
+        apply_override(overrides, kv)
     if args.hf_path:
         section = ModelSection(hf_path=args.hf_path)
     else:
@@ -113,15 +116,6 @@ def _quantize(args) -> dict:
     report = {"model": model, "token_source": "uniformly random token ids", "seed": args.seed}
     report["results"] = [logits_error(loaded.params, loaded.cfg, tokens, kind) for kind in args.kinds]
     return report
-
-
-def _parse_value(kv: str):
-    import yaml
-
-    key, _, value = kv.partition("=")
-    if not value:
-        raise ValueError(f"--override {kv!r}: expected KEY=VALUE (a config.json key)")
-    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str]) -> int:

@@ -13,19 +13,12 @@ import signal
 import numpy as np
 import pytest
 import train_helpers as th
-import yaml
 
 LORA = {"rank": 4, "alpha": 8.0, "targets": ["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]}
 
 
 def _config(root, name):
-    run_dir = os.path.join(str(root), name)
-    cfg = th.tiny_config(run_dir)
-    cfg["model"]["lora"] = LORA
-    path = os.path.join(str(root), f"{name}.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    return path, run_dir
+    return th.write_lora_config(root, name, LORA)
 
 
 @pytest.fixture(scope="module")

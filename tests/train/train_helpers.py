@@ -26,6 +26,17 @@ TOTAL_STEPS = SFT_STEPS + DPO_STEPS
 SAVE_EVERY = 4  # checkpoints at 4, 8 (end of SFT), 12, 16, 20
 
 
+def write_lora_config(root, name: str, lora: dict) -> tuple[str, str]:
+    """(config path, run_dir) of `tiny_config` with `model.lora` set, written under root."""
+    run_dir = os.path.join(str(root), name)
+    cfg = tiny_config(run_dir)
+    cfg["model"]["lora"] = lora
+    path = os.path.join(str(root), f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path, run_dir
+
+
 def tiny_config(run_dir: str) -> dict:
     return {
         "run_dir": run_dir,
