@@ -1,8 +1,10 @@
 """The device mesh and the one table that maps logical axis names onto it.
 
 Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism with parameters and
-optimizer state sharded across it), `tensor` (heads, MLP and vocabulary split across
-devices). The same config runs on one CPU, eight simulated devices or a pod: only the
+optimizer state sharded across it), `sequence` (each row's tokens split across devices:
+context parallelism, for sequences too long for one chip's activations; parameters and
+optimizer state are sharded across it as across `fsdp`), `tensor` (heads, MLP and
+vocabulary split across devices). The same config runs on one CPU, eight simulated devices or a pod: only the
 axis sizes change.
 """
 
@@ -19,14 +21,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+SEQUENCE_AXIS = "sequence"
 BATCH_AXES = ("data", "fsdp")
 
 # Logical name -> mesh axes. Dimensions that are small or sequential stay replicated.
 LOGICAL_RULES: dict[str, Any] = {
     "batch": BATCH_AXES,
     "vocab": "tensor",
-    "embed": "fsdp",
+    # The devices of a sequence group hold the same rows, so like fsdp they split the
+    # parameters instead of each keeping a copy (MaxText shards embed over its context axis).
+    "embed": ("fsdp", "sequence"),
     "q_heads": "tensor",
     "kv_heads": "tensor",
     "mlp": "tensor",
@@ -40,7 +45,7 @@ LOGICAL_RULES: dict[str, Any] = {
     # Activations (MaxText's names), pinned inside the step so XLA keeps them laid out as
     # the parameters they meet are: rows over the batch axes, heads and MLP over `tensor`.
     "activation_batch": BATCH_AXES,
-    "activation_length": None,
+    "activation_length": "sequence",
     "activation_embed": None,
     "activation_heads": "tensor",
     "activation_kv_heads": "tensor",
@@ -57,6 +62,9 @@ class MeshSection:
 
     data: int = 1
     fsdp: int = -1
+    # Splits every row's tokens (context parallelism); attention then runs across the shards
+    # as model.sequence_parallel says (all_gather or ring).
+    sequence: int = 1
     tensor: int = 1
     # The TPU slice a recipe is written for (e.g. v5p:4x4x4); `alignjax compile-check` compiles
     # for it when no --topology is given. Training uses whatever devices it runs on.
@@ -64,11 +72,12 @@ class MeshSection:
     num_slices: int = 1
 
 
-def resolve_axis_sizes(section: MeshSection, n_devices: int) -> tuple[int, int, int]:
-    sizes = [section.data, section.fsdp, section.tensor]
+def resolve_axis_sizes(section: MeshSection, n_devices: int) -> tuple[int, int, int, int]:
+    """(data, fsdp, sequence, tensor), the order of MESH_AXES."""
+    sizes = [section.data, section.fsdp, section.sequence, section.tensor]
     free = [i for i, s in enumerate(sizes) if s == -1]
     if len(free) > 1:
-        raise ValueError(f"mesh: at most one of mesh.data/fsdp/tensor may be -1, got {sizes}")
+        raise ValueError(f"mesh: at most one of mesh.data/fsdp/sequence/tensor may be -1, got {sizes}")
     fixed = math.prod(s for s in sizes if s != -1)
     if free:
         if n_devices % fixed:
@@ -76,7 +85,8 @@ def resolve_axis_sizes(section: MeshSection, n_devices: int) -> tuple[int, int, 
         sizes[free[0]] = n_devices // fixed
     if math.prod(sizes) != n_devices:
         raise ValueError(
-            f"mesh: data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
+            f"mesh: data={sizes[0]} x fsdp={sizes[1]} x sequence={sizes[2]} x tensor={sizes[3]} = "
+            f"{math.prod(sizes)} "
             f"devices, but {n_devices} are available"
         )
     return tuple(sizes)
@@ -109,6 +119,9 @@ def logical_to_spec(logical: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     for name, dim in zip(logical, shape):
         axes = LOGICAL_RULES.get(name) if name is not None else None
         flat = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        # A sequence axis of size 1 splits nothing: left out, so a mesh without sequence
+        # parallelism lays every array out exactly as before the axis existed.
+        flat = tuple(a for a in flat if a != SEQUENCE_AXIS or mesh.shape.get(a, 1) > 1)
         if not flat or used & set(flat) or dim % _mesh_axis_size(mesh, flat):
             if flat and dim % _mesh_axis_size(mesh, flat):
                 log.info("dimension %s=%d is not divisible by mesh axes %s; replicated", name, dim, flat)

@@ -97,6 +97,9 @@ class ModelSection:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_backend: str = "xla"
+    # Attention across `mesh.sequence` shards: all_gather | ring; zig-zag rows to balance them.
+    sequence_parallel: str = "all_gather"
+    sequence_load_balance: bool = True
     # The frozen reference's parameter dtype (it gets no gradient); None: the compute dtype.
     reference_dtype: str | None = None
     # Low-rank adapters (LoRA); None: full fine-tuning.
@@ -113,6 +116,8 @@ class ModelSection:
             scan_layers=self.scan_layers,
             remat_policy=self.remat_policy,
             attention_backend=self.attention_backend,
+            sequence_parallel=self.sequence_parallel,
+            sequence_load_balance=self.sequence_load_balance,
             **(self.lora.execution() if self.lora is not None else {}),
         )
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from alignjax.models import sequence_parallel as sp
 from alignjax.sharding import BATCH_AXES
 
 
@@ -229,11 +230,28 @@ def attention(
     softcap: float | None = None,
     backend: str = "xla",
     max_segments: int = 1,
+    sequence_parallel: str | None = None,
 ):
     """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype.
 
     `max_segments` (cudnn only): the most sequences one row holds, 1 unless rows are packed.
-    cuDNN keeps softmax statistics per segment slot, so it is a static bound, not L."""
+    cuDNN keeps softmax statistics per segment slot, so it is a static bound, not L.
+
+    `sequence_parallel` (all_gather or ring; self-attention only, keys at the queries'
+    positions): when the mesh in context splits rows over its `sequence` axis, attention
+    runs across the shards that way (`sequence_parallel.py`), whatever the backend."""
+    if sequence_parallel is not None and sp.applies(q_BxLxHxDh.shape[1], k_BxSxKxDh.shape[1]):
+        return sp.attention(
+            q_BxLxHxDh,
+            k_BxSxKxDh,
+            v_BxSxKxDh,
+            q_positions_BxL,
+            q_segment_ids_BxL,
+            scale=scale,
+            window=window,
+            softcap=softcap,
+            strategy=sequence_parallel,
+        )
     if backend == "splash" or backend == "splash_interpret":
         # Splash masks by index, which equals masking by position inside a segment.
         interpret = backend == "splash_interpret"

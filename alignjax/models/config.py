@@ -16,6 +16,7 @@ SLIDING = "sliding_attention"
 
 # splash_interpret runs the TPU kernel through the Pallas interpreter: for tests on CPU.
 ATTENTION_BACKENDS = ("xla", "dot_product", "cudnn", "splash", "splash_interpret")
+SEQUENCE_PARALLEL = ("all_gather", "ring")
 REMAT_POLICIES = (
     "none",
     "minimal",
@@ -83,6 +84,11 @@ class ModelConfig:
     attention_backend: str = "xla"
     # The most sequences one row holds (packed rows); set by the trainer from the data.
     max_segments_per_row: int = 1
+    # When the mesh splits rows over its `sequence` axis: how attention crosses the shards
+    # (all_gather | ring), and whether rows are reordered so each shard has an equal share of
+    # the causal mask's work (zig-zag, undone on output).
+    sequence_parallel: str = "all_gather"
+    sequence_load_balance: bool = True
     # LoRA (models/lora.py): rank 0 is off; targets are projection names (q, k, v, o, gate,
     # up, down); scale is alpha / rank (alpha / sqrt(rank) with rsLoRA).
     lora_rank: int = 0
@@ -94,6 +100,10 @@ class ModelConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"model.attention_backend={self.attention_backend!r} is not one of {ATTENTION_BACKENDS}"
+            )
+        if self.sequence_parallel not in SEQUENCE_PARALLEL:
+            raise ValueError(
+                f"model.sequence_parallel={self.sequence_parallel!r} is not one of {SEQUENCE_PARALLEL}"
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")

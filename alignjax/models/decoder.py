@@ -13,6 +13,7 @@ updated cache, with the same parameters and the same masking rule as `apply`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -22,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from alignjax.models import lora
 from alignjax.models import rope as rope_lib
+from alignjax.models import sequence_parallel as sp
 from alignjax.models.attention import attention
 from alignjax.models.config import FULL, SLIDING, ModelConfig
 from alignjax.models.quantize import QTensor
@@ -241,6 +243,7 @@ class Block(nn.Module):
         if cache is None:
             keys, values, k_positions, k_segment_ids = kk, v, positions_BxL, segment_ids_BxL
             backend = cfg.attention_backend
+            sequence_parallel = cfg.sequence_parallel
         else:
             k_all, v_all = _write_layer(cache, kk, v)
             keys, values = k_all[cache.layer], v_all[cache.layer]
@@ -249,6 +252,7 @@ class Block(nn.Module):
             # apply; the einsum masks by slot position and segment. At one query per row decode
             # is bandwidth-bound anyway; prefill pays for [L, S] logits, as under backend=xla.
             backend = "xla"
+            sequence_parallel = None
 
         def attend(window):
             return attention(
@@ -264,6 +268,7 @@ class Block(nn.Module):
                 softcap=cfg.attn_logit_softcap,
                 backend=backend,
                 max_segments=cfg.max_segments_per_row,
+                sequence_parallel=sequence_parallel,
             )
 
         if self.layer_type is not None:
@@ -355,7 +360,9 @@ class Decoder(nn.Module):
             # Declared here so init creates it; `head.py` uses it outside the forward pass.
             _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), _kernel_init)
 
-        x_BxLxD = _embed(cfg, embedding_VxD, tokens_BxL, extra_embeddings)
+        x_BxLxD = constrain(
+            _embed(cfg, embedding_VxD, tokens_BxL, extra_embeddings), *_ACT_ROWS, "activation_embed"
+        )
         rope_tables = _rope_tables(cfg, positions_BxL)
         block_cls = Block
         if cfg.remat_policy != "none":
@@ -423,6 +430,29 @@ def logical_axes(cfg: ModelConfig):
     return nn.get_partition_spec(shapes["params"])
 
 
+def _balance_shards(cfg: ModelConfig, length: int) -> int:
+    """How many sequence shards rows are zig-zagged across on the way in (0: none)."""
+    shards = sp.sequence_shards()
+    return shards if cfg.sequence_load_balance and sp.balances(length, shards) else 0
+
+
+def _balanced_inputs(shards: int, tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings):
+    """The inputs in zig-zag order; soft tokens follow their rows' tokens."""
+    tokens_BxL, positions_BxL, segment_ids_BxL = (
+        sp.load_balance_order(x, shards) for x in (tokens_BxL, positions_BxL, segment_ids_BxL)
+    )
+    if extra_embeddings is not None:
+        where_L = jnp.asarray(sp.balanced_index(tokens_BxL.shape[1], shards))
+        extra_embeddings = extra_embeddings._replace(index_BxT=where_L[extra_embeddings.index_BxT])
+    return tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings
+
+
+def _natural(shards: int, x_BxLx):
+    """Back from zig-zag order, still split over the sequence shards."""
+    x_BxLx = sp.natural_order(x_BxLx, shards)
+    return constrain(x_BxLx, *_ACT_ROWS, *(["activation_embed"] if x_BxLx.ndim == 3 else []))
+
+
 def apply(
     params: Params,
     cfg: ModelConfig,
@@ -432,14 +462,12 @@ def apply(
     extra_embeddings: ExtraEmbeddings | None = None,
 ):
     """Final-normed hidden states [B, L, D]. `params`: a decoder tree, or `lora.Adapted`."""
-    return Decoder(cfg).apply(
-        lora.variables(params),
-        tokens_BxL,
-        positions_BxL,
-        segment_ids_BxL,
-        extra_embeddings,
-        rngs=lora.rngs(params),
-    )
+    shards = _balance_shards(cfg, tokens_BxL.shape[1])
+    inputs = (tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings)
+    if shards:
+        inputs = _balanced_inputs(shards, *inputs)
+    hidden_BxLxD = Decoder(cfg).apply(lora.variables(params), *inputs, rngs=lora.rngs(params))
+    return _natural(shards, hidden_BxLxD) if shards else hidden_BxLxD
 
 
 def apply_with_intermediates(
@@ -455,14 +483,12 @@ def apply_with_intermediates(
     Activation summaries map a kind (attn_q, attn_k, attn_v, attn_out, mlp_out, residual)
     to per-token means over the feature dimension, stacked over layers: [N, B, L].
     """
+    shards = _balance_shards(cfg, tokens_BxL.shape[1])
+    inputs = (tokens_BxL, positions_BxL, segment_ids_BxL, extra_embeddings)
+    if shards:
+        inputs = _balanced_inputs(shards, *inputs)
     hidden_BxLxD, state = Decoder(cfg, collect=True).apply(
-        lora.variables(params),
-        tokens_BxL,
-        positions_BxL,
-        segment_ids_BxL,
-        extra_embeddings,
-        mutable=["intermediates"],
-        rngs=lora.rngs(params),
+        lora.variables(params), *inputs, mutable=["intermediates"], rngs=lora.rngs(params)
     )
     inter = state["intermediates"]
     hidden_NxBxLxD = inter.pop("hidden_states")[0]
@@ -471,6 +497,9 @@ def apply_with_intermediates(
     else:
         per_layer = [inter[f"layers_{i}"] for i in range(cfg.num_layers)]
         acts = {k: jnp.stack([layer[k][0] for layer in per_layer]) for k in per_layer[0]}
+    if shards:
+        natural = jax.vmap(functools.partial(_natural, shards))
+        return _natural(shards, hidden_BxLxD), natural(hidden_NxBxLxD), jax.tree.map(natural, acts)
     return hidden_BxLxD, hidden_NxBxLxD, acts
 
 

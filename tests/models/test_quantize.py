@@ -150,7 +150,7 @@ def test_quantized_base_shards_along_the_kernels_axes():
     shapes = jax.eval_shape(
         lambda: quantize.frozen(decoder.init_params(cfg, jax.random.key(0)), "nf4", jnp.bfloat16)
     )
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES)
     shardings = sharding.tree_shardings(axes, shapes, mesh)
     assert jax.tree.structure(shardings) == jax.tree.structure(shapes)
     assert shapes["embedding"].dtype == jnp.bfloat16

@@ -64,7 +64,7 @@ def test_two_processes_match_one_process(reference_run, config_for, log_path, co
 
     # Parameters really were split over the two processes' devices.
     specs = th.saved_specs(os.path.join(run_dir, "checkpoints", str(step), "params"))
-    assert {str(mesh) for mesh, _ in specs.values()} == {str({"data": 1, "fsdp": 2, "tensor": 1})}
+    assert {str(mesh) for mesh, _ in specs.values()} == {str({"data": 1, "fsdp": 2, "sequence": 1, "tensor": 1})}
     assert specs["['decoder']['layers_0']['gate']['kernel']"][1][0] == "fsdp"
     # One data-iterator state per process, so each resumes its own shard.
     loop = os.path.join(run_dir, "checkpoints", str(step), "loop", "metadata")
@@ -116,7 +116,7 @@ def test_row_regrouping_restores_the_chosen_then_rejected_layout():
     does, are regrouped into rows [0, P) chosen and [P, 2P) rejected."""
     from alignjax.train.multihost import _regroup_rows
 
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES)
     # Process q holds 3 pairs: rows "q c i" then "q r i"; values encode (process, half, pair).
     local = [np.array([[100 * q + 10 * half + i] for half in (0, 1) for i in range(3)]) for q in (0, 1)]
     rows = np.concatenate(local)
