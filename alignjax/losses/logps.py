@@ -88,13 +88,24 @@ def _num_vocab_tiles(plan: _Chunking) -> int:
 
 
 def _token_chunks(x_Nx: jax.Array, plan: _Chunking, fill) -> jax.Array:
-    """Pads the token axis to a whole number of chunks and splits it: [C, S, ...]."""
+    """Pads the token axis to a whole number of chunks and splits it: [C, S, ...].
+
+    Chunk c holds tokens c, c + C, c + 2C, ... (strided, not contiguous): when the token
+    axis is split over devices (rows over the batch axes, each row's tokens over
+    `sequence`), every chunk is then split the same way, and the loop over chunks runs on
+    every device's own tokens instead of gathering them all."""
     n = x_Nx.shape[0]
     num_chunks = -(-n // plan.token_chunk)
     pad = num_chunks * plan.token_chunk - n
     widths = [(0, pad)] + [(0, 0)] * (x_Nx.ndim - 1)
     x_Nx = jnp.pad(x_Nx, widths, constant_values=fill)
-    return x_Nx.reshape((num_chunks, plan.token_chunk) + x_Nx.shape[1:])
+    return jnp.swapaxes(x_Nx.reshape((plan.token_chunk, num_chunks) + x_Nx.shape[1:]), 0, 1)
+
+
+def _from_token_chunks(x_CxSx: jax.Array, n: int) -> jax.Array:
+    """Undoes `_token_chunks`: [N, ...] in token order."""
+    x_SxCx = jnp.swapaxes(x_CxSx, 0, 1)
+    return x_SxCx.reshape((-1,) + x_SxCx.shape[2:])[:n]
 
 
 def _logits_tile(h_SxD, w_DxC, plan):
@@ -146,9 +157,9 @@ def _chunked_logps_fwd(h_NxD, unembed_DxV, y_N, plan):
     logps_CxS, lse_CxS = lax.map(
         lambda args: _logps_chunk(args[0], args[1], unembed_DxV, plan), (h_CxSxD, y_CxS)
     )
-    logps_N = logps_CxS.reshape(-1)[:n]
+    logps_N = _from_token_chunks(logps_CxS, n)
     logps_N = jnp.where(_valid_targets(y_N, plan), logps_N, 0.0)
-    return logps_N, (h_NxD, unembed_DxV, y_N, lse_CxS.reshape(-1)[:n])
+    return logps_N, (h_NxD, unembed_DxV, y_N, _from_token_chunks(lse_CxS, n))
 
 
 def _chunked_logps_bwd(plan, residuals, g_N):
@@ -185,7 +196,7 @@ def _chunked_logps_bwd(plan, residuals, g_N):
         _token_chunks(g_N, plan, 0.0),
     )
     d_unembed_DxV, dh_CxSxD = lax.scan(chunk_step, jnp.zeros(unembed_DxV.shape, plan.dtype), chunks)
-    dh_NxD = dh_CxSxD.reshape(-1, h_NxD.shape[1])[: h_NxD.shape[0]]
+    dh_NxD = _from_token_chunks(dh_CxSxD, h_NxD.shape[0])
     return dh_NxD.astype(h_NxD.dtype), d_unembed_DxV.astype(unembed_DxV.dtype), None
 
 
@@ -276,7 +287,7 @@ def token_log_sum_sq_probs(
     )
     h_CxSxD = _token_chunks(hidden_BxLxD.reshape(b * l, d), plan, 0)
     out_CxS = lax.map(lambda h_SxD: _log_sum_sq_chunk(h_SxD, unembed_DxV, plan), h_CxSxD)
-    return out_CxS.reshape(-1)[: b * l].reshape(b, l)
+    return _from_token_chunks(out_CxS, b * l).reshape(b, l)
 
 
 # ---------------------------------------------------------------------------------
@@ -329,8 +340,9 @@ def _chunked_kl_fwd(hp_NxD, policy_DxV, hr_NxE, ref_ExV, plan):
         lambda args: _kl_chunk(args[0], args[1], policy_DxV, ref_ExV, plan),
         (_token_chunks(hp_NxD, plan, 0), _token_chunks(hr_NxE, plan, 0)),
     )
-    residuals = (hp_NxD, policy_DxV, hr_NxE, ref_ExV, lse_p_CxS.reshape(-1)[:n], lse_r_CxS.reshape(-1)[:n])
-    return kl_CxS.reshape(-1)[:n], residuals
+    lse_p_N, lse_r_N = _from_token_chunks(lse_p_CxS, n), _from_token_chunks(lse_r_CxS, n)
+    residuals = (hp_NxD, policy_DxV, hr_NxE, ref_ExV, lse_p_N, lse_r_N)
+    return _from_token_chunks(kl_CxS, n), residuals
 
 
 def _chunked_kl_bwd(plan, residuals, g_N):
@@ -369,7 +381,7 @@ def _chunked_kl_bwd(plan, residuals, g_N):
         _token_chunks(g_N.astype(plan.dtype), plan, 0.0),
     )
     d_policy_DxV, dh_CxSxD = lax.scan(chunk_step, jnp.zeros(policy_DxV.shape, plan.dtype), chunks)
-    dh_NxD = dh_CxSxD.reshape(-1, hp_NxD.shape[1])[: hp_NxD.shape[0]]
+    dh_NxD = _from_token_chunks(dh_CxSxD, hp_NxD.shape[0])
     # The reference is a fixed target: no cotangent (None = symbolic zero, no D x V buffer).
     return dh_NxD.astype(hp_NxD.dtype), d_policy_DxV.astype(policy_DxV.dtype), None, None
 

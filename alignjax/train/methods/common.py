@@ -32,7 +32,17 @@ __all__ = [
     "reference_or_own",
     "reference_pair_logps",
     "require_unpacked",
+    "scored_at_next",
 ]
+
+
+def scored_at_next(values_BxL):
+    """Per-token values computed from the hidden state at t (which scores token t + 1),
+    moved to column t + 1 (0 at t = 0): the batches' mask convention.
+
+    The hidden states go to the head whole and the shift happens here, on [B, L] values:
+    slicing [B, L, D] to L - 1 columns would cut a length split over `sequence` unevenly."""
+    return jnp.pad(values_BxL[:, :-1], ((0, 0), (1, 0)))
 
 
 def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, tokens_BxL):
@@ -41,29 +51,31 @@ def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, toke
     `loss` supplies the vocabulary chunking (`token_chunk`, `vocab_chunk`).
     """
     unembed_DxV = head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype)
-    logps_BxLm1 = token_logps(
-        hidden_BxLxD[:, :-1],
+    # The last column has no next token: an id outside the vocabulary scores 0.
+    next_tokens_BxL = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, 1)), constant_values=-1)
+    logps_BxL = token_logps(
+        hidden_BxLxD,
         unembed_DxV,
-        tokens_BxL[:, 1:],
+        next_tokens_BxL,
         final_logit_softcap=cfg.final_logit_softcap,
         token_chunk=loss.token_chunk,
         vocab_chunk=loss.vocab_chunk,
     )
-    return jnp.pad(logps_BxLm1, ((0, 0), (1, 0)))
+    return scored_at_next(logps_BxL)
 
 
 def log_sum_sq_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD):
     """log sum_v p(v)^2 of the distribution that scores column t (0 at t = 0), no gradient:
     aligned with `logps_from_hidden` (WPO's weights)."""
     unembed_DxV = head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype)
-    log_sum_sq_BxLm1 = token_log_sum_sq_probs(
-        hidden_BxLxD[:, :-1],
+    log_sum_sq_BxL = token_log_sum_sq_probs(
+        hidden_BxLxD,
         unembed_DxV,
         final_logit_softcap=cfg.final_logit_softcap,
         token_chunk=loss.token_chunk,
         vocab_chunk=loss.vocab_chunk,
     )
-    return jnp.pad(log_sum_sq_BxLm1, ((0, 0), (1, 0)))
+    return scored_at_next(log_sum_sq_BxL)
 
 
 def forward_logps(decoder_params, cfg, loss, batch, extra=None):

@@ -13,7 +13,13 @@ from alignjax.losses.activation_masks import activation_mask
 from alignjax.losses.token_weighted import SparsePOConfig, TokenPairLogps, TokenWeights, sparsepo_loss
 from alignjax.models import decoder, head
 from alignjax.models.mask_head import MASK_HEAD_KEY, MaskHead, mask_head_optimizer
-from alignjax.train.methods.common import logps_from_hidden, pair_outputs, policy_decoder, require_unpacked
+from alignjax.train.methods.common import (
+    logps_from_hidden,
+    pair_outputs,
+    policy_decoder,
+    require_unpacked,
+    scored_at_next,
+)
 from alignjax.train.methods.registry import Method, Objective
 
 
@@ -60,16 +66,16 @@ def build(cfg, loss, sizes) -> Objective:
         mask_BxL = (batch.loss_mask_BxL * (segments > 0)).astype(jnp.float32)
         kl_BxL = None
         if section.kl:
-            kl = token_kl(
-                policy_hidden[:, :-1],
+            kl_BxL = token_kl(
+                policy_hidden,
                 head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype),
-                ref_hidden[:, :-1],
+                ref_hidden,
                 head.unembedding_DxV(ref_params, cfg).astype(cfg.dtype),
                 final_logit_softcap=cfg.final_logit_softcap,
                 token_chunk=loss.token_chunk,
                 vocab_chunk=loss.vocab_chunk,
             )
-            kl_BxL = jnp.pad(kl, ((0, 0), (1, 0)))
+            kl_BxL = scored_at_next(kl_BxL)
 
         if section.weights == "ones":
             weights = None
