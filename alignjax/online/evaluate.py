@@ -8,6 +8,8 @@
         --reward length --reward formal=keyword_count:keywords=[Certainly] --out eval/
     alignjax eval runs/pdpo --config configs/pdpo.yaml --pdpo-eval runs/pdpo/data/pdpo_eval.jsonl \\
         --users all --prompts prompts.jsonl --reward length --out eval/
+    alignjax eval --fidelity pdpo runs/fidelity/pdpo runs/fidelity/pdpo_dpo --out eval/
+    (a method's signature result against its baseline: alignjax eval --fidelity --help)
 
 Every grid point (a weight vector, a named condition, or a P-DPO user) is added to
 every prompt record, rendered as training rendered it, and sampled; each response is
@@ -278,6 +280,11 @@ def _print_summary(table: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--fidelity":  # a method's reproduction against its baseline
+        from alignjax.online import fidelity
+
+        return fidelity.main(argv[1:])
     args = build_parser().parse_args(argv)
     return run_command("eval", _evaluate, args)
 
