@@ -249,6 +249,33 @@ def _delta(dout_tiles, out_tiles):
     return jnp.sum(dout_tiles.astype(jnp.float32) * out_tiles.astype(jnp.float32), axis=-1)
 
 
+def blockwise_attention(
+    q_BxLxHxDh,
+    k_BxSxKxDh,
+    v_BxSxKxDh,
+    *,
+    q_positions_BxL,
+    k_positions_BxS,
+    q_segment_ids_BxL,
+    k_segment_ids_BxS,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+    tile: int | None = None,
+):
+    """The kernel each shard runs, on whole arrays: [B, L, H, Dh] in the query dtype."""
+    t = tile or DEFAULT_TILE
+    spec = _Spec(
+        float(scale),
+        None if softcap is None else float(softcap),
+        window,
+        _tile(q_BxLxHxDh.shape[1], t),
+        _tile(k_BxSxKxDh.shape[1], t),
+    )
+    ids = (q_positions_BxL, q_segment_ids_BxL, k_positions_BxS, k_segment_ids_BxS)
+    return _blockwise(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, *(jnp.asarray(x, jnp.int32) for x in ids), spec)
+
+
 # ---------------------------------------------------------------------------------
 # Strategy 1: all-gather keys and values (the gather's transpose reduce-scatters dk, dv).
 # ---------------------------------------------------------------------------------

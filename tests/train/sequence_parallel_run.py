@@ -1,0 +1,162 @@
+"""DPO steps on a tiny model, unsharded and with rows split over `mesh.sequence`.
+
+Run as a script on 8 simulated CPU devices (the test sets XLA_FLAGS):
+    python sequence_parallel_run.py '<json list of variants>' OUT.json
+Each variant names a family, a batch layout (right / left padding, packed), a mesh and a
+strategy; the script writes each variant's per-step losses, and for variants that ask,
+the first step's gradients' largest difference from the unsharded run's.
+"""
+
+import dataclasses
+import json
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hf_models import FAMILY_CONFIGS
+
+from alignjax import sharding
+from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
+from alignjax.data.config import DataConfig
+from alignjax.data.pipeline import make_pipeline
+from alignjax.models import decoder
+from alignjax.models import sequence_parallel as sp
+from alignjax.models.families import model_config_from_hf
+from alignjax.models.parts import DECODER
+from alignjax.sharding import MeshSection, make_mesh
+from alignjax.train.config import LossSection
+from alignjax.train.methods import method_for
+from alignjax.train.stage import opt_state_shardings
+from alignjax.train.step import init_counters, make_step_fns
+
+STEPS = 10
+SIZES = {"num_conditions": 0, "num_users": 1, "n_user_tokens": 0}
+LENGTH = 64  # rows of 64 tokens: 16 per shard at mesh.sequence=4, two tiles of 8
+WORDS = ["tea", "rain", "maps", "owls", "jazz", "salt", "figs", "moss"]
+
+
+def _records():
+    return [
+        {
+            "prompt": f"Tell me about {w} in a sentence or two.",
+            "chosen": f" {w.capitalize()} is quiet and fine; people like {w} a lot.",
+            "rejected": f" no {w}" + " ever" * (i % 3 + 1) + "!",
+        }
+        for i, w in enumerate(WORDS)
+    ]
+
+
+def batches(tmp_dir: str, layout: str):
+    path = f"{tmp_dir}/pairs.jsonl"
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in _records())
+    packed = layout == "packed"
+    cfg = DataConfig(
+        sources=[{"path": path}],
+        max_length=LENGTH // 2 if packed else LENGTH,
+        max_prompt_length=24,
+        buckets=[LENGTH],
+        packing=packed,
+        pack_length=LENGTH if packed else None,
+        max_sequences_per_row=4,
+        batch_size=2 if packed else 4,
+        shuffle=False,
+        num_epochs=None,
+    )
+    pipeline = make_pipeline(cfg, make_byte_tokenizer())
+    try:
+        out = [next(pipeline) for _ in range(2)]
+    finally:
+        pipeline.close()
+    if layout == "left":
+        out = [_left_padded(b) for b in out]
+    return out
+
+
+def _left_padded(batch):
+    """The same rows with their padding moved to the front."""
+    seg = np.asarray(batch.segment_ids_BxL)
+    shift = (seg == 0).sum(axis=1)
+    roll = lambda x: np.stack([np.roll(row, s) for row, s in zip(np.asarray(x), shift)])
+    return dataclasses.replace(
+        batch,
+        tokens_BxL=roll(batch.tokens_BxL),
+        positions_BxL=roll(batch.positions_BxL),
+        segment_ids_BxL=roll(batch.segment_ids_BxL),
+        loss_mask_BxL=roll(batch.loss_mask_BxL),
+    )
+
+
+def model(family: str, scan: bool):
+    hf = dict(FAMILY_CONFIGS[family], vocab_size=VOCAB_SIZE)
+    cfg = model_config_from_hf(hf, scan_layers=scan, remat_policy="minimal" if scan else "none")
+    params = decoder.init_params(cfg, jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), len(jax.tree.leaves(params)))
+    noise = jax.tree.unflatten(jax.tree.structure(params), list(keys))
+    ref = jax.tree.map(lambda x, k: x + 0.05 * jax.random.normal(k, x.shape, x.dtype), params, noise)
+    # Host copies: a run's steps donate the device buffers they are given.
+    return cfg, jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, ref)
+
+
+def train(cfg, params, ref, data, mesh, first_grads: bool):
+    loss = LossSection(type="sigmoid", beta=0.1, token_chunk=32)
+    objective = method_for(loss).build(cfg, loss, SIZES)
+    tx = optax.adam(3e-4)
+    tree = {DECODER: params}
+    shapes = jax.eval_shape(lambda p: p, tree)
+    param_sh = {DECODER: sharding.tree_shardings(decoder.logical_axes(cfg), shapes[DECODER], mesh)}
+    opt_sh = opt_state_shardings(tx, jax.eval_shape(tx.init, shapes), param_sh, mesh)
+    fns = make_step_fns(objective, tx, param_sh, opt_sh)
+    with jax.set_mesh(mesh):
+        tree = jax.device_put(tree, param_sh)
+        ref = jax.device_put(ref, param_sh[DECODER])
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(tree)
+        counters = init_counters(0, 0, mesh)
+        state = objective.init_state()
+        rng = jax.random.key(2)
+        losses, grads = [], None
+        for step in range(STEPS):
+            batch = sharding.global_batch(data[step % len(data)], mesh)
+            acc, state = fns.first(tree, ref, batch, state, rng, counters, jnp.int32(0))
+            if step == 0 and first_grads:
+                grads = jax.tree.map(np.asarray, acc["grads"])
+            tree, opt_state, counters, metrics = fns.apply(tree, opt_state, acc, counters)
+            losses.append(float(metrics["loss"]))
+    return losses, grads
+
+
+def main():
+    variants, out_path = json.loads(sys.argv[1]), sys.argv[2]
+    # Two query and two key tiles per shard: the tile loops and their skips run.
+    sp.DEFAULT_TILE = 8
+    results, unsharded = [], {}
+    devices = jax.devices()
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in variants:
+            cfg, params, ref = model(v["family"], v.get("scan", False))
+            cfg = cfg.replace(sequence_parallel=v["strategy"], sequence_load_balance=v.get("balance", True))
+            data = batches(tmp, v["layout"])
+            key = (v["family"], v.get("scan", False), v["layout"])
+            if key not in unsharded:
+                one = make_mesh(MeshSection(fsdp=1), devices[:1])
+                unsharded[key] = train(cfg, params, ref, data, one, True)
+            mesh = make_mesh(MeshSection(**v["mesh"]), devices[: v["devices"]])
+            losses, grads = train(cfg, params, ref, data, mesh, v.get("grads", False))
+            ref_losses, ref_grads = unsharded[key]
+            row = dict(v, losses=losses, unsharded_losses=ref_losses)
+            if grads is not None:
+                diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), grads, ref_grads)
+                scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
+                row["grad_max_abs_diff"] = max(jax.tree.leaves(diffs))
+                row["grad_max_abs"] = scale
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main()
