@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from alignjax import paths
+
 T = TypeVar("T")
 
 
@@ -149,7 +151,7 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
 
 def load_yaml(path: str) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with paths.open(path) as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None

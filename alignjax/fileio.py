@@ -1,7 +1,10 @@
 """Atomic file writes: a reader, or a run restarted after a crash, sees the old file or the new one,
 never half of one.
 
-This module imports nothing from alignjax, so every layer can use it.
+On a bucket (`gs://`), where rename is not atomic, the file is written locally and uploaded
+under its final name: the object appears whole when the upload completes.
+
+This module imports nothing from alignjax but `paths`, so every layer can use it.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import hashlib
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
+
+from alignjax import paths
 
 
 @contextlib.contextmanager
@@ -26,6 +32,10 @@ def atomic_open(path: str, mode: str = "w", *, encoding: str = "utf-8") -> Itera
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    if paths.is_remote(path):
+        with _uploaded_open(path, mode, encoding=encoding) as f:
+            yield f
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same directory: os.replace is atomic only within one filesystem. pid + random suffix:
@@ -43,6 +53,17 @@ def atomic_open(path: str, mode: str = "w", *, encoding: str = "utf-8") -> Itera
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _uploaded_open(url: str, mode: str, *, encoding: str) -> Iterator[IO]:
+    fd, tmp = tempfile.mkstemp(prefix="alignjax-upload-")
+    try:
+        with open(fd, mode, encoding=None if mode == "wb" else encoding) as f:
+            yield f
+        paths.upload(tmp, url)
+    finally:
+        os.remove(tmp)
 
 
 def atomic_write_text(path: str, text: str, *, encoding: str = "utf-8") -> None:
@@ -71,9 +92,9 @@ _SAMPLED_BLOCKS, _BLOCK_BYTES = 64, 64 * 2**10
 def file_identity(path: str) -> dict:
     """A file's content identity: its sha256, or for large files its size and the sha256 of
     sampled blocks."""
-    size = os.path.getsize(path)
+    size = paths.getsize(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         if size <= _HASH_LIMIT_BYTES:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
@@ -86,5 +107,5 @@ def file_identity(path: str) -> dict:
 
 def files_identity(model_dir: str) -> dict:
     """A model directory's weight and config files by content."""
-    names = sorted(n for n in os.listdir(model_dir) if n.endswith((".safetensors", ".bin", ".json")))
-    return {n: file_identity(os.path.join(model_dir, n)) for n in names}
+    names = sorted(n for n in paths.listdir(model_dir) if n.endswith((".safetensors", ".bin", ".json")))
+    return {n: file_identity(paths.join(model_dir, n)) for n in names}

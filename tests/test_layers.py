@@ -1,7 +1,7 @@
 """The package is layered and acyclic: each module imports only its own layer and those
 below it, and no chain of imports (module level or inside functions) returns to its start.
 
-    base (configlib, sharding, errors, fileio, hardware) -> models -> convert -> losses
+    base (configlib, sharding, errors, paths, fileio, hardware) -> models -> convert -> losses
     -> data (and tasks) -> train -> online -> cli (cli, bench, plot)
 
 Read from the source with `ast`, so a lazy import inside a function counts too.
@@ -19,6 +19,7 @@ TOP_LEVEL = {
     "sharding": "base",
     "errors": "base",
     "fileio": "base",
+    "paths": "base",
     "hardware": "base",
     "quiet": "base",
     "tasks": "data",

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
+from alignjax import paths
 from alignjax.convert import model_checkpoint as mc
 from alignjax.convert.hf import params_from_tensors, tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
@@ -16,6 +15,7 @@ from alignjax.convert.sequence_classification import (
     read_score_head,
     write_sequence_classifier,
 )
+from alignjax.fileio import atomic_write_json
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import hf_class_name, load_hf_config_dict, model_config_from_hf
 from alignjax.models.lora import HF_TO_PROJECTION
@@ -25,14 +25,15 @@ from alignjax.models.score_head import SCORE_HEAD_KEY
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return None
-    with open(path) as f:
+    with paths.open(path) as f:
         return json.load(f)
 
 
 def load_hf_model(hf_dir: str, **execution: Any) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
-    """(config, NumPy params, checkpoint metadata) from a local Hugging Face directory."""
+    """(config, NumPy params, checkpoint metadata) from a Hugging Face directory (local, or a
+    bucket URL: tensors are then read one at a time by ranged reads)."""
     config_dict = load_hf_config_dict(hf_dir)
     cfg = model_config_from_hf(config_dict, **execution)
     tensors = iter_tensors(hf_dir)
@@ -44,7 +45,7 @@ def load_hf_model(hf_dir: str, **execution: Any) -> tuple[ModelConfig, dict[str,
         "hf_tensor_dtypes": dtypes,
         "scan_layers": cfg.scan_layers,
         "param_dtype": cfg.param_dtype,
-        "generation_config": _read_json(os.path.join(hf_dir, "generation_config.json")),
+        "generation_config": _read_json(paths.join(hf_dir, "generation_config.json")),
     }
     return cfg, params, meta
 
@@ -101,7 +102,7 @@ def lora_base(meta: dict[str, Any], **execution: Any):
         cfg = model_config_from_hf(preset_config(preset["name"], **overrides), **execution)
         params = jax.tree.map(np.asarray, decoder.init_params(cfg, jax.random.key(preset["seed"])))
         return cfg, params
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
         raise ValueError(
             f"the LoRA checkpoint's base {path!r} is not a model directory here; --merge needs the base "
             "weights it was trained on"
@@ -140,8 +141,8 @@ def _copy_tokenizer(root: str, out_dir: str) -> list[str]:
     written = []
     tok_dir = mc.tokenizer_path(root)
     if tok_dir is not None:
-        for name in sorted(os.listdir(tok_dir)):
-            shutil.copy2(os.path.join(tok_dir, name), os.path.join(out_dir, name))
+        for name in sorted(paths.listdir(tok_dir)):
+            paths.copy(paths.join(tok_dir, name), paths.join(out_dir, name))
             written.append(name)
     return written
 
@@ -156,7 +157,7 @@ def orbax_to_hf(
     root, step = mc.resolve(ckpt)
     meta = mc.load_meta(root, step)
     if meta.get("lora"):
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
         return _export_lora(root, step, meta, out_dir, merge, max_shard_bytes)
     if merge:
         raise ValueError(f"{ckpt}: --merge is for LoRA checkpoints; this one holds full weights")
@@ -186,7 +187,6 @@ def _write_full(
         ("config.json", hf_config),
         ("generation_config.json", _generation_config(meta, cfg)),
     ):
-        with open(os.path.join(out_dir, name), "w") as f:
-            json.dump(content, f, indent=2)
+        atomic_write_json(paths.join(out_dir, name), content, indent=2)
         written.append(name)
     return written

@@ -57,16 +57,16 @@ class LoraSection:
     def _take_peft_settings(self) -> None:
         """The adapter's own rank, alpha, rsLoRA and targets: it was trained with them."""
         import json
-        import os
 
+        from alignjax import paths
         from alignjax.convert.peft import ADAPTER_CONFIG, lora_settings_from_peft
 
-        path = os.path.join(self.from_peft, ADAPTER_CONFIG)
-        if not os.path.exists(path):
+        path = paths.join(self.from_peft, ADAPTER_CONFIG)
+        if not paths.exists(path):
             raise ValueError(
                 f"model.lora.from_peft={self.from_peft}: no {ADAPTER_CONFIG} there (a PEFT adapter directory)"
             )
-        with open(path) as f:
+        with paths.open(path) as f:
             settings = lora_settings_from_peft(json.load(f), source=path)
         by_projection = {v: k for k, v in HF_TO_PROJECTION.items()}
         object.__setattr__(self, "rank", settings["rank"])

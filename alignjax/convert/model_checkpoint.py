@@ -13,13 +13,13 @@ A step directory therefore needs nothing else to be exported back to Hugging Fac
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from alignjax import paths
 
 TOKENIZER_DIR = "tokenizer"
 PARAMS_ITEM = "params"
@@ -28,7 +28,7 @@ MODEL_ITEM = "model"
 
 def _manager(root: str, **options: Any) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        os.path.abspath(root),
+        paths.abspath(root),
         options=ocp.CheckpointManagerOptions(create=True, **options),
     )
 
@@ -52,10 +52,10 @@ def save_model(
             ),
         )
         manager.wait_until_finished()
-    return os.path.join(root, str(step))
+    return paths.join(root, str(step))
 
 
-_TOKENIZER_FILES = (
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -69,23 +69,23 @@ _TOKENIZER_FILES = (
 
 
 def copy_tokenizer(src_dir: str, root: str) -> None:
-    dest = os.path.join(root, TOKENIZER_DIR)
-    os.makedirs(dest, exist_ok=True)
-    for name in _TOKENIZER_FILES:
-        path = os.path.join(src_dir, name)
-        if os.path.exists(path):
-            shutil.copy2(path, os.path.join(dest, name))
+    dest = paths.join(root, TOKENIZER_DIR)
+    paths.makedirs(dest)
+    for name in TOKENIZER_FILES:
+        path = paths.join(src_dir, name)
+        if paths.exists(path):
+            paths.copy(path, paths.join(dest, name))
 
 
 def resolve(path: str) -> tuple[str, int]:
     """(checkpoint root, step) for either a root (latest step) or one step's directory."""
-    path = os.path.abspath(path.rstrip("/"))
-    if not os.path.isdir(path):
+    path = paths.abspath(path.rstrip("/"))
+    if not paths.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    base = os.path.basename(path)
-    if base.isdigit() and os.path.isdir(os.path.join(path, MODEL_ITEM)):
-        return os.path.dirname(path), int(base)
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d)))
+    base = paths.basename(path)
+    if base.isdigit() and paths.isdir(paths.join(path, MODEL_ITEM)):
+        return paths.dirname(path), int(base)
+    steps = sorted(int(d) for d in paths.listdir(path) if d.isdigit() and paths.isdir(paths.join(path, d)))
     if not steps:
         raise FileNotFoundError(
             f"{path}: no checkpoint steps found; pass a run's checkpoints directory or one step's directory"
@@ -102,7 +102,7 @@ def load_meta(root: str, step: int) -> dict[str, Any]:
 def load_params(root: str, step: int, *, as_numpy: bool = True) -> Any:
     """Restore the parameter tree; NumPy on the host by default (for export and conversion)."""
     with _manager(root, read_only=True) as manager:
-        item_dir = os.path.join(root, str(step), PARAMS_ITEM)
+        item_dir = paths.join(root, str(step), PARAMS_ITEM)
         metadata = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
         restore_type = np.ndarray if as_numpy else jax.Array
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=restore_type), metadata)
@@ -114,5 +114,5 @@ def load_params(root: str, step: int, *, as_numpy: bool = True) -> Any:
 
 
 def tokenizer_path(root: str) -> str | None:
-    path = os.path.join(root, TOKENIZER_DIR)
-    return path if os.path.isdir(path) else None
+    path = paths.join(root, TOKENIZER_DIR)
+    return path if paths.isdir(path) else None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
+from alignjax import paths
 from alignjax.convert.hf import _LAYER_MODULES
 from alignjax.fileio import atomic_write_bytes, atomic_write_json
 from alignjax.models import decoder, lora
@@ -269,19 +269,20 @@ def lora_settings_from_peft(
 
 def read_peft_adapter(adapter_dir: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(adapter_config dict, PEFT tensors) from a PEFT adapter directory, its config checked."""
-    config_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
-    weights_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
-    if not os.path.exists(config_path):
+    config_path = paths.join(adapter_dir, ADAPTER_CONFIG)
+    weights_path = paths.join(adapter_dir, ADAPTER_WEIGHTS)
+    if not paths.exists(config_path):
         raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_CONFIG}; not a PEFT adapter directory")
-    with open(config_path) as f:
+    with paths.open(config_path) as f:
         adapter_config = json.load(f)
     lora_settings_from_peft(adapter_config, source=config_path)
-    if not os.path.exists(weights_path):
+    if not paths.exists(weights_path):
         raise FileNotFoundError(
             f"{adapter_dir}: no {ADAPTER_WEIGHTS}; only safetensors adapters are read (re-save with "
             "PEFT's save_pretrained(..., safe_serialization=True))"
         )
-    return adapter_config, safetensors.numpy.load_file(weights_path)
+    with paths.open(weights_path, "rb") as f:  # adapters are small: read whole, local or remote
+        return adapter_config, safetensors.numpy.load(f.read())
 
 
 def write_peft_adapter(
@@ -335,9 +336,9 @@ def write_peft_adapter(
     }
     # Weights first: a directory with a config is a complete adapter.
     atomic_write_bytes(
-        os.path.join(out_dir, ADAPTER_WEIGHTS), safetensors.numpy.save(tensors, metadata={"format": "pt"})
+        paths.join(out_dir, ADAPTER_WEIGHTS), safetensors.numpy.save(tensors, metadata={"format": "pt"})
     )
-    atomic_write_json(os.path.join(out_dir, ADAPTER_CONFIG), adapter_config, indent=2)
+    atomic_write_json(paths.join(out_dir, ADAPTER_CONFIG), adapter_config, indent=2)
     return [ADAPTER_WEIGHTS, ADAPTER_CONFIG]
 
 
@@ -365,4 +366,4 @@ def merge_adapters(base_params, adapters, cfg: ModelConfig) -> dict[str, Any]:
 def adapters_from_peft_dir(adapter_dir: str, cfg: ModelConfig) -> dict[str, Any]:
     """A PEFT adapter directory's adapters for `cfg` (whose LoRA settings it must match)."""
     _, tensors = read_peft_adapter(adapter_dir)
-    return adapters_from_peft_tensors(tensors, cfg, source=os.path.join(adapter_dir, ADAPTER_WEIGHTS))
+    return adapters_from_peft_tensors(tensors, cfg, source=paths.join(adapter_dir, ADAPTER_WEIGHTS))

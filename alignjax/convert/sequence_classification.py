@@ -7,15 +7,15 @@ tied so that no `lm_head` is expected or written; the head is the `score_head` p
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from alignjax import paths
 from alignjax.convert.hf import tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
+from alignjax.fileio import atomic_write_json
 from alignjax.models.config import ModelConfig
 from alignjax.models.score_head import SCORE_HEAD_KEY
 
@@ -77,6 +77,5 @@ def write_sequence_classifier(
         writer.add(name, array)
     writer.add(SCORE_TENSOR, kernel_DxC.T.astype(np.dtype(default_dtype)))
     written = writer.close()
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2)
+    atomic_write_json(paths.join(out_dir, "config.json"), hf_config, indent=2)
     return written + ["config.json"]

@@ -1,10 +1,10 @@
-"""The one way the pipeline gets a tokenizer (a local directory, or the built-in bytes), and
-the one rule for the id that pads its batches."""
+"""The one way the pipeline gets a tokenizer (a directory, local or in a bucket, or the
+built-in bytes), and the one rule for the id that pads its batches."""
 
 from __future__ import annotations
 
-import os
-
+from alignjax import paths
+from alignjax.convert.model_checkpoint import TOKENIZER_FILES
 from alignjax.data.records import DataSetupError
 
 BYTE_TOKENIZER = "byte"
@@ -13,21 +13,26 @@ BYTE_TOKENIZER = "byte"
 def load_tokenizer(spec: str):
     """`"byte"` -> the built-in byte tokenizer; a directory -> `AutoTokenizer.from_pretrained`.
 
-    Only local directories are accepted (a checkpoint's, or one written with
-    `save_pretrained`): training must not depend on reaching a model hub.
+    Only directories are accepted (a checkpoint's, or one written with `save_pretrained`),
+    local or a bucket URL: training must not depend on reaching a model hub. From a bucket,
+    only the tokenizer's files and config.json are fetched (into `paths.cache_root()`).
     """
     if spec == BYTE_TOKENIZER:
         from alignjax.data.byte_tokenizer import make_byte_tokenizer
 
         return make_byte_tokenizer()
-    if not os.path.isdir(spec):
+    if not paths.isdir(spec):
         raise ValueError(
-            f"tokenizer {spec!r} is not a local directory; pass the model's directory "
+            f"tokenizer {spec!r} is not a directory; pass the model's directory "
             "(with tokenizer.json / tokenizer_config.json) or 'byte' for the built-in one"
         )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(spec)
+    local = paths.local_copy(spec, names=[*TOKENIZER_FILES, "config.json"])
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    if local != spec:
+        tokenizer.name_or_path = spec  # messages name where it came from, not the cache
+    return tokenizer
 
 
 def tokenizer_pad_id(tokenizer) -> int:

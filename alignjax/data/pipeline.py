@@ -21,10 +21,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 
 import grain
 
+from alignjax import paths
 from alignjax.data.batching import make_builder
 from alignjax.data.config import DataConfig
 from alignjax.data.examples import ExampleProcessor
@@ -361,7 +361,7 @@ def _ensure_absl_flags_parsed() -> None:
 def _user_vocab(cfg: DataConfig, sources, process_index: int) -> Vocab:
     """Load data.user_vocab_path if it exists; else build it from the data's user_ids
     and (process 0) write it there, so the run keeps the mapping it trained with."""
-    if cfg.user_vocab_path and os.path.exists(cfg.user_vocab_path):
+    if cfg.user_vocab_path and paths.exists(cfg.user_vocab_path):
         vocab = Vocab.load(cfg.user_vocab_path)
         log.info("P-DPO users: %d loaded from %s", len(vocab), cfg.user_vocab_path)
         return vocab
@@ -392,5 +392,5 @@ def save_state(pipeline: Pipeline, path: str) -> None:
 
 
 def load_state(pipeline: Pipeline, path: str) -> None:
-    with open(path) as f:
+    with paths.open(path) as f:
         pipeline.set_state(json.load(f))

@@ -5,11 +5,14 @@ lazily in the process that reads. Decoding (JSON, UTF-8) is left to `formats.py`
 so that a bad line is an error naming that line, not a failure to open the file.
 
 ArrayRecord encoding: one UTF-8 JSON object per record (`write_array_record`).
+
+A file or saved dataset in a bucket (`gs://...`) is copied once into the local cache
+(`paths.local_copy`) and read from there: random access by record would otherwise be one
+request per record. Records still name the URL they came from.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import threading
@@ -17,6 +20,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from alignjax import paths
 from alignjax.data.config import SourceConfig
 from alignjax.data.records import DataError, Origin, RawRecord
 
@@ -32,8 +36,8 @@ _EXTENSIONS = {
 class JsonlSource:
     """One JSON object per line. Empty lines hold no record and are not counted."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, name: str | None = None):
+        self.path, self.name = path, name or path
         self._starts, self._ends, self._line_numbers = _index_lines(path)
         self._fd, self._pid = None, None
         self._lock = threading.Lock()
@@ -45,7 +49,7 @@ class JsonlSource:
         start, end = int(self._starts[i]), int(self._ends[i])
         # pread keeps no file position, so Grain's reader threads can share the fd.
         data = os.pread(self._open(), end - start, start)
-        return RawRecord(Origin(self.path, int(self._line_numbers[i]), "line"), data)
+        return RawRecord(Origin(self.name, int(self._line_numbers[i]), "line"), data)
 
     def _open(self) -> int:
         if self._pid != os.getpid():  # first read in this (worker) process
@@ -61,7 +65,7 @@ class JsonlSource:
         self.__dict__.update(state, _fd=None, _pid=None, _lock=threading.Lock())
 
     def __repr__(self):
-        return f"JsonlSource({self.path!r}, {len(self)} records)"
+        return f"JsonlSource({self.name!r}, {len(self)} records)"
 
 
 def _index_lines(path: str):
@@ -88,10 +92,10 @@ class ParquetSource:
     larger than memory should be converted to ArrayRecord (`write_array_record`).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, name: str | None = None):
         import pyarrow.parquet as pq  # the `parquet` dependency, only when used
 
-        self.path = path
+        self.path, self.name = path, name or path
         self._len = pq.ParquetFile(path).metadata.num_rows
         self._table = None
         self._lock = threading.Lock()
@@ -107,23 +111,23 @@ class ParquetSource:
                 if self._table is None:
                     self._table = pq.read_table(self.path)
         row = self._table.slice(i, 1).to_pylist()[0]
-        return RawRecord(Origin(self.path, i, "row"), row)
+        return RawRecord(Origin(self.name, i, "row"), row)
 
     def __getstate__(self):
-        return {"path": self.path, "_len": self._len}
+        return {"path": self.path, "name": self.name, "_len": self._len}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _table=None, _lock=threading.Lock())
 
     def __repr__(self):
-        return f"ParquetSource({self.path!r}, {len(self)} rows)"
+        return f"ParquetSource({self.name!r}, {len(self)} rows)"
 
 
 class HFDiskSource:
     """A `datasets.Dataset` written with `save_to_disk` (memory-mapped Arrow)."""
 
-    def __init__(self, path: str, split: str | None = None):
-        self.path, self.split = path, split
+    def __init__(self, path: str, split: str | None = None, name: str | None = None):
+        self.path, self.split, self.name = path, split, name or path
         self._len = len(self._load())
 
     def _load(self):
@@ -133,7 +137,7 @@ class HFDiskSource:
         if isinstance(ds, datasets.DatasetDict):
             if self.split not in ds:
                 raise DataError(
-                    f"{self.path}: a saved DatasetDict without split {self.split!r}; "
+                    f"{self.name}: a saved DatasetDict without split {self.split!r}; "
                     f"set data.sources[].split to one of {sorted(ds)}"
                 )
             ds = ds[self.split]
@@ -145,32 +149,32 @@ class HFDiskSource:
     def __getitem__(self, i: int) -> RawRecord:
         if getattr(self, "_ds", None) is None:
             self._ds = self._load()
-        return RawRecord(Origin(self.path, i, "row"), self._ds[i])
+        return RawRecord(Origin(self.name, i, "row"), self._ds[i])
 
     def __getstate__(self):
-        return {"path": self.path, "split": self.split, "_len": self._len}
+        return {"path": self.path, "split": self.split, "name": self.name, "_len": self._len}
 
     def __repr__(self):
-        return f"HFDiskSource({self.path!r}, {len(self)} rows)"
+        return f"HFDiskSource({self.name!r}, {len(self)} rows)"
 
 
 class ArrayRecordSource:
     """An ArrayRecord file whose records are UTF-8 JSON objects."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, name: str | None = None):
         from grain.sources import ArrayRecordDataSource
 
-        self.path = path
+        self.path, self.name = path, name or path
         self._source = ArrayRecordDataSource([path])
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, i: int) -> RawRecord:
-        return RawRecord(Origin(self.path, i, "record"), self._source[i])
+        return RawRecord(Origin(self.name, i, "record"), self._source[i])
 
     def __repr__(self):
-        return f"ArrayRecordSource({self.path!r}, {len(self)} records)"
+        return f"ArrayRecordSource({self.name!r}, {len(self)} records)"
 
 
 class TfdsSource:
@@ -255,11 +259,11 @@ def open_sources(cfg: SourceConfig, key: str) -> list:
     """
     if cfg.format == "tfds":
         return [TfdsSource(cfg.path, cfg.split, cfg.data_dir)]
-    paths = sorted(glob.glob(cfg.path)) if any(c in cfg.path for c in "*?[") else [cfg.path]
-    if not paths or not all(os.path.exists(p) for p in paths):
+    matches = paths.glob(cfg.path) if any(c in cfg.path for c in "*?[") else [cfg.path]
+    if not matches or not all(paths.exists(p) for p in matches):
         raise DataError(f"{key}.path: {cfg.path!r} does not exist")
     out = []
-    for p in paths:
+    for p in matches:
         out.extend(_open_path(p, cfg, key))
     if not out:
         raise DataError(f"{key}.path: {cfg.path!r} holds no data files")
@@ -267,15 +271,15 @@ def open_sources(cfg: SourceConfig, key: str) -> list:
 
 
 def _open_path(path: str, cfg: SourceConfig, key: str) -> list:
-    if os.path.isdir(path):
+    if paths.isdir(path):
         if _is_hf_dataset_dir(path) or cfg.format == "hf":
-            return [HFDiskSource(path, cfg.split)]
+            return [HFDiskSource(paths.local_copy(path), cfg.split, name=path)]
         out = []
-        for name in sorted(os.listdir(path)):
-            sub = os.path.join(path, name)
-            if os.path.isdir(sub) and _is_hf_dataset_dir(sub):
-                out.append(HFDiskSource(sub, cfg.split))
-            elif os.path.isfile(sub) and _format_of(sub, "auto") is not None:
+        for name in paths.listdir(path):
+            sub = paths.join(path, name)
+            if paths.isdir(sub) and _is_hf_dataset_dir(sub):
+                out.append(HFDiskSource(paths.local_copy(sub), cfg.split, name=sub))
+            elif paths.isfile(sub) and _format_of(sub, "auto") is not None:
                 out.extend(_open_path(sub, cfg, key))
         return out
     fmt = _format_of(path, cfg.format)
@@ -284,7 +288,8 @@ def _open_path(path: str, cfg: SourceConfig, key: str) -> list:
             f"{key}: cannot tell the format of {path!r} from its name; set "
             f"{key}.format to one of jsonl, parquet, array_record, hf, tfds"
         )
-    return [{"jsonl": JsonlSource, "parquet": ParquetSource, "array_record": ArrayRecordSource}[fmt](path)]
+    source = {"jsonl": JsonlSource, "parquet": ParquetSource, "array_record": ArrayRecordSource}[fmt]
+    return [source(paths.local_copy(path), name=path)]
 
 
 def _format_of(path: str, fmt: str) -> str | None:
@@ -297,4 +302,4 @@ def _format_of(path: str, fmt: str) -> str | None:
 
 
 def _is_hf_dataset_dir(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+    return any(paths.exists(paths.join(path, f)) for f in ("state.json", "dataset_dict.json"))

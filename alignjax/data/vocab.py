@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
+from alignjax import paths
 from alignjax.fileio import atomic_write_json
 
 
@@ -37,7 +38,7 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str) -> "Vocab":
-        with open(path, encoding="utf-8") as f:
+        with paths.open(path, encoding="utf-8") as f:
             d = json.load(f)
         if not isinstance(d, dict) or not isinstance(d.get("keys"), list):
             raise ValueError(f"{path}: not a vocabulary file (expected {{kind, keys: [...]}})")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
+from alignjax import paths
 from alignjax.models.config import FULL, SLIDING, ModelConfig, RopeConfig
 
 
@@ -60,10 +60,10 @@ def supported_model_types() -> list[str]:
 
 
 def load_hf_config_dict(hf_dir: str) -> dict[str, Any]:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.exists(path):
+    path = paths.join(hf_dir, "config.json")
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} not found: a Hugging Face model directory needs config.json")
-    with open(path) as f:
+    with paths.open(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:

@@ -10,13 +10,13 @@ without slots. A pair counts as correct when the margin is positive.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignjax import paths
 from alignjax.data import ops as data_ops
 from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.data.pipeline import make_pipeline
@@ -35,11 +35,11 @@ def load_reference(run_dir: str, stage: str, policy: Policy | None = None):
     reference is then rebuilt on `policy`'s base, the one the run trained on."""
     from alignjax.convert import model_checkpoint as mc
 
-    root = os.path.join(run_dir, "reference", stage)
+    root = paths.join(run_dir, "reference", stage)
     base = policy.params.base if policy is not None and isinstance(policy.params, Adapted) else None
-    if base is not None and os.path.exists(root + ".adapters_off.json"):
+    if base is not None and paths.exists(root + ".adapters_off.json"):
         return base
-    if not os.path.isdir(root):
+    if not paths.isdir(root):
         raise FileNotFoundError(
             f"{root}: no reference for stage {stage!r}; P-DPO accuracy needs the run directory of a "
             "training run that reached that stage"

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from typing import Any
 
+from alignjax import paths
 from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.models import quantize
 from alignjax.models.config import ModelConfig
@@ -50,24 +50,24 @@ class Policy:
 
 def _checkpoint_dir(path: str) -> str | None:
     """The checkpoint root or step directory `path` names, or None for an HF directory."""
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints")
-    if os.path.exists(os.path.join(path, "config.json")):
+    if paths.isdir(paths.join(path, "checkpoints")):
+        return paths.join(path, "checkpoints")
+    if paths.exists(paths.join(path, "config.json")):
         return None
     return path
 
 
 def _run_dir_of(root: str) -> str | None:
     """A training run's directory: the parent of `checkpoints/`."""
-    return os.path.dirname(root) if os.path.basename(root) == "checkpoints" else None
+    return paths.dirname(root) if paths.basename(root) == "checkpoints" else None
 
 
 def _stage_of(root: str, step: int) -> str | None:
     """The stage name a training checkpoint recorded in its loop state (JSON)."""
-    path = os.path.join(root, str(step), "loop", "metadata")
-    if not os.path.exists(path):
+    path = paths.join(root, str(step), "loop", "metadata")
+    if not paths.exists(path):
         return None
-    with open(path) as f:
+    with paths.open(path) as f:
         return json.load(f).get("stage")
 
 
@@ -77,9 +77,9 @@ def _tokenizer(root: str, run_dir: str | None):
 
     candidates = [mc.tokenizer_path(root)]
     if run_dir is not None:
-        candidates.append(os.path.join(run_dir, "tokenizer"))
+        candidates.append(paths.join(run_dir, "tokenizer"))
     for path in candidates:
-        if path is not None and os.path.isdir(path):
+        if path is not None and paths.isdir(path):
             return load_tokenizer(path)
     raise FileNotFoundError(
         f"{root}: no tokenizer/ directory next to the checkpoint steps; copy the model's "
@@ -95,8 +95,8 @@ def load_policy(path: str, **execution: Any) -> Policy:
     from alignjax.convert import model_checkpoint as mc
     from alignjax.data.load_tokenizer import load_tokenizer
 
-    path = os.path.abspath(path.rstrip("/"))
-    if not os.path.exists(path):
+    path = paths.abspath(path.rstrip("/"))
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path}: no such run, checkpoint or Hugging Face directory")
     ckpt = _checkpoint_dir(path)
     if ckpt is None:

@@ -10,12 +10,12 @@ training did. The templates come from the run's config; `run_data_config` finds 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from typing import Any
 
 import numpy as np
 
+from alignjax import paths
 from alignjax.data.config import DataConfig
 from alignjax.data.examples import ExampleProcessor, PromptTokenized
 from alignjax.data.records import Origin, RawRecord, Skipped
@@ -27,8 +27,8 @@ RUN_CONFIG_NAME = "config.yaml"  # where a run directory keeps its resolved conf
 def find_run_config(run_dir: str | None) -> str | None:
     if run_dir is None:
         return None
-    path = os.path.join(run_dir, RUN_CONFIG_NAME)
-    return path if os.path.exists(path) else None
+    path = paths.join(run_dir, RUN_CONFIG_NAME)
+    return path if paths.exists(path) else None
 
 
 def run_data_config(config_path: str | None, stage: str | None) -> DataConfig:
@@ -100,12 +100,12 @@ def run_user_vocab(config_path: str | None, stage: str | None, run_dir: str | No
     data = next((s for s in all_stages if s.name == stage), all_stages[-1]).config.data
     if data.n_user_tokens == 0:
         return None
-    if data.user_vocab_path and os.path.exists(data.user_vocab_path):
+    if data.user_vocab_path and paths.exists(data.user_vocab_path):
         return Vocab.load(data.user_vocab_path)
     train = data.train if isinstance(data.train, list) else [data.train]
     # `builtin:NAME` is the trainer's name for <run_dir>/data/NAME.jsonl.
     train = [
-        os.path.join(run_dir or ".", "data", p.split(":", 1)[1] + ".jsonl")
+        paths.join(run_dir or ".", "data", p.split(":", 1)[1] + ".jsonl")
         if isinstance(p, str) and p.startswith("builtin:")
         else p
         for p in train

@@ -11,9 +11,9 @@ from typing import Any
 
 import jax
 
-from alignjax import sharding
+from alignjax import paths, sharding
 from alignjax.convert.loading import LoadedModel, load_model
-from alignjax.data.load_tokenizer import tokenizer_pad_id
+from alignjax.data.load_tokenizer import load_tokenizer, tokenizer_pad_id
 from alignjax.models import decoder, quantize
 from alignjax.models.config import ModelConfig
 from alignjax.train.config import TrainConfig
@@ -27,7 +27,13 @@ def prepare_builtin_data(cfg: TrainConfig) -> str | None:
 
     if cfg.data.builtin not in BUILTIN_TASKS:
         raise ValueError(f"data.builtin={cfg.data.builtin!r} is not one of {sorted(BUILTIN_TASKS)}")
-    out = os.path.join(cfg.run_dir, "data")
+    out = paths.join(cfg.run_dir, "data")
+    if paths.is_remote(out):
+        # A bucket: each object appears whole when its upload completes, so the files are
+        # generated locally and uploaded under their final names.
+        with paths.local_dir_for(out) as scratch:
+            BUILTIN_TASKS[cfg.data.builtin](scratch, seed=cfg.seed)
+        return out
     # Deterministic: every process writes the same files (hosts need not share a disk). They
     # are written aside and renamed into place, so a process sharing the disk never reads a
     # file another one is halfway through rewriting.
@@ -42,16 +48,15 @@ def prepare_builtin_data(cfg: TrainConfig) -> str | None:
 
 def tokenizer_for(loaded: LoadedModel, run_dir: str):
     """(tokenizer, its directory): the model's own, or the built-in byte tokenizer for presets."""
-    import transformers
-
     if loaded.tokenizer_dir is not None:
-        return transformers.AutoTokenizer.from_pretrained(loaded.tokenizer_dir), loaded.tokenizer_dir
+        return load_tokenizer(loaded.tokenizer_dir), loaded.tokenizer_dir
     from alignjax.data.byte_tokenizer import make_byte_tokenizer
 
-    path = os.path.join(run_dir, "tokenizer")
+    path = paths.join(run_dir, "tokenizer")
     tokenizer = make_byte_tokenizer()
     if jax.process_index() == 0:
-        tokenizer.save_pretrained(path)
+        with paths.local_dir_for(path) as local:
+            tokenizer.save_pretrained(local)
     return tokenizer, path
 
 
@@ -88,7 +93,7 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     from alignjax.train.shared_dir import check_shared_run_dir
 
     sharding.maybe_initialize_distributed()
-    os.makedirs(cfg.run_dir, exist_ok=True)
+    paths.makedirs(cfg.run_dir)
     check_shared_run_dir(cfg.run_dir)  # before anything is written there
     mesh = sharding.make_mesh(cfg.mesh)
     data_dir = prepare_builtin_data(cfg)

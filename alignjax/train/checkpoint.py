@@ -10,13 +10,12 @@ newest step that restores cleanly and warns about any newer one that does not.
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from alignjax import paths
 from alignjax.convert import model_checkpoint as mc
 from alignjax.models.parts import is_grouped
 from alignjax.train.multihost import primary_decides
@@ -29,7 +28,7 @@ REFERENCE_ITEM = "reference"
 
 class TrainCheckpointer:
     def __init__(self, run_dir: str, *, keep: int = 3, async_save: bool = True):
-        self.root = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        self.root = paths.abspath(paths.join(run_dir, "checkpoints"))
         self.manager = ocp.CheckpointManager(
             self.root,
             options=ocp.CheckpointManagerOptions(
@@ -75,12 +74,12 @@ class TrainCheckpointer:
     def set_aside(self, step: int) -> str:
         """Move a step that does not restore out of the way (kept for inspection): otherwise
         the resumed run, reaching that step again, could not save it."""
-        dest = os.path.join(os.path.dirname(self.root), "checkpoints_unrestorable", str(step))
+        dest = paths.join(paths.dirname(self.root), "checkpoints_unrestorable", str(step))
         if jax.process_index() == 0:
-            if os.path.exists(dest):
-                shutil.rmtree(dest)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            os.replace(os.path.join(self.root, str(step)), dest)
+            if paths.exists(dest):
+                paths.rmtree(dest)
+            paths.makedirs(paths.dirname(dest))
+            paths.replace(paths.join(self.root, str(step)), dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -95,7 +94,7 @@ class TrainCheckpointer:
 
     def params_grouped(self, step: int) -> bool:
         """Whether the step's parameters are grouped as {"decoder": ..., <part>: ...}."""
-        item_dir = os.path.join(self.root, str(step), mc.PARAMS_ITEM)
+        item_dir = paths.join(self.root, str(step), mc.PARAMS_ITEM)
         tree = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
         return is_grouped(tree)
 
@@ -142,11 +141,9 @@ def restore_reference(root: str, abstract_params: Any) -> Any | None:
 
     Every process calls this; they agree on process 0's view of the directory, since the
     answer decides whether a (collective) save follows."""
-    if not primary_decides(os.path.isdir(root)):
+    if not primary_decides(paths.isdir(root)):
         return None
-    manager = ocp.CheckpointManager(
-        os.path.abspath(root), options=ocp.CheckpointManagerOptions(read_only=True)
-    )
+    manager = ocp.CheckpointManager(paths.abspath(root), options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         step = manager.latest_step()
         if step is None:

@@ -9,10 +9,9 @@ overrides applied on top of the base config for that stage only.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
-from alignjax import configlib
+from alignjax import configlib, paths
 from alignjax.convert.loading import ModelSection
 from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.sharding import MeshSection
@@ -79,7 +78,7 @@ def resolve_builtin_paths(path_or_list, data_dir: str | None):
         if isinstance(p, str) and p.startswith("builtin:"):
             if data_dir is None:
                 raise ValueError(f"{p!r} needs data.builtin to be set")
-            return os.path.join(data_dir, p.split(":", 1)[1] + ".jsonl")
+            return paths.join(data_dir, p.split(":", 1)[1] + ".jsonl")
         if isinstance(p, dict) and "path" in p:
             return dict(p, path=one(p["path"]))
         return p

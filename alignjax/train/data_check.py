@@ -21,11 +21,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import sys
 
 import jax
 
+from alignjax import paths
 from alignjax.data.check import SUMMARY_VERSION, CheckSummary, check_data
 from alignjax.data.config import DataConfig
 from alignjax.data.records import DataError
@@ -85,9 +85,9 @@ def cached_check(
     """(summary, its cache file, whether it came from the cache)."""
     what = f"stage {stage} {label}"
     fp = _fingerprint(cfg, tokenizer, per_host_batch_size)
-    path = os.path.join(run_dir, CHECK_DIR, f"{stage}-{label.removeprefix('data.')}-{fp}.json")
-    if os.path.exists(path):
-        with open(path) as f:
+    path = paths.join(run_dir, CHECK_DIR, f"{stage}-{label.removeprefix('data.')}-{fp}.json")
+    if paths.exists(path):
+        with paths.open(path) as f:
             summary = CheckSummary.from_json(json.load(f))
         log.info("data check of %s: reusing %s (the data has not changed since it was checked)", what, path)
         return summary, path, True

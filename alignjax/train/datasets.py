@@ -4,9 +4,9 @@ and the sets a precomputed reference table must cover."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
+from alignjax import paths
 from alignjax.data.config import DataConfig
 from alignjax.train.config import Stage, TrainConfig, data_config, resolve_builtin_paths, sources_from
 
@@ -55,7 +55,7 @@ def stage_data(stage: Stage, stage_index: int, data_dir: str | None, run_dir: st
     train = data_config(scfg.data, train_sources, micro, seed=scfg.data.seed + stage_index, num_epochs=None)
     if train.n_user_tokens > 0 and train.user_vocab_path is None:
         # Saved with the run, so eval and generation map user ids exactly as training did.
-        train = dataclasses.replace(train, user_vocab_path=os.path.join(run_dir, "user_vocab.json"))
+        train = dataclasses.replace(train, user_vocab_path=paths.join(run_dir, "user_vocab.json"))
     eval_sources = {
         name: sources_from(paths, eval_label(name)) for name, paths in _eval_paths(scfg, data_dir).items()
     }

@@ -89,7 +89,8 @@ def _source_identity(source) -> dict:
             "split": getattr(source, "split", None),
             "data_dir": getattr(source, "data_dir", None),
         }
-    out["name"] = os.path.basename(path.rstrip("/"))
+    # The name the user gave (a bucket URL's basename too), not the local cache copy's.
+    out["name"] = os.path.basename(getattr(source, "name", path).rstrip("/"))
     if os.path.isfile(path):
         return {**out, **file_identity(path)}
     files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)

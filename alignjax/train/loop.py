@@ -12,13 +12,13 @@ continues exactly where the uninterrupted run would have been. SIGTERM saves and
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
+from alignjax import paths
 from alignjax.hardware import device_peak_flops
 from alignjax.models.flops import step_flops
 from alignjax.models.parts import policy_decoder
@@ -48,7 +48,7 @@ def _write_run_config(cfg: TrainConfig) -> None:
     from alignjax import configlib
 
     tree = getattr(cfg, "_tree", None) or configlib.to_dict(cfg)
-    with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
+    with paths.open(paths.join(cfg.run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(tree, f, sort_keys=False)
 
 

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from alignjax import paths
 from alignjax.errors import MissingDependencyError
 from alignjax.fileio import atomic_write_text
 
@@ -92,7 +93,7 @@ class MetricsWriter:
         is_primary: bool = True,
     ):
         self.run_dir = os.fspath(run_dir)
-        self.jsonl_path = os.path.join(self.run_dir, JSONL_NAME)
+        self.jsonl_path = paths.join(self.run_dir, JSONL_NAME)
         self.is_primary = is_primary
         self._tensorboard = tensorboard and is_primary
         self._tb_writer = None
@@ -107,7 +108,7 @@ class MetricsWriter:
             _import_tensorboardx()  # fail at start-up, not at the first log step
         if wandb is not None:
             self._wandb_run = _import_wandb().init(**{"dir": self.run_dir, **dict(wandb)})
-        os.makedirs(self.run_dir, exist_ok=True)
+        paths.makedirs(self.run_dir)
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         """Logs `metrics` at `step`, keys prefixed (`prefix="eval/"`); returns the JSON record."""
@@ -117,11 +118,15 @@ class MetricsWriter:
         record = {"step": int(step), **{name: _json_safe(value) for name, value in values.items()}}
         if not self.is_primary:
             return record
-        if self._jsonl is None:
-            self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-        # A whole line per write and a flush, so a crash leaves at most one partial line.
-        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record, allow_nan=False) + "\n"
+        if paths.is_remote(self.jsonl_path):
+            paths.append_text(self.jsonl_path, line)  # a bucket has no append: the object is rewritten
+        else:
+            if self._jsonl is None:
+                self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+            # A whole line per write and a flush, so a crash leaves at most one partial line.
+            self._jsonl.write(line)
+            self._jsonl.flush()
         if self._tensorboard:
             writer = self._tb()
             for name, value in values.items():
@@ -147,9 +152,9 @@ class MetricsWriter:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
-        if not os.path.exists(self.jsonl_path):
+        if not paths.exists(self.jsonl_path):
             return 0
-        with open(self.jsonl_path, encoding="utf-8") as f:
+        with paths.open(self.jsonl_path, encoding="utf-8") as f:
             lines = f.readlines()
         kept, dropped = [], 0
         for number, line in enumerate(lines, start=1):
@@ -194,7 +199,7 @@ class MetricsWriter:
             # appending: without a unique suffix a writer reopened within the same second
             # (a quick restart, or truncate_after) would wipe the previous file.
             self._tb_writer = tensorboardx.SummaryWriter(
-                os.path.join(self.run_dir, TB_DIR_NAME),
+                paths.join(self.run_dir, TB_DIR_NAME),
                 purge_step=self._tb_purge_step,
                 filename_suffix=f".{uuid.uuid4().hex[:8]}",
             )

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 
 import jax
 import numpy as np
 
+from alignjax import paths
 from alignjax.data.config import DataConfig
 from alignjax.data.pipeline import make_pipeline
 from alignjax.errors import run_command
@@ -105,9 +105,9 @@ def _starting_params(cfg: TrainConfig, stage: Stage, index: int, initial_params,
         return initial_params
     from alignjax.convert import model_checkpoint as mc
 
-    root = os.path.abspath(os.path.join(cfg.run_dir, "checkpoints"))
+    root = paths.abspath(paths.join(cfg.run_dir, "checkpoints"))
     step = stage.first_step
-    if not os.path.isdir(os.path.join(root, str(step), "params")):
+    if not paths.isdir(paths.join(root, str(step), "params")):
         raise ValueError(
             f"stage {stage.name!r} starts from the model the stages before it train (checkpoint step {step}), "
             f"but {root}/{step} does not exist yet: run `alignjax train` first; it stops when stage "
@@ -142,7 +142,7 @@ def precompute(cfg: TrainConfig) -> list[str]:
             fp = fingerprint(model_id, data_id)
             path = table_path(cfg.run_dir, fp)
             what = f"stage {stage.name!r} {label}"
-            if primary_decides(os.path.exists(path)):  # computing it is collective
+            if primary_decides(paths.exists(path)):  # computing it is collective
                 log.info("%s: %s is up to date", what, path)
                 written.append(path)
                 continue

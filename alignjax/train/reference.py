@@ -10,11 +10,11 @@ and of each data set.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 
+from alignjax import paths
 from alignjax.fileio import atomic_write_json
 from alignjax.models.lora import Adapted
 from alignjax.train import checkpoint as ckpt_lib
@@ -44,7 +44,7 @@ def frozen_reference(run: RunSetup, checkpointer, stage: Stage, params, resuming
     Saved and restored as sharded arrays (parameters may span processes), onto the
     current mesh, which need not be the one it was saved from.
     """
-    root = os.path.join(run.cfg.run_dir, "reference", stage.name)
+    root = paths.join(run.cfg.run_dir, "reference", stage.name)
     # The previous stage's last checkpoint may still be finishing in the background. Orbax
     # names its cross-process barriers the same in every manager, so a second manager
     # saving meanwhile can pair with the wrong barrier on another process and hang.
@@ -75,10 +75,10 @@ def lora_reference(run: RunSetup, checkpointer, stage: Stage, start_adapters, la
 
     `start_adapters`: None for fresh adapters; `layout`: the adapters' (shapes, shardings).
     """
-    root = os.path.join(run.cfg.run_dir, "reference", stage.name)
+    root = paths.join(run.cfg.run_dir, "reference", stage.name)
     adapters_off = root + ".adapters_off.json"
     checkpointer.wait()  # see frozen_reference: Orbax barriers must not interleave
-    if primary_decides(os.path.exists(adapters_off)):
+    if primary_decides(paths.exists(adapters_off)):
         return run.frozen_base
     shapes, shardings = layout
     saved = ckpt_lib.restore_reference(root, abstract_arrays(shapes, shardings))
@@ -105,15 +105,15 @@ def reference_tables(
     """`loss.reference: precomputed`: the stage's tables by data-set label (else None)."""
     if not uses_table(stage.config.loss):
         return None
-    record = os.path.join(run.cfg.run_dir, TABLE_DIR, "stages", f"{stage.name}.json")
+    record = paths.join(run.cfg.run_dir, TABLE_DIR, "stages", f"{stage.name}.json")
     if resuming:
-        if not os.path.exists(record):
+        if not paths.exists(record):
             raise ValueError(
                 f"{record}: stage {stage.name!r} resumes inside itself with loss.reference=precomputed, but the "
                 "model it started from was never recorded there; restore that file, or delete the stage's "
                 "checkpoints to restart the stage"
             )
-        with open(record) as f:
+        with paths.open(record) as f:
             model_id = json.load(f)
     else:
         model_id = model_identity(run.model_meta["hf_config"], run.model_cfg, params, run.mesh)

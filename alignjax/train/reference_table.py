@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import numpy as np
 
+from alignjax import paths
 from alignjax.data.records import split_record_key
 from alignjax.fileio import atomic_open, atomic_write_json
 from alignjax.train.fingerprints import differences, fingerprint
@@ -60,7 +60,7 @@ class ReferenceTable:
 
 
 def table_path(run_dir: str, fp: str) -> str:
-    return os.path.join(run_dir, TABLE_DIR, f"{fp}.npz")
+    return paths.join(run_dir, TABLE_DIR, f"{fp}.npz")
 
 
 def load_table(run_dir: str, model_id: dict, data_id: dict, *, what: str, command: str) -> ReferenceTable:
@@ -68,11 +68,11 @@ def load_table(run_dir: str, model_id: dict, data_id: dict, *, what: str, comman
     fp = fingerprint(model_id, data_id)
     path = table_path(run_dir, fp)
     names = tuple(s["name"] for s in data_id["sources"])
-    if os.path.exists(path):
-        with np.load(path) as f:
+    if paths.exists(path):
+        with paths.open(path, "rb") as fh, np.load(fh) as f:
             return ReferenceTable(path, f["record_key_N"], f["chosen_N"], f["rejected_N"], names, command)
     message = f"{what}: loss.reference=precomputed, but there is no table {path} for its model and data"
-    stale = _closest_table(os.path.dirname(path), what, {"model": model_id, "data": data_id})
+    stale = _closest_table(paths.dirname(path), what, {"model": model_id, "data": data_id})
     if stale is not None:
         other, changes = stale
         message += f"; the table written for it before ({other}) is stale: " + "; ".join(changes[:6])
@@ -81,21 +81,21 @@ def load_table(run_dir: str, model_id: dict, data_id: dict, *, what: str, comman
 
 def _closest_table(directory: str, what: str, identity: dict):
     """(path, differences) of the newest table written for the same stage and set, if any."""
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         return None
     described = []
-    for name in os.listdir(directory):
+    for name in paths.listdir(directory):
         if not name.endswith(".json"):
             continue
-        with open(os.path.join(directory, name)) as f:
+        with paths.open(paths.join(directory, name)) as f:
             info = json.load(f)
         if info.get("what") == what:
-            described.append((os.path.getmtime(os.path.join(directory, name)), name, info))
+            described.append((paths.getmtime(paths.join(directory, name)), name, info))
     if not described:
         return None
     _, name, info = max(described)
     changes = differences({"model": info["model"], "data": info["data"]}, identity, "")
-    return os.path.join(directory, name[: -len(".json")] + ".npz"), [c.lstrip(".") for c in changes]
+    return paths.join(directory, name[: -len(".json")] + ".npz"), [c.lstrip(".") for c in changes]
 
 
 def write_json(path: str, value: Any) -> None:

@@ -12,7 +12,6 @@ so that all of them stop together, naming the processes that did not see it.
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import time
@@ -20,6 +19,7 @@ import time
 import jax
 import numpy as np
 
+from alignjax import paths
 from alignjax.fileio import atomic_write_text
 from alignjax.train.multihost import gather_json
 
@@ -34,7 +34,7 @@ def check_shared_run_dir(run_dir: str) -> None:
     """Raise ValueError on every process when some process does not see process 0's run_dir."""
     if jax.process_count() == 1:
         return
-    path = os.path.join(os.path.abspath(run_dir), MARKER)
+    path = paths.join(paths.abspath(run_dir), MARKER)
     token, write_error = "", None
     if jax.process_index() == 0:
         token = secrets.token_hex(TOKEN_BYTES)
@@ -57,7 +57,7 @@ def check_shared_run_dir(run_dir: str) -> None:
     )
     if jax.process_index() == 0 and token:
         # Every process has read it (the gather above waited for all of them).
-        os.remove(path)
+        paths.remove(path)
     problems = [p for p in (_problem(v, token) for v in views) if p]
     if problems:
         raise ValueError(
@@ -83,7 +83,7 @@ def _read_token(path: str, token: str) -> str | None:
     deadline = time.monotonic() + WAIT_S
     while True:
         try:
-            with open(path) as f:
+            with paths.open(path) as f:
                 seen = f.read().strip()
         except OSError:
             seen = None

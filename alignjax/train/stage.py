@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import optax
 
-from alignjax import sharding
+from alignjax import paths, sharding
 from alignjax.data.pipeline import make_pipeline
 from alignjax.fileio import atomic_write_json
 from alignjax.models import decoder
@@ -62,7 +61,7 @@ def opt_state_shardings(tx, opt_shapes, param_shardings, mesh):
 
 
 def _sizes_path(run: RunSetup, stage: Stage) -> str:
-    return os.path.join(run.cfg.run_dir, "stage_sizes", f"{stage.name}.json")
+    return paths.join(run.cfg.run_dir, "stage_sizes", f"{stage.name}.json")
 
 
 def stage_sizes(run: RunSetup, stage: Stage, data: StageData, pipeline=None) -> dict[str, int]:
@@ -70,12 +69,12 @@ def stage_sizes(run: RunSetup, stage: Stage, data: StageData, pipeline=None) -> 
     pipeline when it is built, else as saved when the stage first started."""
     path = _sizes_path(run, stage)
     if pipeline is None:
-        if not os.path.exists(path):
+        if not paths.exists(path):
             raise ValueError(
                 f"{path}: the objective sizes of stage {stage.name!r} were not saved with the run; "
                 "this checkpoint predates them: rerun the stage from its start (move its checkpoints aside)"
             )
-        with open(path) as f:
+        with paths.open(path) as f:
             return json.load(f)
     sizes = {
         "num_conditions": len(pipeline.condition_vocab) if pipeline.condition_vocab is not None else 0,

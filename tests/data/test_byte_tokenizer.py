@@ -65,5 +65,5 @@ def test_load_tokenizer_byte_or_local_directory(tmp_path):
     assert load_tokenizer("byte")("a", add_special_tokens=False)["input_ids"] == [97]
     make_byte_tokenizer().save_pretrained(tmp_path)
     assert load_tokenizer(str(tmp_path)).eos_token_id == EOS_ID
-    with pytest.raises(ValueError, match="not a local directory"):
+    with pytest.raises(ValueError, match="is not a directory"):
         load_tokenizer("meta-llama/Llama-3-8B")
