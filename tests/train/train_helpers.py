@@ -152,11 +152,17 @@ def run(
 
 
 def finalized_steps(run_dir: str) -> list[int]:
-    """Steps whose checkpoint Orbax has committed (the temporary directory was renamed)."""
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(root):
+    """Steps whose checkpoint Orbax has committed: locally, the temporary directory was renamed;
+    in a bucket (no rename), the step's commit marker was written last."""
+    from alignjax import paths
+
+    root = paths.join(run_dir, "checkpoints")
+    if not paths.isdir(root):
         return []
-    return sorted(int(d) for d in os.listdir(root) if d.isdigit())
+    steps = [int(d) for d in paths.listdir(root) if d.isdigit()]
+    if paths.is_remote(root):
+        steps = [s for s in steps if paths.exists(paths.join(root, str(s), "commit_success.txt"))]
+    return sorted(steps)
 
 
 def wait_for_checkpoint(proc, run_dir: str, step: int, timeout: float = 120.0) -> int:
@@ -181,7 +187,9 @@ def kill(proc, sig=signal.SIGKILL) -> None:
 
 
 def metrics(run_dir: str) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    from alignjax import paths
+
+    with paths.open(paths.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
 
 
@@ -205,9 +213,10 @@ def eval_metrics(run_dir: str) -> dict[str, float]:
 
 def final_params(run_dir: str, step: int | None = None):
     """Parameters of the newest (or the given) checkpoint, as NumPy."""
+    from alignjax import paths
     from alignjax.convert import model_checkpoint as mc
 
-    root = os.path.join(run_dir, "checkpoints")
+    root = paths.join(run_dir, "checkpoints")
     if step is None:
         root, step = mc.resolve(root)
     return step, mc.load_params(root, step, as_numpy=True)
