@@ -8,3 +8,5 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 # Tests share small helpers (tiny HF model builders) that live next to this file.
 sys.path.insert(0, os.path.dirname(__file__))
+
+from gcs_emulator import gcs  # noqa: E402, F401  (the `gcs` fixture: a bucket on 127.0.0.1, for every test)

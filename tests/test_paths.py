@@ -5,7 +5,6 @@ import os
 import uuid
 
 import pytest
-from gcs_emulator import gcs  # noqa: F401  (fixture)
 
 from alignjax import fileio, paths
 

@@ -14,7 +14,7 @@ import transformers
 
 from alignjax import paths
 from alignjax.convert.safetensors_io import INDEX_FILE, iter_tensors
-from gcs_emulator import gcs, upload_dir  # noqa: F401  (gcs: fixture)
+from gcs_emulator import upload_dir
 from hf_models import build_hf_model
 
 
@@ -30,7 +30,7 @@ def _cli(*args):
 
 
 @pytest.mark.slow
-def test_convert_from_and_to_a_bucket(gcs, tmp_path):  # noqa: F811
+def test_convert_from_and_to_a_bucket(gcs, tmp_path):
     from test_roundtrip import _tokenizer
 
     src = tmp_path / "hf"
@@ -68,6 +68,6 @@ def test_convert_from_and_to_a_bucket(gcs, tmp_path):  # noqa: F811
     assert transformers.AutoTokenizer.from_pretrained(local)("abc")["input_ids"]
 
 
-def test_a_missing_bucket_path_is_named(gcs):  # noqa: F811
+def test_a_missing_bucket_path_is_named(gcs):
     missing = _cli("convert", "orbax-to-hf", f"{gcs}/nowhere", f"{gcs}/out")
     assert missing.returncode == 2 and f"{gcs}/nowhere: no such checkpoint directory" in missing.stderr

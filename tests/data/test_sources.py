@@ -183,3 +183,39 @@ def test_mixture_weights_are_per_record_rates(tmp_path, byte_tok):
     assert sum(n for k, n in seen.items() if k.startswith("a")) == 10  # half of a, per epoch
     # The half of `a` is drawn afresh each epoch (seeded), not the same 5 records twice.
     assert len([k for k in seen if k.startswith("a")]) > 5
+
+
+@pytest.mark.parametrize(
+    "name, writer",
+    [
+        ("d.jsonl", lambda p: str(write_jsonl(p, RECORDS))),
+        ("d.parquet", _write_parquet),
+        ("hf_dataset", _write_hf),
+        ("d.array_record", _write_array_record),
+    ],
+)
+def test_every_file_format_reads_from_a_bucket(tmp_path, byte_tok, reference, gcs, monkeypatch, name, writer):
+    """The same file in a bucket (fake-gcs-server on 127.0.0.1) gives the same batches, and its
+    records name the URL, not the local cache copy they are read from."""
+    from gcs_emulator import upload_dir
+
+    monkeypatch.setenv("ALIGNJAX_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "up").mkdir()
+    writer(str(tmp_path / "up" / name))
+    url = upload_dir(str(tmp_path / "up"), f"{gcs}/sources-{tmp_path.name}") + f"/{name}"
+    assert _flatten(run(_cfg(url), byte_tok)[0]) == reference
+    (source,) = open_sources(SourceConfig(path=url), "data.sources[0]")
+    assert source[0].origin.path == url and url in repr(source)
+
+
+def test_a_glob_in_a_bucket(tmp_path, gcs):
+    from gcs_emulator import upload_dir
+
+    (tmp_path / "up").mkdir()
+    write_jsonl(tmp_path / "up" / "a.jsonl", RECORDS[:4])
+    write_jsonl(tmp_path / "up" / "b.jsonl", RECORDS[4:])
+    url = upload_dir(str(tmp_path / "up"), f"{gcs}/glob-{tmp_path.name}")
+    sources = open_sources(SourceConfig(path=f"{url}/*.jsonl"), "k")
+    assert [(s.name, len(s)) for s in sources] == [(f"{url}/a.jsonl", 4), (f"{url}/b.jsonl", 9)]
+    with pytest.raises(DataError, match="does not exist"):
+        open_sources(SourceConfig(path=f"{url}/missing.jsonl"), "k")

@@ -11,7 +11,7 @@ import yaml
 
 import train_helpers as th
 from alignjax import paths
-from gcs_emulator import gcs, upload_dir  # noqa: F401  (gcs: fixture)
+from gcs_emulator import upload_dir
 
 
 @pytest.mark.slow
@@ -20,7 +20,7 @@ def test_sigkill_with_a_bucket_run_dir_resumes_to_the_uninterrupted_run(
     gcs,
     tmp_path,
     log_path,
-    compile_cache,  # noqa: F811
+    compile_cache,
 ):
     run_dir = f"{gcs}/run-{uuid.uuid4().hex[:8]}"
     config = th.write_config(str(tmp_path / "config.yaml"), run_dir)
@@ -74,7 +74,7 @@ def test_a_model_and_data_in_a_bucket_train_as_their_local_copies(
     gcs,
     tmp_path,
     log_path,
-    compile_cache,  # noqa: F811
+    compile_cache,
 ):
     pytest.importorskip("torch")
     from hf_models import build_hf_model
