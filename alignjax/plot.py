@@ -24,7 +24,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from alignjax import paths
 from alignjax.errors import MissingDependencyError, run_command
+from alignjax.fileio import atomic_open
 
 EVAL_PREFIX = "eval/"
 PER_CONDITION_PREFIX = "rewards/accuracies/"
@@ -51,11 +53,11 @@ class Panel:
 def load_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
     """Records of a metrics.jsonl, one per step in step order, nulls as NaN."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(
             f"{path} does not exist; pass the run directory of `alignjax train` (the one holding metrics.jsonl)"
         )
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
         lines = f.readlines()
     by_step: dict[int, dict[str, float]] = {}
     for number, line in enumerate(lines, start=1):
@@ -199,11 +201,15 @@ def plot_run(
     the raw curve stays visible behind the smoothed one.
     """
     run_dir = os.fspath(run_dir)
-    records = load_metrics(os.path.join(run_dir, "metrics.jsonl"))
-    out_png = os.fspath(out_png) if out_png is not None else os.path.join(run_dir, "plots", "curves.png")
-    fig = draw(records, smoothing=smoothing, title=os.path.basename(os.path.normpath(run_dir)))
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    records = load_metrics(paths.join(run_dir, "metrics.jsonl"))
+    out_png = os.fspath(out_png) if out_png is not None else paths.join(run_dir, "plots", "curves.png")
+    fig = draw(
+        records,
+        smoothing=smoothing,
+        title=paths.basename(run_dir if paths.is_remote(run_dir) else os.path.normpath(run_dir)),
+    )
+    with atomic_open(out_png, "wb") as f:  # a run in a bucket gets its plot there too
+        fig.savefig(f, dpi=110, format="png")
     return [out_png]
 
 

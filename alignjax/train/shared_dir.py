@@ -64,8 +64,9 @@ def check_shared_run_dir(run_dir: str) -> None:
             f"run_dir {run_dir!r} is not one directory that all {len(views)} processes share: "
             + "; ".join(problems)
             + ". Every process writes checkpoints into run_dir and reads back what process 0 "
-            "wrote there, so run_dir must be a shared filesystem (NFS, Filestore, Lustre) or a "
-            "bucket mounted on every host (gcsfuse); processes on one host need the same run_dir"
+            "wrote there, so run_dir must be a Cloud Storage bucket (run_dir=gs://BUCKET/PATH), a "
+            "shared filesystem (NFS, Filestore, Lustre) or a bucket mounted on every host (gcsfuse); "
+            "processes on one host need the same run_dir"
         )
 
 

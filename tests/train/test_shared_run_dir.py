@@ -68,7 +68,7 @@ def test_train_with_a_run_dir_per_process_stops_every_process_before_step_1(tmp_
         # Both name the process that did not see it and where it looked, and say what to use.
         assert "process 1 (host " in out and f"{marker_1} does not exist there" in out, out[-3000:]
         assert "process 0 (host" not in out
-        assert "shared filesystem" in out and "bucket mounted on every host" in out
+        assert "run_dir=gs://" in out and "shared filesystem" in out and "bucket mounted on every host" in out
     # Stopped before anything was trained or written.
     for run_dir in run_dirs:
         assert sorted(os.listdir(run_dir)) == [], os.listdir(run_dir)
@@ -126,6 +126,17 @@ def test_processes_sharing_run_dir_pass_and_leave_no_marker(tmp_path):
         {"process": 1, "error": None},
     ]
     assert os.listdir(shared) == []
+
+
+def test_processes_sharing_a_bucket_run_dir_pass_and_leave_no_marker(gcs):
+    run_dir = f"{gcs}/shared-run"
+    assert _check_in_two_processes([run_dir, run_dir]) == [
+        {"process": 0, "error": None},
+        {"process": 1, "error": None},
+    ]
+    from alignjax import paths
+
+    assert not paths.exists(paths.join(run_dir, MARKER))
 
 
 def test_a_stale_marker_from_another_run_is_not_taken_for_a_shared_directory(tmp_path):
