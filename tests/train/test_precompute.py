@@ -215,7 +215,9 @@ def test_changed_data_file_is_a_stale_table_error_naming_the_command(runs, tmp_p
     assert not th.finalized_steps(run_dir)
 
 
-def test_changed_max_length_is_a_stale_table_error(tmp_path):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_changed_max_length_is_a_stale_table_error(tmp_path, request, where):
+    """Tables are written, found and explained the same way in a local run_dir and in a bucket."""
     from alignjax.data.byte_tokenizer import make_byte_tokenizer
     from alignjax.train.config import TrainConfig
 
@@ -236,7 +238,9 @@ def test_changed_max_length_is_a_stale_table_error(tmp_path):
         assert label == "data.train"
         return data_identity(dcfg, tokenizer)
 
-    run_dir = str(tmp_path / "run")
+    run_dir = (
+        str(tmp_path / "run") if where == "local" else f"{request.getfixturevalue('gcs')}/{tmp_path.name}"
+    )
     with pytest.raises(
         ValueError, match=r"no table .*Run `alignjax precompute-ref x.yaml` to compute it"
     ) as missing:
