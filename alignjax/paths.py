@@ -5,9 +5,10 @@ a data file, a Hugging Face model directory or a conversion target may equally b
 local path or a Cloud Storage URL. Local paths go straight to `os` and `open`, unchanged;
 a URL (any `scheme://`) goes to fsspec, whose `gs` filesystem is gcsfs. fsspec rather than
 `etils.epath`: epath's own Cloud Storage backend is gcsfs too (when TensorFlow is absent),
-and fsspec adds what epath lacks here: streaming upload and download of whole files and
-ranged reads, and `memory://` for tests that need no server. Orbax receives the URL
-itself and reaches the same bucket through epath and tensorstore.
+and fsspec exposes what this layer needs and epath hides: file uploads and downloads
+(`put_file` / `get_file`), ranged reads of an open object, listings without a cache, and
+any other fsspec store (`s3://`, ...) for free. Orbax receives the URL itself and reaches
+the same bucket through epath and tensorstore.
 
 Semantics that differ on a bucket, and what the callers rely on:
 - An object appears whole when its upload completes and never half-written, but there
@@ -40,7 +41,7 @@ from alignjax.errors import MissingDependencyError
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    """Whether `path` is a URL (`gs://...`, `memory://...`) rather than a local path."""
+    """Whether `path` is a URL (`gs://...`) rather than a local path."""
     return "://" in os.fspath(path)
 
 
