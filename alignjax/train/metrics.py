@@ -79,7 +79,7 @@ class MetricsWriter:
 
     `wandb` is None (no W&B) or the keyword arguments of `wandb.init`, e.g.
     `dict(project="alignjax", name="dpo-llama", config=config_dict)`; its `dir` defaults
-    to the run directory. To continue the same W&B run after a restart, include its
+    to the run directory when that is local. To continue the same W&B run after a restart, include its
     `id` and `resume="allow"`; W&B ignores steps it has already recorded, so the
     re-trained stretch after the checkpoint appears only in the jsonl and TensorBoard.
     """
@@ -107,7 +107,9 @@ class MetricsWriter:
         if self._tensorboard:
             _import_tensorboardx()  # fail at start-up, not at the first log step
         if wandb is not None:
-            self._wandb_run = _import_wandb().init(**{"dir": self.run_dir, **dict(wandb)})
+            # W&B keeps its files on a local disk: beside a local run, in its default place otherwise.
+            local_dir = {} if paths.is_remote(self.run_dir) else {"dir": self.run_dir}
+            self._wandb_run = _import_wandb().init(**{**local_dir, **dict(wandb)})
         paths.makedirs(self.run_dir)
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
