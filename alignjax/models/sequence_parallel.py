@@ -181,6 +181,16 @@ def _attend_keys(running: _Running, q_tiles, k_BxSxKxDh, v_BxSxKxDh, k_pos_BxS, 
     return _Running(*lax.map(one_query_tile, (q_NxBxKxGxTxDh, q_pos_NxBxT, q_seg_NxBxT, tuple(running))))
 
 
+# The forward passes below run `_attend_keys` through this. Under a scan (scanned layers),
+# JAX's partial evaluation of the step otherwise looks inside a custom VJP's forward and
+# stacks every tile-skipping `cond`'s internals as residuals: [query tiles, key tiles]
+# worth of logits, the L x S array this module exists to avoid. Behind a checkpoint that
+# saves nothing, only the forward's inputs are residuals, and the custom VJP needs none.
+_attend_keys_sealed = jax.checkpoint(
+    _attend_keys, static_argnums=(6,), policy=jax.checkpoint_policies.nothing_saveable
+)
+
+
 def _finish(running: _Running, dtype):
     """(output tiles in `dtype`, log-normaliser tiles); rows that attended nothing give 0."""
     seen = running.sum_BxKxGxT > 0
@@ -288,7 +298,7 @@ def _blockwise(q, k, v, q_pos, q_seg, k_pos, k_seg, spec):
 
 def _blockwise_fwd(q, k, v, q_pos, q_seg, k_pos, k_seg, spec):
     q_tiles = _query_tiles(q, q_pos, q_seg, k.shape[2], spec)
-    running = _attend_keys(_empty_running(q_tiles[0]), q_tiles, k, v, k_pos, k_seg, spec)
+    running = _attend_keys_sealed(_empty_running(q_tiles[0]), q_tiles, k, v, k_pos, k_seg, spec)
     out_tiles, lse_tiles = _finish(running, q.dtype)
     return _from_query_tiles(out_tiles, q.dtype), (q, k, v, q_pos, q_seg, k_pos, k_seg, out_tiles, lse_tiles)
 
@@ -345,12 +355,12 @@ def _ring_fwd(q, k, v, pos, seg, shards, spec):
 
     def step(carry, _):
         running, block = carry
-        running = _attend_keys(running, q_tiles, *block, spec)
+        running = _attend_keys_sealed(running, q_tiles, *block, spec)
         return (running, _ring_shift(block, shards)), None
 
     # The last block is not sent on: it has served every shard.
     (running, block), _ = lax.scan(step, (_empty_running(q_tiles[0]), (k, v, pos, seg)), length=shards - 1)
-    running = _attend_keys(running, q_tiles, *block, spec)
+    running = _attend_keys_sealed(running, q_tiles, *block, spec)
     out_tiles, lse_tiles = _finish(running, q.dtype)
     return _from_query_tiles(out_tiles, q.dtype), (q, k, v, pos, seg, out_tiles, lse_tiles)
 

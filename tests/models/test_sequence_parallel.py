@@ -149,3 +149,42 @@ def test_both_strategies_equal_reference_on_8_devices(sharded_results):
     for r in sharded_results:
         assert abs(r["value"] - r["ref_value"]) <= 1e-5 * abs(r["ref_value"]), r
         assert r["grad_diff"] <= 1e-5 * r["grad_scale"], r
+
+
+def _largest_array(jaxpr) -> int:
+    """Elements in the largest value any equation of `jaxpr` (or of its sub-jaxprs) makes."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()))))
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            largest = max(largest, _largest_array(sub))
+    return largest
+
+
+def test_gradient_under_scanned_layers_holds_no_score_matrix():
+    """Scanned layers once made JAX keep every tile's scores for the backward (a
+    [query tiles, key tiles, ..., tile, tile] residual: the whole L x S matrix); the largest
+    array a scanned two-layer gradient makes stays far below one head's scores."""
+    b, length, heads, dh = 1, 256, 2, 8
+    pos, seg = jnp.arange(length)[None], jnp.ones((b, length), jnp.int32)
+
+    def layers(x):
+        def layer(h, _):
+            out = sp.blockwise_attention(
+                h,
+                h,
+                h,
+                q_positions_BxL=pos,
+                k_positions_BxS=pos,
+                q_segment_ids_BxL=seg,
+                k_segment_ids_BxS=seg,
+                scale=0.3,
+                tile=32,
+            )
+            return h + out, None
+
+        return jnp.sum(jax.lax.scan(layer, x, None, length=2)[0])
+
+    jaxpr = jax.make_jaxpr(jax.grad(layers))(jnp.ones((b, length, heads, dh))).jaxpr
+    assert _largest_array(jaxpr) <= length * length // 8
