@@ -147,6 +147,39 @@ def test_dpo_family_against_float64_pair_sums(model, tokenizer, tmp_path, loss_t
     np.testing.assert_allclose(float(metrics["rewards/chosen"]), chosen_rewards.mean(), rtol=5e-5, atol=1e-6)
 
 
+def test_pdpo_rpo_alpha_adds_the_token_mean_nll_of_the_chosen_with_user_tokens(model, tokenizer, tmp_path):
+    cfg, params, ref = model
+    rows = [dict(r, user_id=u) for r, u in zip(_pairs(4), ["a", "b", "a", "b"])]
+    path = tmp_path / "users.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataConfig(
+        sources=[{"path": str(path)}],
+        max_length=48,
+        max_prompt_length=24,
+        buckets=[48],
+        batch_size=4,
+        shuffle=False,
+        n_user_tokens=2,
+    )
+    pipeline = make_pipeline(data, tokenizer)
+    batch = next(pipeline)
+    pipeline.close()
+    sizes = {"num_conditions": 0, "num_users": 3, "n_user_tokens": 2}
+    values = {}
+    for alpha in (0.0, 0.7):
+        pdpo = dataclasses.replace(LossSection().section("pdpo"), rpo_alpha=alpha)
+        loss = LossSection(type="pdpo", sections={"pdpo": pdpo})
+        objective = method_for(loss).build(cfg, loss, sizes)
+        user_model = objective.init_parts(jax.random.key(5), params)
+        state = objective.init_state()
+        value, (metrics, _, _) = objective.fn({DECODER: params, **user_model}, ref, batch, state, None)
+        values[alpha] = float(value)
+    chosen_tokens = _response_mask(batch)[:4].sum()
+    nll = -float(metrics["logps/chosen"]) * 4 / chosen_tokens  # logps/chosen: mean summed log-prob
+    np.testing.assert_allclose(float(metrics["nll_loss"]), nll, rtol=1e-5)
+    np.testing.assert_allclose(values[0.7] - values[0.0], 0.7 * nll, rtol=1e-4)
+
+
 def test_mo_odpo_trains_sigmoid_dpo(model, tokenizer, tmp_path):
     import alignjax.online  # noqa: F401  (registers MO-ODPO)
 

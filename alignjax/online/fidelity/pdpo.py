@@ -29,7 +29,7 @@ UNSEEN = "unseen_user"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pdpo_run", help="run directory of configs/fidelity/pdpo.yaml")
     parser.add_argument(
-        "dpo_run", help="run directory of the same config with loss.type=sigmoid data.n_user_tokens=0"
+        "dpo_run", help="run directory of the same config with loss.type=[sigmoid,sft] data.n_user_tokens=0"
     )
     parser.add_argument("--max-new-tokens", type=int, default=160)
 

@@ -28,6 +28,9 @@ class PDPOSection:
     alpha: float = 0.5
     user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
     num_clusters: int = 5
+    # TRL's rpo_alpha: adds this weight times the token-mean NLL of the chosen responses
+    # given the pair's user tokens, so generation with the soft tokens stays fluent.
+    rpo_alpha: float = 0.0
 
 
 def _embed_scale(cfg):
@@ -89,6 +92,12 @@ def build(cfg, loss, sizes) -> Objective:
             ),
             config,
         )
+        if section.rpo_alpha:
+            # Padding slots and invalid pairs have no response tokens: they add nothing.
+            chosen_len_P, _ = data_ops.pair_sums(jnp.ones_like(logps[: 2 * p]), batch)
+            nll = -jnp.sum(user_c) / jnp.maximum(jnp.sum(chosen_len_P), 1.0)
+            value = value + section.rpo_alpha * nll
+            metrics = {**metrics, "nll_loss": jax.lax.stop_gradient(nll)}
         margin_P = loss.beta * ((user_c - ref.chosen_logps_B) - (user_r - ref.rejected_logps_B))
         return value, (metrics, state, pair_outputs(metrics, margin_P, batch, sizes["num_conditions"]))
 
