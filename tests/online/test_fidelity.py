@@ -36,7 +36,7 @@ def test_user_length_labels_cancel_without_the_user(tmp_path):
     assert {r["response"] for r in _read(paths["sft"])} == {r["chosen"] for r in train}
 
 
-def test_judged_facts_spans_and_misconceptions(tmp_path):
+def test_judged_facts_spans(tmp_path):
     paths = BUILTIN_TASKS["judged_facts"](str(tmp_path), n_train=2000, n_eval=20)
     train = _read(paths["cut"])
     truth = {r["topic"]: r["truth"] for r in _read(paths["fact_prompts"])}
@@ -47,14 +47,13 @@ def test_judged_facts_spans_and_misconceptions(tmp_path):
         digit = r["response"][-2]
         assert (digit == truth[r["topic"]]) == (r["judgment"] is None)
         said[r["topic"]].add(digit)
-    assert all(len(digits) <= 2 for digits in said.values())  # the truth and one misconception
-    for r in _read(paths["cut_eval"]):
+    assert np.mean([len(digits) for digits in said.values()]) > 5  # wrong numbers vary
+    for r in _read(paths["cut_eval"]) + wrong:
         start, end = r["error_span"]
-        assert r["response"][start:end] != r["truth"] and r["response"][start:end] in r["judgment"]
+        assert r["response"][start:end] != r["truth"] and f"not {r['response'][start:end]}." in r["judgment"]
         assert r["response"][:start] + r["truth"] + r["response"][end:] == judged_facts.answer(
             r["topic"], r["truth"]
         )
-        assert r["topic"] not in truth
 
 
 @pytest.mark.parametrize("length", ["short", "long"])

@@ -1,8 +1,8 @@
 """CUT on judged answers whose single error is known by construction
 (`data.builtin: judged_facts`): which tokens CUT flags, and whether it stops making the error.
 
-Flagging: for every held-out judged wrong answer (`cut_eval`, topics never trained on)
-the CUT model scores the response with and without its judgment, and flags the tokens
+Flagging: for every judged wrong answer of `cut_eval` (fresh records on the training
+topics) the CUT model scores the response with and without its judgment, and flags the tokens
 with p(y_t | x, j) / p(y_t | x) > lam (the run's `loss.cut` detection). A token is in
 the error span when any of its characters is. Precision: flagged tokens in the span /
 flagged tokens; recall: span tokens flagged / span tokens (also per answer: answers
@@ -168,7 +168,7 @@ def report(table: dict[str, Any]) -> list[str]:
     f = table["flagging"]
     lines = [
         (
-            f"flagged tokens (lam {f['lam']}, {f['detection']}) on {f['n']} held-out judged wrong answers: "
+            f"flagged tokens (lam {f['lam']}, {f['detection']}) on {f['n']} judged wrong answers: "
             f"precision {f['precision']:.3f}, recall {f['recall']:.3f} "
             f"({f['flagged_tokens']} flagged, {f['span_tokens']} span tokens; "
             f"span flagged in {f['answers_with_span_flagged']:.3f} of answers)"
