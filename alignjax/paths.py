@@ -279,7 +279,9 @@ def cache_root() -> str:
 def local_copy(path: str, *, names: list[str] | None = None) -> str:
     """A local path holding what `path` holds: `path` itself when it is local; for a URL, a copy
     in the cache (a file, or a directory's files, only `names` of them if given; the others are
-    left in the bucket, e.g. a model's weights, which are streamed instead).
+    left in the bucket, e.g. a model's weights, which are streamed instead). The copy keeps the
+    URL's last name (`.../remote/KEY/tokenizer` for `gs://b/run/tokenizer`), so a reader that
+    expects a layout (TFDS: `DATA_DIR/NAME/...`) finds it under the copy's parent.
 
     The copy is keyed by the URL and the remote files' sizes and modification times, so a
     changed object is fetched again; a partial download is never reused (written aside and
@@ -289,27 +291,23 @@ def local_copy(path: str, *, names: list[str] | None = None) -> str:
         return path
     fs, inner = _fs(path)
     fs.invalidate_cache()
-    if fs.isfile(inner):
-        entries = {basename(path): fs.info(inner)}
-        files = {basename(path): inner}
+    name = basename(path) or "root"
+    is_file = fs.isfile(inner)
+    if is_file:
+        files = {name: inner}
     else:
         if not fs.isdir(inner):
             raise FileNotFoundError(f"{path}: no such file or directory")
         inner = inner.rstrip("/")
         found = {p[len(inner) + 1 :]: p for p in fs.find(inner) if p.startswith(inner + "/")}
-        files = {rel: p for rel, p in found.items() if names is None or rel in names}
-        entries = {rel: fs.info(p) for rel, p in files.items()}
+        files = {f"{name}/{rel}": remote for rel, remote in found.items() if names is None or rel in names}
+    entries = sorted((rel, fs.info(remote)) for rel, remote in files.items())
     key = hashlib.sha256(
         repr(
-            (
-                path,
-                sorted(
-                    (r, e.get("size"), str(e.get("updated") or e.get("mtime"))) for r, e in entries.items()
-                ),
-            )
+            (path, [(r, e.get("size"), str(e.get("updated") or e.get("mtime"))) for r, e in entries])
         ).encode()
     ).hexdigest()[:20]
-    dest = os.path.join(cache_root(), "remote", f"{basename(path) or 'root'}-{key}")
+    dest = os.path.join(cache_root(), "remote", key)
     if not os.path.isdir(dest):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         scratch = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(dest))
@@ -317,12 +315,14 @@ def local_copy(path: str, *, names: list[str] | None = None) -> str:
             for rel, remote in files.items():
                 os.makedirs(os.path.dirname(os.path.join(scratch, rel)), exist_ok=True)
                 fs.get_file(remote, os.path.join(scratch, rel))
+            if not is_file:  # the directory exists even when no file matched `names`
+                os.makedirs(os.path.join(scratch, name), exist_ok=True)
             with contextlib.suppress(OSError):  # another process finished first: use its copy
                 os.rename(scratch, dest)
         finally:
             if os.path.isdir(scratch):
                 shutil.rmtree(scratch, ignore_errors=True)
-    return os.path.join(dest, basename(path)) if fs.isfile(inner) else dest
+    return os.path.join(dest, name)
 
 
 @contextlib.contextmanager

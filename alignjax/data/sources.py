@@ -196,7 +196,14 @@ class TfdsSource:
                 f"data.sources: {self.name!r} has format tfds but tensorflow-datasets "
                 "is not installed; pip install 'alignjax[tfds]'"
             ) from e
-        return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir)
+        data_dir = self.data_dir
+        if data_dir is not None and paths.is_remote(data_dir):
+            # TFDS on a bucket would read through its own gs:// layer; the dataset's directory
+            # (every version and config of it) is copied to the local cache instead, like any
+            # other data in a bucket, and read from there.
+            dataset_dir = self.name.split(":")[0].split("/")[0]
+            data_dir = os.path.dirname(paths.local_copy(paths.join(data_dir, dataset_dir)))
+        return tfds.data_source(self.name, split=self.split, data_dir=data_dir)
 
     def __len__(self) -> int:
         return self._len

@@ -1,6 +1,7 @@
 """Every source format gives the same batches from the same records; mixing weights."""
 
 import collections
+import functools
 import json
 
 import numpy as np
@@ -78,9 +79,9 @@ def test_file_formats_yield_identical_batches(tmp_path, byte_tok, reference, nam
     assert _flatten(run(_cfg(path), byte_tok)[0]) == reference
 
 
-def test_tfds_source_yields_identical_batches(tmp_path, byte_tok, reference):
-    # The test extra installs tensorflow-datasets (without TensorFlow: it prepares and reads
-    # ArrayRecord datasets itself), so this runs wherever the suite does.
+@functools.cache
+def _tiny_prefs_builder():
+    """The TFDS builder of RECORDS (defined once: TFDS registers builders by class name)."""
     import tensorflow_datasets as tfds
 
     message = tfds.features.FeaturesDict({"role": tfds.features.Text(), "content": tfds.features.Text()})
@@ -109,8 +110,22 @@ def test_tfds_source_yields_identical_batches(tmp_path, byte_tok, reference):
             for i, r in enumerate(RECORDS):
                 yield i, r
 
+    return TinyPrefs
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_tfds_source_yields_identical_batches(tmp_path, byte_tok, reference, request, monkeypatch, where):
+    # The test extra installs tensorflow-datasets (without TensorFlow: it prepares and reads
+    # ArrayRecord datasets itself), so this runs wherever the suite does. In a bucket, the
+    # dataset's directory is copied to the local cache and read from there.
+    TinyPrefs = _tiny_prefs_builder()
     data_dir = str(tmp_path / "tfds")
     TinyPrefs(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    if where == "bucket":
+        from gcs_emulator import upload_dir
+
+        monkeypatch.setenv("ALIGNJAX_CACHE", str(tmp_path / "cache"))
+        data_dir = upload_dir(data_dir, f"{request.getfixturevalue('gcs')}/tfds-{tmp_path.name}")
     got = _flatten(run(_cfg("tiny_prefs", "tfds", data_dir=data_dir), byte_tok)[0])
     assert got == reference
 
