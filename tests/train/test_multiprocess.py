@@ -1,7 +1,6 @@
 """Two local processes joined by jax.distributed (gloo on CPU) train like one process."""
 
 import json
-import os
 import signal
 import time
 
@@ -11,16 +10,24 @@ import portpicker
 import pytest
 
 import train_helpers as th
-from alignjax import sharding
+from alignjax import paths, sharding
 from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
 from alignjax.data.pipeline import make_pipeline
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(reference_run, config_for, log_path, compile_cache):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_two_processes_match_one_process(
+    reference_run, config_for, log_path, compile_cache, tmp_path, request, where
+):
     """Each process reads its own shard of the shuffled data ([process_index::2]) and
-    numbers its pairs from 0; the global batch must still be the one-process batch."""
+    numbers its pairs from 0; the global batch must still be the one-process batch.
+    In a bucket (as on a pod: run_dir=gs://...), both processes write their checkpoint
+    shards there and Orbax commits each step with its marker file."""
     config, run_dir = config_for("two_processes")
+    if where == "bucket":
+        run_dir = f"{request.getfixturevalue('gcs')}/two-processes-{tmp_path.name}"
+        config = th.write_config(str(tmp_path / "bucket.yaml"), run_dir)
     port = portpicker.pick_unused_port()
     procs = [
         th.start(
@@ -63,12 +70,14 @@ def test_two_processes_match_one_process(reference_run, config_for, log_path, co
     th.assert_trees_close(params, reference_run.final_params, 1e-4, "final parameters, 2 processes vs 1")
 
     # Parameters really were split over the two processes' devices.
-    specs = th.saved_specs(os.path.join(run_dir, "checkpoints", str(step), "params"))
-    assert {str(mesh) for mesh, _ in specs.values()} == {str({"data": 1, "fsdp": 2, "sequence": 1, "tensor": 1})}
+    specs = th.saved_specs(paths.join(run_dir, "checkpoints", str(step), "params"))
+    assert {str(mesh) for mesh, _ in specs.values()} == {
+        str({"data": 1, "fsdp": 2, "sequence": 1, "tensor": 1})
+    }
     assert specs["['decoder']['layers_0']['gate']['kernel']"][1][0] == "fsdp"
     # One data-iterator state per process, so each resumes its own shard.
-    loop = os.path.join(run_dir, "checkpoints", str(step), "loop", "metadata")
-    with open(loop) as f:
+    loop = paths.join(run_dir, "checkpoints", str(step), "loop", "metadata")
+    with paths.open(loop) as f:
         data_states = json.load(f)["data_state"]
     assert len(data_states) == 2 and data_states[0] != data_states[1]
 
@@ -116,7 +125,9 @@ def test_row_regrouping_restores_the_chosen_then_rejected_layout():
     does, are regrouped into rows [0, P) chosen and [P, 2P) rejected."""
     from alignjax.train.multihost import _regroup_rows
 
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES
+    )
     # Process q holds 3 pairs: rows "q c i" then "q r i"; values encode (process, half, pair).
     local = [np.array([[100 * q + 10 * half + i] for half in (0, 1) for i in range(3)]) for q in (0, 1)]
     rows = np.concatenate(local)
