@@ -86,7 +86,7 @@ class LoraSection:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """Either `hf_path` (a local Hugging Face directory) or `preset` (random init)."""
+    """Either `hf_path` (a Hugging Face directory, local or `gs://`) or `preset` (random init)."""
 
     hf_path: str | None = None
     preset: str | None = None

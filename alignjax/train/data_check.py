@@ -164,9 +164,9 @@ def check_stage_data(run: RunSetup, stage: Stage, data: StageData) -> None:
 def _tokenizer(cfg: TrainConfig):
     """The tokenizer training uses (`bootstrap.tokenizer_for`), without loading the model."""
     if cfg.model.hf_path is not None:
-        import transformers
+        from alignjax.data.load_tokenizer import load_tokenizer
 
-        return transformers.AutoTokenizer.from_pretrained(cfg.model.hf_path)
+        return load_tokenizer(cfg.model.hf_path)  # a local directory or a bucket URL
     from alignjax.data.byte_tokenizer import make_byte_tokenizer
 
     return make_byte_tokenizer()

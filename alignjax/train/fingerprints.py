@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alignjax import sharding
+from alignjax import paths, sharding
 from alignjax.data.config import DataConfig
 from alignjax.data.sources import open_sources
 from alignjax.fileio import file_identity
@@ -82,7 +81,7 @@ def model_identity(hf_config: dict, model_cfg, params, mesh) -> dict:
 def _source_identity(source) -> dict:
     out = {"records": len(source)}
     path = getattr(source, "path", None)
-    if path is None or not os.path.exists(path):  # TFDS: a dataset name, not a path
+    if path is None or not paths.exists(path):  # TFDS: a dataset name, not a path
         return {
             **out,
             "name": getattr(source, "name", repr(source)),
@@ -90,11 +89,10 @@ def _source_identity(source) -> dict:
             "data_dir": getattr(source, "data_dir", None),
         }
     # The name the user gave (a bucket URL's basename too), not the local cache copy's.
-    out["name"] = os.path.basename(getattr(source, "name", path).rstrip("/"))
-    if os.path.isfile(path):
+    out["name"] = paths.basename(getattr(source, "name", path).rstrip("/"))
+    if paths.isfile(path):
         return {**out, **file_identity(path)}
-    files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
-    parts = [(name, file_identity(os.path.join(path, name))) for name in files]
+    parts = [(name, file_identity(paths.join(path, name))) for name in paths.walk_files(path)]
     return {
         **out,
         "split": getattr(source, "split", None),
