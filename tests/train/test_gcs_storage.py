@@ -16,11 +16,7 @@ from gcs_emulator import upload_dir
 
 @pytest.mark.slow
 def test_sigkill_with_a_bucket_run_dir_resumes_to_the_uninterrupted_run(
-    reference_run,
-    gcs,
-    tmp_path,
-    log_path,
-    compile_cache,
+    reference_run, gcs, tmp_path, log_path, compile_cache
 ):
     run_dir = f"{gcs}/run-{uuid.uuid4().hex[:8]}"
     config = th.write_config(str(tmp_path / "config.yaml"), run_dir)
@@ -36,15 +32,7 @@ def test_sigkill_with_a_bucket_run_dir_resumes_to_the_uninterrupted_run(
     text = th.run(config, tensorboard, cache_dir=compile_cache, log_path=log_path("second"))
     assert f"resumed from {run_dir}/checkpoints at step {killed_at}" in text, text[-3000:]
 
-    losses = th.losses(run_dir)  # read from the bucket; a step logged twice fails here
-    assert sorted(losses) == list(range(1, th.TOTAL_STEPS + 1))
-    th.assert_losses_match(
-        losses, reference_run.losses, range(1, th.TOTAL_STEPS + 1), 1e-6, "gs:// run_dir vs local"
-    )
-    step, params = th.final_params(run_dir)
-    assert step == th.TOTAL_STEPS
-    th.assert_trees_close(params, reference_run.final_params, 1e-6, "final parameters, gs:// run_dir")
-    th.assert_eval_match(run_dir, reference_run.run_dir, 1e-6, "eval, gs:// run_dir")
+    th.assert_run_matches(run_dir, reference_run, 1e-6, "gs:// run_dir, killed and resumed, vs local")
     # The rest of the run directory is in the bucket too.
     for name in ("config.yaml", "reference/dpo", "data/train.jsonl", "tokenizer/tokenizer_config.json"):
         assert paths.exists(paths.join(run_dir, name)), name
@@ -70,12 +58,7 @@ def _hf_run_config(path, run_dir, model_dir, data_path):
 
 
 @pytest.mark.slow
-def test_a_model_and_data_in_a_bucket_train_as_their_local_copies(
-    gcs,
-    tmp_path,
-    log_path,
-    compile_cache,
-):
+def test_a_model_and_data_in_a_bucket_train_as_their_local_copies(gcs, tmp_path, log_path, compile_cache):
     pytest.importorskip("torch")
     from hf_models import build_hf_model
     from test_trl_parity import _pairs, _save_word_tokenizer

@@ -56,15 +56,7 @@ def test_sigkill_in_sft_then_in_dpo_resumes_to_the_same_parameters(
 
     # Each resume truncated metrics.jsonl to its checkpoint, so every step is logged once
     # (th.losses fails on a repeated step, which a run restarted from scratch would write).
-    losses = th.losses(run_dir)
-    assert sorted(losses) == list(range(1, th.TOTAL_STEPS + 1))
-    th.assert_losses_match(
-        losses, reference_run.losses, range(1, th.TOTAL_STEPS + 1), 1e-6, "resumed run vs uninterrupted"
-    )
-    step, params = th.final_params(run_dir)
-    assert step == th.TOTAL_STEPS
-    th.assert_trees_close(params, reference_run.final_params, 1e-6, "final parameters after two SIGKILLs")
-    th.assert_eval_match(run_dir, reference_run.run_dir, 1e-6, "eval after two SIGKILLs")
+    th.assert_run_matches(run_dir, reference_run, 1e-6, "after two SIGKILLs vs uninterrupted")
 
 
 def _wait_for_logged_step(proc, run_dir, step, timeout=120.0):

@@ -243,6 +243,20 @@ def assert_losses_match(actual: dict, expected: dict, steps, atol: float, what: 
     assert not bad, f"{what}: losses differ by more than {atol} at steps {bad}"
 
 
+def assert_run_matches(run_dir: str, reference, atol: float, what: str) -> int:
+    """Every step logged once, and the losses, final parameters and eval of the run at
+    `run_dir` within `atol` of `reference` (conftest's ReferenceRun); returns the final step."""
+    steps = range(1, TOTAL_STEPS + 1)
+    actual = losses(run_dir)  # fails on a step logged twice
+    assert sorted(actual) == list(steps), f"{what}: logged steps {sorted(actual)}"
+    assert_losses_match(actual, reference.losses, steps, atol, what)
+    step, params = final_params(run_dir)
+    assert step == TOTAL_STEPS, f"{what}: last checkpoint at step {step}"
+    assert_trees_close(params, reference.final_params, atol, f"{what}: final parameters")
+    assert_eval_match(run_dir, reference.run_dir, atol, f"{what}: eval")
+    return step
+
+
 def saved_specs(item_dir: str) -> dict[str, tuple]:
     """Parameter path -> (mesh axis sizes, partition spec) as Orbax recorded them at save."""
     import jax
