@@ -81,8 +81,12 @@ def natural_order(x_BxLx, shards: int):
 
 
 def balanced_index(length: int, shards: int) -> np.ndarray:
-    """[L]: where token t of a row sits in zig-zag order (to move soft-token indices)."""
-    return np.asarray(natural_order(np.arange(length)[None], shards)[0])
+    """[L]: where token t of a row sits in zig-zag order (to move soft-token indices).
+
+    `natural_order` of 0..L-1 in NumPy: a constant table, so it is built the same inside
+    jit (where jnp would trace it) as outside."""
+    pairs = np.arange(length).reshape(shards, 2, length // (2 * shards))
+    return np.concatenate([pairs[:, 0], pairs[::-1, 1]]).reshape(length)
 
 
 # ---------------------------------------------------------------------------------

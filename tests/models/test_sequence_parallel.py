@@ -50,6 +50,8 @@ def test_zigzag_order_gives_each_shard_an_early_and_a_late_chunk():
     np.testing.assert_array_equal(np.asarray(sp.natural_order(order, 2)), x)
     where = sp.balanced_index(16, 2)
     np.testing.assert_array_equal(order[0][where], x[0])
+    # Built inside jit too (P-DPO moves its soft-token indices with it in the step).
+    np.testing.assert_array_equal(jax.jit(lambda: jnp.asarray(sp.balanced_index(16, 2)))(), where)
     # Trailing dimensions ride along.
     y = np.random.default_rng(0).normal(size=(2, 16, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(sp.natural_order(sp.load_balance_order(y, 2), 2)), y)

@@ -3,7 +3,9 @@
 Run as a script on 8 simulated CPU devices (the test sets XLA_FLAGS):
     python sequence_parallel_run.py '<json list of variants>' OUT.json
 Each variant names a family, a batch layout (right / left padding, packed), a mesh and a
-strategy; the script writes each variant's per-step losses, and for variants that ask,
+strategy, and optionally a method (sigmoid DPO unless `method` says sparsepo: SparsePO with
+the token KL and reference-activation weights; pdpo: P-DPO's soft user tokens; cut: CUT's
+two views); the script writes each variant's per-step losses, and for variants that ask,
 the first step's gradients' largest difference from the unsharded run's.
 """
 
@@ -34,28 +36,42 @@ from alignjax.train.step import init_counters, make_step_fns
 
 STEPS = 10
 SIZES = {"num_conditions": 0, "num_users": 1, "n_user_tokens": 0}
+USER_TOKENS = 2
+USERS = ["ann", "bob"]
 LENGTH = 64  # rows of 64 tokens: 16 per shard at mesh.sequence=4, two tiles of 8
 WORDS = ["tea", "rain", "maps", "owls", "jazz", "salt", "figs", "moss"]
 
 
-def _records():
+def _records(method: str):
+    if method == "cut":  # every other answer judged wrong: both CUT terms have tokens
+        return [
+            {
+                "prompt": f"Tell me about {w} in a sentence or two.",
+                "response": f" {w.capitalize()} is quiet and fine.",
+                "judgment": None if i % 2 else f"Wrong: {w} is loud.",
+            }
+            for i, w in enumerate(WORDS)
+        ]
     return [
         {
             "prompt": f"Tell me about {w} in a sentence or two.",
             "chosen": f" {w.capitalize()} is quiet and fine; people like {w} a lot.",
             "rejected": f" no {w}" + " ever" * (i % 3 + 1) + "!",
+            **({"user_id": USERS[i % 2]} if method == "pdpo" else {}),
         }
         for i, w in enumerate(WORDS)
     ]
 
 
-def batches(tmp_dir: str, layout: str):
-    path = f"{tmp_dir}/pairs.jsonl"
+def batches(tmp_dir: str, layout: str, method: str = "dpo"):
+    path = f"{tmp_dir}/{method}.jsonl"
     with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in _records())
+        f.writelines(json.dumps(r) + "\n" for r in _records(method))
     packed = layout == "packed"
     cfg = DataConfig(
         sources=[{"path": path}],
+        record_type="cut" if method == "cut" else "preference",
+        n_user_tokens=USER_TOKENS if method == "pdpo" else 0,
         max_length=LENGTH // 2 if packed else LENGTH,
         max_prompt_length=24,
         buckets=[LENGTH],
@@ -101,13 +117,28 @@ def model(family: str, scan: bool):
     return cfg, jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, ref)
 
 
-def train(cfg, params, ref, data, mesh, first_grads: bool):
-    loss = LossSection(type="sigmoid", beta=0.1, token_chunk=32)
-    objective = method_for(loss).build(cfg, loss, SIZES)
+def objective_for(cfg, method: str):
+    """The method's objective and sizes; token_chunk 32 splits each row into two chunks."""
+    if method == "sparsepo":
+        section = dataclasses.replace(LossSection().section("sparsepo"), kl=True, weights="activations")
+        loss = LossSection(type="sparsepo", beta=0.1, token_chunk=32, sections={"sparsepo": section})
+    elif method == "pdpo":
+        loss = LossSection(type="pdpo", beta=0.1, token_chunk=32)
+    else:
+        loss = LossSection(type="cut" if method == "cut" else "sigmoid", beta=0.1, token_chunk=32)
+    sizes = dict(SIZES, num_users=len(USERS) + 1, n_user_tokens=USER_TOKENS) if method == "pdpo" else SIZES
+    return method_for(loss).build(cfg, loss, sizes)
+
+
+def train(cfg, params, ref, data, mesh, first_grads: bool, method: str = "dpo"):
+    objective = objective_for(cfg, method)
     tx = optax.adam(3e-4)
-    tree = {DECODER: params}
+    # A method's own parts (P-DPO's user model) are small and replicated, as the trainer has them.
+    parts = jax.tree.map(np.asarray, objective.init_parts(jax.random.key(3), params))
+    tree = {DECODER: params, **parts}
     shapes = jax.eval_shape(lambda p: p, tree)
     param_sh = {DECODER: sharding.tree_shardings(decoder.logical_axes(cfg), shapes[DECODER], mesh)}
+    param_sh.update(jax.tree.map(lambda _: sharding.replicated(mesh), parts))
     opt_sh = opt_state_shardings(tx, jax.eval_shape(tx.init, shapes), param_sh, mesh)
     fns = make_step_fns(objective, tx, param_sh, opt_sh)
     with jax.set_mesh(mesh):
@@ -138,13 +169,14 @@ def main():
         for v in variants:
             cfg, params, ref = model(v["family"], v.get("scan", False))
             cfg = cfg.replace(sequence_parallel=v["strategy"], sequence_load_balance=v.get("balance", True))
-            data = batches(tmp, v["layout"])
-            key = (v["family"], v.get("scan", False), v["layout"])
+            method = v.get("method", "dpo")
+            data = batches(tmp, v["layout"], method)
+            key = (v["family"], v.get("scan", False), v["layout"], method)
             if key not in unsharded:
                 one = make_mesh(MeshSection(fsdp=1), devices[:1])
-                unsharded[key] = train(cfg, params, ref, data, one, True)
+                unsharded[key] = train(cfg, params, ref, data, one, True, method)
             mesh = make_mesh(MeshSection(**v["mesh"]), devices[: v["devices"]])
-            losses, grads = train(cfg, params, ref, data, mesh, v.get("grads", False))
+            losses, grads = train(cfg, params, ref, data, mesh, v.get("grads", False), method)
             ref_losses, ref_grads = unsharded[key]
             row = dict(v, losses=losses, unsharded_losses=ref_losses)
             if grads is not None:

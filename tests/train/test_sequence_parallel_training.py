@@ -2,7 +2,9 @@
 device: 10 steps of the trainer's own step functions (loss, gradients, Adam) on 8 simulated
 devices, Llama and Gemma 2/3 (sliding windows, attention and final soft-capping, a scanned
 and rematerialised mix of layer types), right- and left-padded and packed rows, both
-attention strategies, with and without fsdp beside the sequence axis."""
+attention strategies, with and without fsdp beside the sequence axis; and the objectives
+that read more than pair sums (SparsePO's token KL and activation weights, P-DPO's soft
+user tokens, CUT's two views) under `mesh.sequence=4`."""
 
 import json
 import os
@@ -27,8 +29,17 @@ VARIANTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+# Every objective on Llama, 10 steps like the DPO variants.
+METHOD_VARIANTS = [
+    dict(family="llama3", layout="right", strategy="ring", method="sparsepo", **WITH_FSDP),
+    dict(family="llama3", layout="left", strategy="all_gather", method="pdpo", **ALONE),
+    dict(family="llama3", layout="right", strategy="ring", method="cut", **ALONE),
+]
+
+
+def _run_variants(variants, tmp_path_factory):
+    """Each variant's losses (and gradients' differences) beside the unsharded run's, from
+    `sequence_parallel_run.py` in a process with 8 simulated devices."""
     out = str(tmp_path_factory.mktemp("sequence_parallel") / "runs.json")
     env = dict(
         os.environ,
@@ -40,7 +51,7 @@ def runs(tmp_path_factory):
     )
     script = os.path.join(HERE, "sequence_parallel_run.py")
     proc = subprocess.run(
-        [sys.executable, script, json.dumps(VARIANTS), out],
+        [sys.executable, script, json.dumps(variants), out],
         check=False,
         env=env,
         capture_output=True,
@@ -52,6 +63,24 @@ def runs(tmp_path_factory):
         return json.load(f)
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return _run_variants(VARIANTS, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory):
+    return _run_variants(METHOD_VARIANTS, tmp_path_factory)
+
+
+def _assert_losses_match(run):
+    assert len(run["losses"]) == 10
+    for step, (got, want) in enumerate(zip(run["losses"], run["unsharded_losses"]), 1):
+        assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (step, got, want)
+    # The run learned something, so equal losses are not equal constants.
+    assert run["unsharded_losses"][-1] < run["unsharded_losses"][0] - 0.01
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "index",
@@ -59,12 +88,17 @@ def runs(tmp_path_factory):
     ids=lambda i: "-".join(str(VARIANTS[i][k]) for k in ("family", "layout", "strategy", "devices")),
 )
 def test_per_step_losses_match_unsharded(runs, index):
-    run = runs[index]
-    assert len(run["losses"]) == 10
-    for step, (got, want) in enumerate(zip(run["losses"], run["unsharded_losses"]), 1):
-        assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (step, got, want)
-    # The run learned something, so equal losses are not equal constants.
-    assert run["unsharded_losses"][-1] < run["unsharded_losses"][0] - 0.01
+    _assert_losses_match(runs[index])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "index",
+    range(len(METHOD_VARIANTS)),
+    ids=lambda i: "-".join(str(METHOD_VARIANTS[i][k]) for k in ("method", "layout", "strategy", "devices")),
+)
+def test_objectives_per_step_losses_match_unsharded(method_runs, index):
+    _assert_losses_match(method_runs[index])
 
 
 @pytest.mark.slow
