@@ -1,0 +1,60 @@
+"""docs/fidelity.md's CUT numbers are what its commands print: CUT and its SFT baseline are
+trained again from scratch with the page's commands, measured again, and every number
+must agree with the page."""
+
+import json
+import os
+import re
+import shlex
+
+import pytest
+
+from alignjax import cli
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+DOCS = os.path.join(ROOT, "docs", "fidelity.md")
+
+
+def section(name: str) -> str:
+    with open(DOCS) as f:
+        return f.read().split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def page_rows(text: str) -> dict[str, list[float]]:
+    """Markdown table rows whose cells after the first are numbers: first cell -> numbers."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) > 1 and all(re.fullmatch(r"-?[0-9.]+", c) for c in cells[1:]):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    return rows
+
+
+def page_commands(text: str) -> list[list[str]]:
+    """The `alignjax ...` lines of the section's shell block, as argument lists."""
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("alignjax ")]
+
+
+@pytest.mark.slow
+def test_cut_reproduction_matches_the_page(tmp_path, monkeypatch):
+    text = section("CUT")
+    rows = page_rows(text)
+    commands = page_commands(text)
+    assert [c[0] for c in commands] == ["train", "train", "eval"]
+    monkeypatch.chdir(tmp_path)  # the page's relative run directories land here
+    for argv in commands:
+        if argv[0] == "train":
+            argv[1] = os.path.join(ROOT, argv[1])  # the config, from the checkout
+        assert cli.main(argv) == 0, argv
+    out = commands[-1][commands[-1].index("--out") + 1]
+    with open(os.path.join(out, "table.json")) as f:
+        table = json.load(f)
+    flagging = table["flagging"]
+    # Training on CPU is deterministic run to run; the tolerance allows for other BLAS builds.
+    assert flagging["precision"] == pytest.approx(rows["flagged-token precision"][0], abs=0.03)
+    assert flagging["recall"] == pytest.approx(rows["flagged-token recall"][0], abs=0.03)
+    for name, label in (("sft", "error rate after SFT"), ("cut", "error rate after CUT")):
+        greedy, sampled = rows[label]
+        assert table["error_rate"][name]["greedy"] == pytest.approx(greedy, abs=0.05), name
+        assert table["error_rate"][name]["sampled"] == pytest.approx(sampled, abs=0.05), name
