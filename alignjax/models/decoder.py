@@ -318,7 +318,13 @@ def _write_layer(cache: _LayerCache, k_BxLxKxDh, v_BxLxKxDh):
 
 def _embed(cfg: ModelConfig, embedding_VxD, tokens_BxL, extra_embeddings):
     dtype = jnp.dtype(cfg.dtype)
-    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(dtype)
+    # The lookup runs where the tokens are (rows over the batch axes, each row's tokens over
+    # `sequence`), from the table gathered over `embed` as every FSDP kernel is for its
+    # matmul. Left to itself, XLA cannot turn a lookup split over D into one split over L
+    # and replicates the whole [B, L, D] output on every chip first.
+    tokens_BxL = constrain(tokens_BxL, *_ACT_ROWS)
+    table_VxD = constrain(embedding_VxD.astype(dtype), "vocab", None)
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0)
     if cfg.scale_embeddings:
         # Gemma rounds sqrt(D) to the compute dtype before scaling, and so must we.
         x_BxLxD = x_BxLxD * jnp.asarray(cfg.hidden_size**0.5, dtype)

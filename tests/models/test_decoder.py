@@ -1,5 +1,10 @@
 """Decoder features beyond family parity: remat, splicing, intermediates, axes, dtypes."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,3 +137,55 @@ def test_decoder_with_splash_kernel_matches_reference():
 def test_bad_backend_is_named():
     with pytest.raises(ValueError, match="model.attention_backend='flash'"):
         _cfg(attention_backend="flash")
+
+
+LOOKUP_SCRIPT = r"""
+import json, re, sys
+import jax, jax.numpy as jnp
+sys.path.insert(0, sys.argv[1])
+from hf_models import FAMILY_CONFIGS
+from alignjax import sharding
+from alignjax.models import decoder
+from alignjax.models.families import model_config_from_hf
+
+cfg = model_config_from_hf(dict(FAMILY_CONFIGS["llama3"]))
+mesh = sharding.make_mesh(sharding.MeshSection(fsdp=2, sequence=4))
+shapes = jax.eval_shape(lambda: decoder.init_params(cfg, jax.random.key(0)))
+shardings = sharding.tree_shardings(decoder.logical_axes(cfg), shapes, mesh)
+params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+rows = jax.ShapeDtypeStruct((4, 64), jnp.int32, sharding=sharding.batch_sharding(mesh))
+with jax.set_mesh(mesh):
+    hlo = jax.jit(lambda p, t, q, s: decoder.apply(p, cfg, t, q, s)).lower(params, rows, rows, rows)
+    hlo = hlo.compile().as_text()
+lookups = [m for line in hlo.splitlines() if "_take" in line for m in re.findall(r"= \w+\[([0-9,]*)\]\S* gather\(", line)]
+print("LOOKUPS " + json.dumps([[int(d) for d in m.split(",")] for m in lookups] + [cfg.hidden_size]))
+"""
+
+
+@pytest.mark.slow
+def test_embedding_lookup_is_split_by_length_where_rows_are():
+    """Rows split over fsdp=2 and their tokens over sequence=4 (8 simulated devices): each
+    chip looks up its own 2 rows x 16 tokens, all of D, from the gathered table. Without the
+    tokens' and the table's layouts pinned, XLA's partitioner met a lookup split over D that
+    had to become one split over L and fell back to replicating the whole [4, 64, D] output
+    ("Involuntary full rematerialization")."""
+    here = os.path.dirname(__file__)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOKUP_SCRIPT, os.path.dirname(here)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Involuntary full rematerialization" not in proc.stderr, proc.stderr[-4000:]
+    *lookups, hidden = json.loads(proc.stdout.split("LOOKUPS ", 1)[1])
+    # One lookup, of this chip's 32 tokens (XLA may flatten them), each a whole row of D.
+    assert [(int(np.prod(shape[:-1])), shape[-1]) for shape in lookups] == [(2 * 16, hidden)]
