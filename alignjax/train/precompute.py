@@ -36,8 +36,8 @@ log = logging.getLogger("alignjax.precompute")
 
 
 def compute_table(params, model_cfg, loss: LossSection, dcfg: DataConfig, tokenizer, mesh, pad_id: int):
-    model_cfg = model_for_rows(model_cfg, dcfg)
     """(record_key_N sorted, chosen_N, rejected_N): the reference's summed log-probs of every pair."""
+    model_cfg = model_for_rows(model_cfg, dcfg)
 
     def sums(p, batch):
         logps = pair_logps(p, model_cfg, loss, batch)
@@ -65,7 +65,11 @@ def compute_table(params, model_cfg, loss: LossSection, dcfg: DataConfig, tokeni
                     record_key_P=np.zeros_like(last.record_key_P),
                 )
             last = local
-            chosen_P, rejected_P = sums_fn(params, global_batch(local, mesh, pad_id))
+            batch = global_batch(local, mesh, pad_id)
+            # The mesh in context, as in the training step: activations take their layouts from
+            # the rules table and rows split over `sequence` attend across the shards.
+            with jax.set_mesh(mesh):
+                chosen_P, rejected_P = sums_fn(params, batch)
             valid_P = gather_host_values(local.pair_valid_P) > 0
             keys.append(gather_host_values(local.record_key_P)[valid_P])
             chosen.append(to_host(chosen_P)[valid_P])

@@ -6,7 +6,9 @@ Each variant names a family, a batch layout (right / left padding, packed), a me
 strategy, and optionally a method (sigmoid DPO unless `method` says sparsepo: SparsePO with
 the token KL and reference-activation weights; pdpo: P-DPO's soft user tokens; cut: CUT's
 two views); the script writes each variant's per-step losses, and for variants that ask,
-the first step's gradients' largest difference from the unsharded run's.
+the first step's gradients' largest difference from the unsharded run's. A variant with
+`precompute` instead writes precompute-ref's table of the reference's pair sums, and
+whether attention ran across the sequence shards.
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ from hf_models import FAMILY_CONFIGS
 from alignjax import sharding
 from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
 from alignjax.data.config import DataConfig
+from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.data.pipeline import make_pipeline
 from alignjax.models import decoder
 from alignjax.models import sequence_parallel as sp
@@ -31,6 +34,7 @@ from alignjax.models.parts import DECODER
 from alignjax.sharding import MeshSection, make_mesh
 from alignjax.train.config import LossSection
 from alignjax.train.methods import method_for
+from alignjax.train.precompute import compute_table
 from alignjax.train.stage import opt_state_shardings
 from alignjax.train.step import init_counters, make_step_fns
 
@@ -159,6 +163,34 @@ def train(cfg, params, ref, data, mesh, first_grads: bool, method: str = "dpo"):
     return losses, grads
 
 
+def reference_table(cfg, ref, tmp_dir: str, mesh):
+    """precompute-ref's (keys, chosen sums, rejected sums) of the DPO pairs, and how many
+    attention calls ran sequence-parallel while it traced."""
+    path = f"{tmp_dir}/table.jsonl"
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in _records("dpo"))
+    dcfg = DataConfig(
+        sources=[{"path": path}],
+        max_length=LENGTH,
+        max_prompt_length=24,
+        buckets=[LENGTH],
+        batch_size=4,
+        shuffle=False,
+        num_epochs=1,
+    )
+    loss = LossSection(type="sigmoid", beta=0.1, token_chunk=32)
+    shapes = jax.eval_shape(lambda p: p, ref)
+    params = jax.device_put(ref, sharding.tree_shardings(decoder.logical_axes(cfg), shapes, mesh))
+    calls, attention = [], sp.attention
+    sp.attention = lambda *a, **k: calls.append(1) or attention(*a, **k)
+    try:
+        tokenizer = make_byte_tokenizer()
+        table = compute_table(params, cfg, loss, dcfg, tokenizer, mesh, tokenizer_pad_id(tokenizer))
+    finally:
+        sp.attention = attention
+    return [np.asarray(x).tolist() for x in table], len(calls)
+
+
 def main():
     variants, out_path = json.loads(sys.argv[1]), sys.argv[2]
     # Two query and two key tiles per shard: the tile loops and their skips run.
@@ -169,6 +201,15 @@ def main():
         for v in variants:
             cfg, params, ref = model(v["family"], v.get("scan", False))
             cfg = cfg.replace(sequence_parallel=v["strategy"], sequence_load_balance=v.get("balance", True))
+            if v.get("precompute"):
+                one = make_mesh(MeshSection(fsdp=1), devices[:1])
+                mesh = make_mesh(MeshSection(**v["mesh"]), devices[: v["devices"]])
+                want, _ = reference_table(cfg, ref, tmp, one)
+                got, calls = reference_table(cfg, ref, tmp, mesh)
+                row = dict(v, table=got, unsharded_table=want, sequence_parallel_calls=calls)
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             method = v.get("method", "dpo")
             data = batches(tmp, v["layout"], method)
             key = (v["family"], v.get("scan", False), v["layout"], method)

@@ -4,7 +4,7 @@ devices, Llama and Gemma 2/3 (sliding windows, attention and final soft-capping,
 and rematerialised mix of layer types), right- and left-padded and packed rows, both
 attention strategies, with and without fsdp beside the sequence axis; and the objectives
 that read more than pair sums (SparsePO's token KL and activation weights, P-DPO's soft
-user tokens, CUT's two views) under `mesh.sequence=4`."""
+user tokens, CUT's two views) under `mesh.sequence=4`; and precompute-ref's table."""
 
 import json
 import os
@@ -35,6 +35,9 @@ METHOD_VARIANTS = [
     dict(family="llama3", layout="left", strategy="all_gather", method="pdpo", **ALONE),
     dict(family="llama3", layout="right", strategy="ring", method="cut", **ALONE),
 ]
+
+# precompute-ref's table of reference pair sums, rows split over sequence=4 and fsdp=2.
+PRECOMPUTE = dict(family="llama3", layout="right", strategy="all_gather", precompute=True, **WITH_FSDP)
 
 
 def _run_variants(variants, tmp_path_factory):
@@ -107,3 +110,15 @@ def test_first_step_gradients_match_unsharded(runs):
     assert len(checked) == sum(1 for v in VARIANTS if v.get("grads"))
     for r in checked:
         assert r["grad_max_abs_diff"] <= 1e-5 * r["grad_max_abs"], r
+
+
+@pytest.mark.slow
+def test_precompute_ref_attends_across_sequence_shards_and_matches_one_device(tmp_path_factory):
+    (run,) = _run_variants([PRECOMPUTE], tmp_path_factory)
+    assert run["sequence_parallel_calls"] > 0  # the table's forward ran with rows split over `sequence`
+    keys, chosen, rejected = run["table"]
+    want_keys, want_chosen, want_rejected = run["unsharded_table"]
+    assert keys == want_keys and len(keys) == 8
+    for got, want in ((chosen, want_chosen), (rejected, want_rejected)):
+        for g, w in zip(got, want):
+            assert abs(g - w) <= 1e-5 * max(1.0, abs(w)), (g, w)
