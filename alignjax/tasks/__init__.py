@@ -1,6 +1,13 @@
 """Built-in tasks that write their own data (`data.builtin: NAME`), so recipes run offline."""
 
-from alignjax.tasks import conditioned_style, judged_facts, unpaired_style, user_length, weighted_style
+from alignjax.tasks import (
+    conditioned_style,
+    judged_facts,
+    sentiment_words,
+    unpaired_style,
+    user_length,
+    weighted_style,
+)
 
 BUILTIN_TASKS = {
     "conditioned_style": conditioned_style.write_task,
@@ -8,4 +15,5 @@ BUILTIN_TASKS = {
     "unpaired_style": unpaired_style.write_task,
     "user_length": user_length.write_task,
     "judged_facts": judged_facts.write_task,
+    "sentiment_words": sentiment_words.write_task,
 }
