@@ -10,6 +10,11 @@ them unchanged, the reference also seeing the weighted prompt.
 
 Weights and sampling keys are functions of (seed, step, process), so a resumed run draws
 what the uninterrupted one would have.
+
+Two baselines of the MO-ODPO paper are the same loop with one change each:
+`fixed_weights` trains a static-weight policy (every prompt scored with one weight vector),
+`weights_in_prompt: false` an unconditioned one (weights drawn and used for scoring, but
+never shown to the policy).
 """
 
 from __future__ import annotations
@@ -48,6 +53,28 @@ class MOODPOSection:
     # One pair per objective (best vs worst on that objective alone), weighted by its
     # weight: the loss is sum_k w_k DPO_k, instead of DPO on the scalarised score.
     per_objective_winners: bool = False
+    # A static-weight policy: every prompt gets these weights (in the order of `rewards`)
+    # instead of a Dirichlet draw. None: drawn per prompt.
+    fixed_weights: list[float] | None = None
+    # False: the weights only scalarise the rewards and never reach the prompt, so the
+    # policy cannot condition on them (the unconditioned baseline).
+    weights_in_prompt: bool = True
+
+    def __post_init__(self):
+        w = self.fixed_weights
+        if w is None:
+            return
+        if not w or any(not isinstance(x, (int, float)) or isinstance(x, bool) or x < 0 for x in w):
+            raise ValueError(f"loss.mo_odpo.fixed_weights={w!r}: give one number >= 0 per objective")
+        if abs(sum(w) - 1.0) > 1e-6:
+            raise ValueError(
+                f"loss.mo_odpo.fixed_weights={w!r} sums to {sum(w):g}; the weights must sum to 1"
+            )
+        if self.rewards and len(w) != len(self.rewards):
+            raise ValueError(
+                f"loss.mo_odpo.fixed_weights has {len(w)} entries for the {len(self.rewards)} "
+                "objectives of loss.mo_odpo.rewards"
+            )
 
 
 def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: int | None) -> np.ndarray:
@@ -88,6 +115,11 @@ class OnlinePairSource(OnlineSource):
         if len(section.rewards) != len(objectives):
             raise ValueError(
                 f"loss.mo_odpo.rewards has {len(section.rewards)} entries for the "
+                f"{len(objectives)} objectives {objectives} in data.templates.weights"
+            )
+        if section.fixed_weights is not None and len(section.fixed_weights) != len(objectives):
+            raise ValueError(
+                f"loss.mo_odpo.fixed_weights has {len(section.fixed_weights)} entries for the "
                 f"{len(objectives)} objectives {objectives} in data.templates.weights"
             )
         if section.num_samples < 2:
@@ -138,12 +170,18 @@ class OnlinePairSource(OnlineSource):
     def _try(self, params, draw: int):
         prompts = batch_prompts(next(self.prompt_pipeline))
         rng = np.random.default_rng([self.seed, draw, jax.process_index()])
-        w_NxK = draw_weights(rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid)
+        if self.section.fixed_weights is not None:
+            w_NxK = np.tile(np.asarray(self.section.fixed_weights, np.float64), (len(prompts), 1))
+        else:
+            w_NxK = draw_weights(
+                rng, len(prompts), len(self.objectives), self.section.alpha, self.section.grid
+            )
         weights = [dict(zip(self.objectives, map(float, w_K))) for w_K in w_NxK]
+        # What the policy (and the reference) is given: the prompt, and the weights unless
+        # the section hides them.
+        shown = [{"weights": w} if self.section.weights_in_prompt else {} for w in weights]
         s = self.section.num_samples
-        rollout = self.roller.sample(
-            params, [{"prompt": p, "weights": w} for p, w in zip(prompts, weights)], s, draw
-        )
+        rollout = self.roller.sample(params, [{"prompt": p, **c} for p, c in zip(prompts, shown)], s, draw)
         texts, hit_eos_NxS = rollout.texts, rollout.hit_eos.reshape(len(prompts), s)
         plain = [plain_prompt_text(p) for p in prompts for _ in range(s)]
         scores_NxSxK = np.stack([np.asarray(r(plain, texts), np.float64) for r in self.rewards], -1)
@@ -172,7 +210,7 @@ class OnlinePairSource(OnlineSource):
             if chosen == rejected or score_S[best] == score_S[worst]:
                 identical += 1  # nothing to learn from this prompt this step
                 continue
-            record = {"prompt": prompts[i], "weights": weights[i], "chosen": chosen, "rejected": rejected}
+            record = {"prompt": prompts[i], **shown[i], "chosen": chosen, "rejected": rejected}
             example = self.pairs(raw_record(record, i))
             if isinstance(example, Skipped):
                 identical += 1

@@ -1,4 +1,5 @@
-"""Statistics of a preference sweep: rank correlation (steerability) and the Pareto front."""
+"""Statistics of a preference sweep: rank correlation (steerability), the Pareto front,
+dominance between points and the 2-D hypervolume of a front."""
 
 from __future__ import annotations
 
@@ -46,3 +47,32 @@ def pareto_mask(points_NxK) -> np.ndarray:
         gt_N = np.any(points_NxK > points_NxK[i], axis=1)
         keep_N[i] = not np.any(ge_N & gt_N)
     return keep_N
+
+
+def dominates(a_K, b_K) -> bool:
+    """a dominates b: at least as good on every objective and better on one (maximised)."""
+    a_K, b_K = np.asarray(a_K, np.float64), np.asarray(b_K, np.float64)
+    return bool(np.all(a_K >= b_K) and np.any(a_K > b_K))
+
+
+def dominators(points_NxK, others_MxK) -> list[list[int]]:
+    """For each of `points`, the indices of the `others` that dominate it."""
+    others_MxK = np.asarray(others_MxK, np.float64)
+    return [[j for j, o_K in enumerate(others_MxK) if dominates(o_K, p_K)] for p_K in points_NxK]
+
+
+def hypervolume_2d(points_Nx2, reference_2) -> float:
+    """The area dominated by the points and bounded below by `reference` (both objectives
+    maximised), exactly: the union of the rectangles [ref, p]. Points not above the
+    reference on both objectives add nothing."""
+    points_Nx2 = np.asarray(points_Nx2, np.float64).reshape(-1, 2)
+    ref_x, ref_y = map(float, reference_2)
+    inside_N = (points_Nx2[:, 0] > ref_x) & (points_Nx2[:, 1] > ref_y)
+    # Sweep from the largest x down: each point that reaches higher than every point to its
+    # right adds the strip between that height and its own, from the reference to its x.
+    area, height = 0.0, ref_y
+    for x, y in sorted(points_Nx2[inside_N].tolist(), key=lambda p: (-p[0], -p[1])):
+        if y > height:
+            area += (x - ref_x) * (y - height)
+            height = y
+    return area

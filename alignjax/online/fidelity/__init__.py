@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alignjax.errors import run_command
-from alignjax.online.fidelity import cut, metaalign, pdpo
+from alignjax.online.fidelity import cut, metaalign, mo_odpo, pdpo
 
-REPRODUCTIONS: dict[str, ModuleType] = {m.NAME: m for m in (pdpo, metaalign, cut)}
+REPRODUCTIONS: dict[str, ModuleType] = {m.NAME: m for m in (pdpo, metaalign, cut, mo_odpo)}
 
 
 def build_parser() -> argparse.ArgumentParser:
