@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from alignjax.models import sequence_parallel as sp
+from alignjax.models import splash
 from alignjax.sharding import BATCH_AXES
 
 
@@ -124,34 +124,6 @@ def _cudnn(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_seg_BxL, k_seg_BxS, scale, soft
     return jnp.where((q_seg_BxL > 0)[:, :, None, None], out_BxLxHxDh, 0).astype(q_BxLxHxDh.dtype)
 
 
-@functools.lru_cache(maxsize=64)
-def _splash_kernel(l, s, group, window, softcap, interpret):
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
-    if window is None:
-        one = masks.CausalMask(shape=(l, s))
-    else:
-        one = masks.LocalMask(shape=(l, s), window_size=(window - 1, 0), offset=0)
-    block = min(128, l, s)
-    sizes = splash.BlockSizes(
-        block_q=block,
-        block_kv_compute=block,
-        block_kv=block,
-        block_q_dkv=block,
-        block_kv_dkv=block,
-        block_kv_dkv_compute=block,
-        block_q_dq=block,
-        block_kv_dq=block,
-    )
-    return splash.make_splash_mqa_single_device(
-        masks.MultiHeadMask([one] * group),
-        block_sizes=sizes,
-        attn_logits_soft_cap=softcap,
-        interpret=interpret,
-    )
-
-
 _TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("target_platform", default=None)
 
 
@@ -172,32 +144,20 @@ def platform() -> str:
 
 
 def _splash(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids, scale, softcap, window, interpret):
+    check_splash(interpret)
+    l, s = q_BxLxHxDh.shape[1], k_BxSxKxDh.shape[1]
+    splash.check_lengths(l, s)
+    group = q_BxLxHxDh.shape[2] // k_BxSxKxDh.shape[2]
+    kernel = splash.kernel(l, s, group, window, softcap, interpret)
+    return splash.apply(kernel, q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, *segment_ids, scale)
+
+
+def check_splash(interpret: bool):
     if not interpret and platform() != "tpu":
         raise BackendUnavailableError(
             f"attention_backend='splash' is a TPU kernel; this computation targets "
             f"{platform()!r}. Use 'xla' here (or splash_interpret for testing)."
         )
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-
-    b, l, h, dh = q_BxLxHxDh.shape
-    s, kv_heads = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
-    if l % min(128, l) or s % min(128, s):
-        raise ValueError(f"splash attention needs lengths that are multiples of 128, got {l} and {s}")
-    group = h // kv_heads
-    kernel = _splash_kernel(l, s, group, window, softcap, interpret)
-    # Splash applies no scale of its own, and shares one K/V head across a query group (MQA),
-    # so grouped-query attention maps onto a vmap over KV heads.
-    q_BxKxGxLxDh = (q_BxLxHxDh * scale).reshape(b, l, kv_heads, group, dh).transpose(0, 2, 3, 1, 4)
-    k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
-    v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
-    q_seg_BxL, k_seg_BxS = segment_ids
-
-    def one_example(q_KxGxLxDh, k_KxSxDh, v_KxSxDh, q_seg_L, k_seg_S):
-        ids = splash.SegmentIds(q=q_seg_L, kv=k_seg_S)
-        return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=ids))(q_KxGxLxDh, k_KxSxDh, v_KxSxDh)
-
-    out_BxKxGxLxDh = jax.vmap(one_example)(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, q_seg_BxL, k_seg_BxS)
-    return out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, l, h, dh).astype(q_BxLxHxDh.dtype)
 
 
 def _per_shard(fn, q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_seg_BxL, k_seg_BxS):
@@ -231,6 +191,7 @@ def attention(
     backend: str = "xla",
     max_segments: int = 1,
     sequence_parallel: str | None = None,
+    sequence_zigzag: bool = False,
 ):
     """Grouped-query causal attention; returns [B, L, H, Dh] in the query dtype.
 
@@ -239,8 +200,14 @@ def attention(
 
     `sequence_parallel` (all_gather or ring; self-attention only, keys at the queries'
     positions): when the mesh in context splits rows over its `sequence` axis, attention
-    runs across the shards that way (`sequence_parallel.py`), whatever the backend."""
+    runs across the shards that way (`sequence_parallel.py`): splash inside each shard for
+    backend splash with all_gather, otherwise the blockwise JAX kernel. `sequence_zigzag`:
+    the rows arrive in zig-zag order (which splash, masking by index, must know)."""
     if sequence_parallel is not None and sp.applies(q_BxLxHxDh.shape[1], k_BxSxKxDh.shape[1]):
+        splash_interpret = None
+        if backend in ("splash", "splash_interpret"):
+            splash_interpret = backend == "splash_interpret"
+            check_splash(splash_interpret)
         return sp.attention(
             q_BxLxHxDh,
             k_BxSxKxDh,
@@ -251,6 +218,8 @@ def attention(
             window=window,
             softcap=softcap,
             strategy=sequence_parallel,
+            splash_interpret=splash_interpret,
+            zigzag=sequence_zigzag,
         )
     if backend == "splash" or backend == "splash_interpret":
         # Splash masks by index, which equals masking by position inside a segment.

@@ -269,6 +269,7 @@ class Block(nn.Module):
                 backend=backend,
                 max_segments=cfg.max_segments_per_row,
                 sequence_parallel=sequence_parallel,
+                sequence_zigzag=_balance_shards(cfg, positions_BxL.shape[1]) > 0,
             )
 
         if self.layer_type is not None:

@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from alignjax.models import splash
 from alignjax.sharding import BATCH_AXES, SEQUENCE_AXIS
 
 STRATEGIES = ("all_gather", "ring")
@@ -333,9 +334,21 @@ def _blockwise_bwd(spec, residuals, dout_BxLxHxDh):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
+def _gather(x_BxLx):
+    return lax.all_gather(x_BxLx, SEQUENCE_AXIS, axis=1, tiled=True)
+
+
 def _all_gather(q, k, v, q_pos, q_seg, spec):
-    gather = functools.partial(lax.all_gather, axis_name=SEQUENCE_AXIS, axis=1, tiled=True)
-    return _blockwise(q, gather(k), gather(v), q_pos, q_seg, gather(q_pos), gather(q_seg), spec)
+    return _blockwise(q, _gather(k), _gather(v), q_pos, q_seg, _gather(q_pos), _gather(q_seg), spec)
+
+
+def _all_gather_splash(kernel, q, k, v, q_seg, shards, zigzag, scale):
+    """The same gather, then splash over the whole row. The gathered keys are in the slots'
+    order; in row order the kernel's index-based mask applies (module `splash`)."""
+    k_full, v_full, k_seg = _gather(k), _gather(v), _gather(q_seg)
+    if zigzag:
+        k_full, v_full, k_seg = (natural_order(x, shards) for x in (k_full, v_full, k_seg))
+    return splash.apply(kernel, q, k_full, v_full, q_seg, k_seg, scale)
 
 
 # ---------------------------------------------------------------------------------
@@ -416,9 +429,17 @@ def attention(
     softcap: float | None,
     strategy: str,
     tile: int | None = None,
+    splash_interpret: bool | None = None,
+    zigzag: bool = False,
 ):
     """Grouped-query self-attention of rows split over the `sequence` axis of the mesh in
-    context; [B, L, H, Dh] in the query dtype. Call when `applies(L, L)`."""
+    context; [B, L, H, Dh] in the query dtype. Call when `applies(L, L)`.
+
+    Inside each shard the blockwise kernel above runs, or, for `all_gather` with
+    `splash_interpret` set (False: the TPU kernel, True: through the Pallas interpreter),
+    splash; splash masks by index, so it must know whether rows arrive in zig-zag order
+    (`zigzag`). Ring steps always run the blockwise kernel: its tiles mask by position,
+    whichever shard a block came from."""
     if strategy not in STRATEGIES:
         raise ValueError(f"model.sequence_parallel={strategy!r} is not one of {STRATEGIES}")
     mesh = jax.sharding.get_abstract_mesh()
@@ -437,6 +458,35 @@ def attention(
         else None
     )
     seq, ids = P(rows, SEQUENCE_AXIS, heads, None), P(rows, SEQUENCE_AXIS)
+    if strategy == "all_gather" and splash_interpret is not None:
+        length, group = q_BxLxHxDh.shape[1], q_BxLxHxDh.shape[2] // k_BxLxKxDh.shape[2]
+        block = splash.LONG_BLOCK
+        if local % 128 or local % min(block, local):
+            # Splash's backward computes the mask in tiles of at least 128 queries.
+            raise ValueError(
+                f"model.attention_backend=splash under mesh.sequence={shards} needs each shard's "
+                f"share of a row to be a multiple of 128 tokens (and of {block} above {block}); "
+                f"rows of {length} give {local}: choose data.buckets / data.max_length to suit"
+            )
+        kernel = splash.kernel(
+            length,
+            length,
+            group,
+            window,
+            softcap,
+            splash_interpret,
+            shards=shards,
+            zigzag=zigzag,
+            block=block,
+        )
+        fn = lambda kern, q, k, v, seg: _all_gather_splash(kern, q, k, v, seg, shards, zigzag, float(scale))
+        return jax.shard_map(
+            fn,
+            mesh=mesh,
+            in_specs=(splash.shard_spec(kernel, mesh, SEQUENCE_AXIS), seq, seq, seq, ids),
+            out_specs=seq,
+            check_vma=False,
+        )(kernel, q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL.astype(jnp.int32))
     if strategy == "ring":
         fn = lambda q, k, v, pos, seg: _ring(q, k, v, pos, seg, shards, spec)
     else:

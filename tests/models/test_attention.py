@@ -10,20 +10,22 @@ from alignjax.models.attention import BackendUnavailableError, attention, attent
 B, L, H, K, DH = 2, 128, 4, 2, 16
 
 
-def _inputs():
+def _inputs(length=L):
+    """Row 0 left-padded; row 1 two packed segments then right padding (cut points scale
+    with `length`: 10 / 60 / 120 of 128)."""
     rng = np.random.default_rng(0)
-    q = jnp.asarray(rng.normal(size=(B, L, H, DH)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(B, L, K, DH)), jnp.float32)
-    v = jnp.asarray(rng.normal(size=(B, L, K, DH)), jnp.float32)
-    # Row 0 left-padded; row 1 two packed segments then right padding.
-    seg = np.ones((B, L), np.int32)
-    seg[0, :10] = 0
-    seg[1, 60:] = 2
-    seg[1, 120:] = 0
-    pos = np.zeros((B, L), np.int32)
-    pos[0, 10:] = np.arange(L - 10)
-    pos[1, :60] = np.arange(60)
-    pos[1, 60:] = np.arange(L - 60)
+    q = jnp.asarray(rng.normal(size=(B, length, H, DH)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(B, length, K, DH)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(B, length, K, DH)), jnp.float32)
+    pad, second, end = 10 * length // L, 60 * length // L, 120 * length // L
+    seg = np.ones((B, length), np.int32)
+    seg[0, :pad] = 0
+    seg[1, second:] = 2
+    seg[1, end:] = 0
+    pos = np.zeros((B, length), np.int32)
+    pos[0, pad:] = np.arange(length - pad)
+    pos[1, :second] = np.arange(second)
+    pos[1, second:] = np.arange(length - second)
     kw = dict(
         q_positions_BxL=pos, k_positions_BxS=pos, q_segment_ids_BxL=seg, k_segment_ids_BxS=seg, scale=0.25
     )

@@ -13,6 +13,7 @@ import pytest
 from test_attention import _inputs, _loss
 
 from alignjax.models import sequence_parallel as sp
+from alignjax.models import splash
 
 
 def _blockwise_loss(window, softcap, kw, valid, tile):
@@ -57,6 +58,14 @@ def test_zigzag_order_gives_each_shard_an_early_and_a_late_chunk():
     np.testing.assert_array_equal(np.asarray(sp.natural_order(sp.load_balance_order(y, 2), 2)), y)
 
 
+def test_splash_is_told_the_zigzag_positions():
+    """The positions the splash kernel masks sequence-parallel rows by are the zig-zag
+    order's (built in NumPy on the host, like splash's mask tables)."""
+    for length, shards in [(16, 2), (64, 4)]:
+        want = np.asarray(sp.load_balance_order(np.arange(length)[None], shards))[0]
+        np.testing.assert_array_equal(splash.zigzag_positions(length, shards), want)
+
+
 def test_zigzag_balances_causal_work_across_shards():
     """(query, key) pairs the causal mask keeps, per shard: equal in zig-zag order, and
     6.6x apart from the first shard to the last in the natural order (4 shards)."""
@@ -85,14 +94,15 @@ from alignjax.models.attention import attention
 q, k, v, kw, valid = _inputs()
 results = []
 
-def loss(strategy, window, softcap, balance):
+def loss(strategy, window, softcap, balance, backend="xla"):
     def f(q, k, v):
         args = dict(kw)
         if balance:
             q, k, v = (sp.load_balance_order(x, 4) for x in (q, k, v))
             args = {n: sp.load_balance_order(jnp.asarray(x), 4) if n.endswith("BxL") or n.endswith("BxS") else x
                     for n, x in kw.items()}
-        out = attention(q, k, v, window=window, softcap=softcap, sequence_parallel=strategy, **args)
+        out = attention(q, k, v, window=window, softcap=softcap, sequence_parallel=strategy, backend=backend,
+                        sequence_zigzag=balance, **args)
         if balance:
             out = sp.natural_order(out, 4)
         return jnp.sum(jnp.where(valid, out, 0.0) ** 2)
@@ -115,6 +125,20 @@ for name, section in [("sequence4", dict(fsdp=2, sequence=4)),
                     value=float(val), ref_value=float(ref_val),
                     grad_diff=max(float(jnp.max(jnp.abs(g - r))) for g, r in zip(grads, ref_grads)),
                     grad_scale=max(float(jnp.max(jnp.abs(r))) for r in ref_grads)))
+# Splash inside each shard (interpreted): its backward needs query tiles of 128, so rows
+# of 512 split 4 ways.
+q, k, v, kw, valid = _inputs(512)
+mesh = sharding.make_mesh(sharding.MeshSection(fsdp=2, sequence=4))
+for window, softcap in [(None, None), (7, 5.0)]:
+    ref_val, ref_grads = loss(None, window, softcap, False)(q, k, v)
+    for balance in [False, True]:
+        with jax.set_mesh(mesh):
+            val, grads = loss("all_gather", window, softcap, balance, "splash_interpret")(q, k, v)
+        results.append(dict(
+            mesh="sequence4", window=window, softcap=softcap, strategy="all_gather+splash", balance=balance,
+            value=float(val), ref_value=float(ref_val),
+            grad_diff=max(float(jnp.max(jnp.abs(g - r))) for g, r in zip(grads, ref_grads)),
+            grad_scale=max(float(jnp.max(jnp.abs(r))) for r in ref_grads)))
 print("RESULTS " + json.dumps(results))
 """
 
@@ -144,10 +168,11 @@ def sharded_results():
 @pytest.mark.slow
 def test_both_strategies_equal_reference_on_8_devices(sharded_results):
     """all_gather and ring, rows split 4 ways (with fsdp 2 or data 2) and 2 ways (with
-    tensor 2 splitting heads), natural and zig-zag order, window and soft-cap: values and
-    gradients of q, k, v equal the unsharded XLA reference."""
-    assert len(sharded_results) == 2 * (2 * 2 + 2 * 2 + 2)
-    assert {r["strategy"] for r in sharded_results} == set(sp.STRATEGIES)
+    tensor 2 splitting heads), natural and zig-zag order, window and soft-cap, and splash
+    inside each shard of all_gather: values and gradients of q, k, v equal the unsharded
+    XLA reference."""
+    assert len(sharded_results) == 2 * (2 * 2 + 2 * 2 + 2) + 4
+    assert {r["strategy"] for r in sharded_results} == {*sp.STRATEGIES, "all_gather+splash"}
     for r in sharded_results:
         assert abs(r["value"] - r["ref_value"]) <= 1e-5 * abs(r["ref_value"]), r
         assert r["grad_diff"] <= 1e-5 * r["grad_scale"], r

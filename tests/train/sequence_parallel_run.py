@@ -3,7 +3,8 @@
 Run as a script on 8 simulated CPU devices (the test sets XLA_FLAGS):
     python sequence_parallel_run.py '<json list of variants>' OUT.json
 Each variant names a family, a batch layout (right / left padding, packed), a mesh and a
-strategy, and optionally a method (sigmoid DPO unless `method` says sparsepo: SparsePO with
+strategy, optionally an attention backend (splash_interpret: splash inside each shard; the
+unsharded run keeps the XLA einsum) and a row length, and optionally a method (sigmoid DPO unless `method` says sparsepo: SparsePO with
 the token KL and reference-activation weights; pdpo: P-DPO's soft user tokens; cut: CUT's
 two views); the script writes each variant's per-step losses, and for variants that ask,
 the first step's gradients' largest difference from the unsharded run's. A variant with
@@ -29,6 +30,7 @@ from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.data.pipeline import make_pipeline
 from alignjax.models import decoder
 from alignjax.models import sequence_parallel as sp
+from alignjax.models import splash
 from alignjax.models.families import model_config_from_hf
 from alignjax.models.parts import DECODER
 from alignjax.sharding import MeshSection, make_mesh
@@ -67,7 +69,7 @@ def _records(method: str):
     ]
 
 
-def batches(tmp_dir: str, layout: str, method: str = "dpo"):
+def batches(tmp_dir: str, layout: str, method: str = "dpo", length: int = LENGTH):
     path = f"{tmp_dir}/{method}.jsonl"
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in _records(method))
@@ -76,11 +78,11 @@ def batches(tmp_dir: str, layout: str, method: str = "dpo"):
         sources=[{"path": path}],
         record_type="cut" if method == "cut" else "preference",
         n_user_tokens=USER_TOKENS if method == "pdpo" else 0,
-        max_length=LENGTH // 2 if packed else LENGTH,
+        max_length=length // 2 if packed else length,
         max_prompt_length=24,
-        buckets=[LENGTH],
+        buckets=[length],
         packing=packed,
-        pack_length=LENGTH if packed else None,
+        pack_length=length if packed else None,
         max_sequences_per_row=4,
         batch_size=2 if packed else 4,
         shuffle=False,
@@ -211,15 +213,22 @@ def main():
                 print(json.dumps(row), flush=True)
                 continue
             method = v.get("method", "dpo")
-            data = batches(tmp, v["layout"], method)
-            key = (v["family"], v.get("scan", False), v["layout"], method)
+            length = v.get("length", LENGTH)
+            data = batches(tmp, v["layout"], method, length)
+            key = (v["family"], v.get("scan", False), v["layout"], method, length)
             if key not in unsharded:
                 one = make_mesh(MeshSection(fsdp=1), devices[:1])
                 unsharded[key] = train(cfg, params, ref, data, one, True, method)
             mesh = make_mesh(MeshSection(**v["mesh"]), devices[: v["devices"]])
-            losses, grads = train(cfg, params, ref, data, mesh, v.get("grads", False), method)
+            sharded_cfg = cfg.replace(attention_backend=v.get("backend", "xla"))
+            calls, apply = [], splash.apply
+            splash.apply = lambda *a, **k: calls.append(1) or apply(*a, **k)
+            try:
+                losses, grads = train(sharded_cfg, params, ref, data, mesh, v.get("grads", False), method)
+            finally:
+                splash.apply = apply
             ref_losses, ref_grads = unsharded[key]
-            row = dict(v, losses=losses, unsharded_losses=ref_losses)
+            row = dict(v, losses=losses, unsharded_losses=ref_losses, splash_calls=len(calls))
             if grads is not None:
                 diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), grads, ref_grads)
                 scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))

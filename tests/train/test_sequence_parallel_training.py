@@ -1,10 +1,11 @@
 """DPO with each row's tokens split over `mesh.sequence` trains step for step like one
 device: 10 steps of the trainer's own step functions (loss, gradients, Adam) on 8 simulated
-devices, Llama and Gemma 2/3 (sliding windows, attention and final soft-capping, a scanned
-and rematerialised mix of layer types), right- and left-padded and packed rows, both
-attention strategies, with and without fsdp beside the sequence axis; and the objectives
-that read more than pair sums (SparsePO's token KL and activation weights, P-DPO's soft
-user tokens, CUT's two views) under `mesh.sequence=4`; and precompute-ref's table."""
+devices, every family (Gemma 2/3's sliding windows, attention and final soft-capping and a
+scanned, rematerialised mix of layer types; Mistral's window on every layer; Qwen's biases
+and q/k norms), right- and left-padded and packed rows, both attention strategies, with and
+without fsdp beside the sequence axis, and splash inside each shard; and the objectives that
+read more than pair sums (SparsePO's token KL and activation weights, P-DPO's soft user
+tokens, CUT's two views) under `mesh.sequence=4`; and precompute-ref's table."""
 
 import json
 import os
@@ -26,6 +27,27 @@ VARIANTS = [
     dict(family="gemma2", layout="right", strategy="ring", grads=True, **ALONE),
     dict(family="gemma3", scan=True, layout="left", strategy="all_gather", **WITH_FSDP),
     dict(family="gemma3", scan=True, layout="packed", strategy="ring", grads=True, **ALONE),
+    # The other families: Mistral's sliding window on every layer, Qwen2's q/k/v biases,
+    # Qwen3's q/k norms and wider heads, Gemma's scaled embeddings, Llama 2.
+    dict(family="mistral", layout="left", strategy="ring", **WITH_FSDP),
+    dict(family="qwen2", layout="packed", strategy="all_gather", **ALONE),
+    dict(family="qwen3", layout="right", strategy="ring", grads=True, **WITH_FSDP),
+    dict(family="gemma", layout="packed", strategy="ring", **ALONE),
+    dict(family="llama2", layout="right", strategy="all_gather", **WITH_FSDP),
+    # Splash inside each shard (the TPU kernel, through the Pallas interpreter): its
+    # backward's query tiles are 128 tokens at least, so rows of 512 at sequence=4.
+    dict(
+        family="gemma2",
+        layout="packed",
+        strategy="all_gather",
+        backend="splash_interpret",
+        length=512,
+        grads=True,
+        **WITH_FSDP,
+    ),
+    dict(
+        family="llama3", layout="left", strategy="all_gather", backend="splash_interpret", length=512, **ALONE
+    ),
 ]
 
 
@@ -92,6 +114,8 @@ def _assert_losses_match(run):
 )
 def test_per_step_losses_match_unsharded(runs, index):
     _assert_losses_match(runs[index])
+    # Splash ran where asked (every layer, every step), and only there.
+    assert (runs[index]["splash_calls"] > 0) == ("backend" in VARIANTS[index])
 
 
 @pytest.mark.slow
