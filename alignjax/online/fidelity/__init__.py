@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alignjax.errors import run_command
-from alignjax.online.fidelity import cut, metaalign, mo_odpo, pdpo
+from alignjax.online.fidelity import cut, metaalign, mo_odpo, pdpo, sparsepo
 
-REPRODUCTIONS: dict[str, ModuleType] = {m.NAME: m for m in (pdpo, metaalign, cut, mo_odpo)}
+REPRODUCTIONS: dict[str, ModuleType] = {m.NAME: m for m in (pdpo, metaalign, cut, mo_odpo, sparsepo)}
 
 
 def build_parser() -> argparse.ArgumentParser:

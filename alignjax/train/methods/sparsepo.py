@@ -35,12 +35,18 @@ class SparsePOSection:
     lam_d: float = 0.0
     mask_dropout: float = 0.01
     mask_weight_decay: float = 0.01
+    # The head's learning rate as a multiple of the model's (same schedule): its masks
+    # start near 1 and need O(1) moves to reach exact zeros, while a preference stage's
+    # model learning rate is small; Adam moves each parameter about lr per step.
+    mask_lr_scale: float = 1.0
 
     def __post_init__(self):
         if self.weights not in ("ones", "given", "activations", "learned"):
             raise ValueError(
                 f"loss.sparsepo.weights={self.weights!r}: use ones, given, activations or learned"
             )
+        if self.mask_lr_scale <= 0:
+            raise ValueError(f"loss.sparsepo.mask_lr_scale={self.mask_lr_scale}: must be positive")
 
 
 def build(cfg, loss, sizes) -> Objective:
@@ -123,7 +129,8 @@ def build(cfg, loss, sizes) -> Objective:
         return {MASK_HEAD_KEY: head_module.init(rng, hidden, deterministic=True)["params"]}
 
     def wrap(model_tx, lr):
-        return mask_head_optimizer(model_tx, lr, weight_decay=section.mask_weight_decay)
+        head_lr = lr if section.mask_lr_scale == 1.0 else (lambda count: section.mask_lr_scale * lr(count))
+        return mask_head_optimizer(model_tx, head_lr, weight_decay=section.mask_weight_decay)
 
     return Objective(fn, True, init_parts=init_parts, wrap_optimizer=wrap if learned else None)
 
