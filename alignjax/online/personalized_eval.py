@@ -119,18 +119,23 @@ def user_accuracies(
         user_P.append(batch.user_index_P[valid])
     pipeline.close()
     margin_P, user_P = np.concatenate(margin_P), np.concatenate(user_P)
-    names = ["generic", *user_vocab.keys]
+    names = np.asarray(["generic", *user_vocab.keys])
+    return accuracy_table(margin_P, names[user_P])
+
+
+def accuracy_table(margin_N: np.ndarray, group_N: np.ndarray) -> dict[str, dict[str, float]]:
+    """group -> {accuracy (margin > 0), margin, n}, plus "all"."""
     table = {}
-    for u in sorted(set(user_P.tolist())):
-        sel = user_P == u
-        table[names[u]] = {
-            "accuracy": float(np.mean(margin_P[sel] > 0)),
-            "margin": float(np.mean(margin_P[sel])),
+    for g in sorted(set(group_N.tolist())):
+        sel = group_N == g
+        table[g] = {
+            "accuracy": float(np.mean(margin_N[sel] > 0)),
+            "margin": float(np.mean(margin_N[sel])),
             "n": int(sel.sum()),
         }
     table["all"] = {
-        "accuracy": float(np.mean(margin_P > 0)),
-        "margin": float(np.mean(margin_P)),
-        "n": len(margin_P),
+        "accuracy": float(np.mean(margin_N > 0)),
+        "margin": float(np.mean(margin_N)),
+        "n": len(margin_N),
     }
     return table

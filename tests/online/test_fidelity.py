@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from alignjax.online import fidelity
-from alignjax.online.fidelity import cut, metaalign, runs
+from alignjax.online.fidelity import cut, metaalign
+from alignjax.online.personalized_eval import accuracy_table
 from alignjax.tasks import BUILTIN_TASKS, judged_facts, user_length
 from alignjax.tasks.conditioned_style import _answer, split_topics
 
@@ -67,7 +68,7 @@ def test_metaalign_rule_reads_the_task_answers(length, register):
 
 
 def test_accuracy_table_by_hand():
-    table = runs.accuracy_table(np.array([1.0, -2.0, 0.5, 3.0]), np.array(["a", "a", "b", "b"]))
+    table = accuracy_table(np.array([1.0, -2.0, 0.5, 3.0]), np.array(["a", "a", "b", "b"]))
     assert table["a"] == {"accuracy": 0.5, "margin": -0.5, "n": 2}
     assert table["b"] == {"accuracy": 1.0, "margin": 1.75, "n": 2}
     assert table["all"] == {"accuracy": 0.75, "margin": 0.625, "n": 4}

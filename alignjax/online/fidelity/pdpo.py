@@ -19,6 +19,7 @@ import numpy as np
 from alignjax.online.eval_grid import GridPoint
 from alignjax.online.evaluate import read_prompts
 from alignjax.online.fidelity import runs
+from alignjax.online.personalized_eval import accuracy_table
 from alignjax.tasks.user_length import USERS
 
 NAME = "pdpo"
@@ -48,7 +49,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         pdpo.stage.config.loss.beta,
         os.path.join(args.out, "user_vocab.json"),
     )
-    dpo_acc = runs.accuracy_table(*runs.margins_by_group(dpo, eval_path, "user_id"))
+    dpo_acc = accuracy_table(*runs.margins_by_group(dpo, eval_path, "user_id"))
     prompts = read_prompts(pdpo.data_file("eval_prompts"))
     points = [GridPoint(u, {"user_id": u}, {}) for u in USERS] + [GridPoint(UNSEEN, {"user_id": UNSEEN}, {})]
     samples = runs.generate(pdpo, prompts, points, max_new_tokens=args.max_new_tokens)

@@ -100,24 +100,6 @@ def margins_by_group(run: Run, eval_path: str, group_field: str, batch_size: int
     return np.concatenate(margin_N), np.asarray(group_N)
 
 
-def accuracy_table(margin_N: np.ndarray, group_N: np.ndarray) -> dict[str, dict[str, float]]:
-    """group -> {accuracy (margin > 0), margin, n}, plus "all"."""
-    table = {}
-    for g in sorted(set(group_N.tolist())):
-        sel = group_N == g
-        table[g] = {
-            "accuracy": float(np.mean(margin_N[sel] > 0)),
-            "margin": float(np.mean(margin_N[sel])),
-            "n": int(sel.sum()),
-        }
-    table["all"] = {
-        "accuracy": float(np.mean(margin_N > 0)),
-        "margin": float(np.mean(margin_N)),
-        "n": len(margin_N),
-    }
-    return table
-
-
 def generate(
     run: Run,
     prompts: list[dict[str, Any]],
