@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hf_models import FAMILY_CONFIGS
+from simulated_devices import run_on_8_devices
 
 from alignjax.models import decoder, head
 from alignjax.models.families import model_config_from_hf
@@ -169,21 +168,8 @@ def test_embedding_lookup_is_split_by_length_where_rows_are():
     tokens' and the table's layouts pinned, XLA's partitioner met a lookup split over D that
     had to become one split over L and fell back to replicating the whole [4, 64, D] output
     ("Involuntary full rematerialization")."""
-    here = os.path.dirname(__file__)
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", LOOKUP_SCRIPT, os.path.dirname(here)],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    tests = os.path.dirname(os.path.dirname(__file__))
+    proc = run_on_8_devices(["-c", LOOKUP_SCRIPT, tests], [tests], timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Involuntary full rematerialization" not in proc.stderr, proc.stderr[-4000:]
     *lookups, hidden = json.loads(proc.stdout.split("LOOKUPS ", 1)[1])

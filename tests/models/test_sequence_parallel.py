@@ -3,13 +3,12 @@ the zig-zag order, and both strategies on 8 simulated devices (values and gradie
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from simulated_devices import run_on_8_devices
 from test_attention import _inputs, _loss
 
 from alignjax.models import sequence_parallel as sp
@@ -146,20 +145,7 @@ print("RESULTS " + json.dumps(results))
 @pytest.fixture(scope="module")
 def sharded_results():
     here = os.path.dirname(__file__)
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, here],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    proc = run_on_8_devices(["-c", SCRIPT, here], [os.path.dirname(here)], timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS "))
     return json.loads(line.removeprefix("RESULTS "))

@@ -9,10 +9,9 @@ tokens, CUT's two views) under `mesh.sequence=4`; and precompute-ref's table."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from simulated_devices import run_on_8_devices
 
 HERE = os.path.dirname(__file__)
 
@@ -66,23 +65,9 @@ def _run_variants(variants, tmp_path_factory):
     """Each variant's losses (and gradients' differences) beside the unsharded run's, from
     `sequence_parallel_run.py` in a process with 8 simulated devices."""
     out = str(tmp_path_factory.mktemp("sequence_parallel") / "runs.json")
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
     script = os.path.join(HERE, "sequence_parallel_run.py")
-    proc = subprocess.run(
-        [sys.executable, script, json.dumps(variants), out],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    paths = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)]
+    proc = run_on_8_devices([script, json.dumps(variants), out], paths, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out) as f:
         return json.load(f)
