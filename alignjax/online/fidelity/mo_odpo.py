@@ -191,12 +191,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def report(table: dict[str, Any]) -> list[str]:
     labels = table["objectives"]
     lines = [
-        f"{'policy':<15}{'weights':<22}" + "".join(f"{k:>10}" for k in labels) + f"{'chars':>8}  dominated by"
+        f"{'policy':<15}{'weights':<28}" + "".join(f"{k:>10}" for k in labels) + f"{'chars':>8}  dominated by"
     ]
     for p in table["points"]:
         dominated = "; ".join(d for d in p["dominated_by"] if not d.startswith(p["policy"] + " ")) or "-"
         lines.append(
-            f"{p['policy']:<15}{p['name']:<22}"
+            f"{p['policy']:<15}{p['name']:<28}"
             + "".join(f"{p['means'][k]:>10.3f}" for k in labels)
             + f"{p['response_chars']:>8.1f}  {dominated}"
         )
@@ -268,8 +268,9 @@ def plot(table: dict[str, Any], path: str) -> None:
                 zorder=3,
             )
         for p, (x, y) in zip(mine, xy_Nx2):
+            w = p["weights"].get(labels[0])
             ax.annotate(
-                f"{name[0]} {p['weights'].get(labels[0], '-')}",
+                f"{name[0]} {w:g}" if w is not None else name,
                 (x, y),
                 textcoords="offset points",
                 xytext=(5, -10 if name == "static" else 5),
@@ -284,8 +285,9 @@ def plot(table: dict[str, Any], path: str) -> None:
     ax.legend(fontsize=8, loc="lower left")
     steer = ", ".join(f"{k} {s['samples']:.2f}" for k, s in table["steerability"].items())
     fig.suptitle(
-        f"MO-ODPO vs static-weight and unconditioned online DPO ({table['num_prompts']} held-out prompts x "
-        f"{table['num_samples']} samples per point); steerability {steer}",
+        "MO-ODPO (M) vs static-weight (s) and unconditioned online DPO, labelled by the weight of "
+        f"{labels[0]}\n{table['num_prompts']} held-out prompts x {table['num_samples']} samples per point; "
+        f"MO-ODPO's steerability {steer}",
         fontsize=9,
     )
     fig.savefig(path, dpi=110)
