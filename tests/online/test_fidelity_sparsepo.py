@@ -168,3 +168,24 @@ def test_report_and_plot(tmp_path):
     assert lines[3].split()[-5:] == ["0.400", "1.200", "0.300", "4.00", "no"]
     sparsepo.plot(table, str(tmp_path / "f.png"))
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+def test_mask_lr_scale_scales_only_the_mask_head(scale):
+    import jax.numpy as jnp
+    import optax
+
+    from alignjax.train.methods import sparsepo as method
+
+    loss = LossSection(
+        type="sparsepo", sections={"sparsepo": SparsePOSection(weights="learned", mask_lr_scale=scale)}
+    )
+    objective = method.build(None, loss, {})
+    lr = 1e-3
+    tx = objective.wrap_optimizer(optax.adam(lambda count: lr), lambda count: lr)
+    params = {"decoder": {"w": jnp.ones(3)}, "mask_head": {"b": jnp.ones(2)}}
+    grads = {"decoder": {"w": jnp.full(3, 0.5)}, "mask_head": {"b": jnp.full(2, 0.5)}}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # Adam's first step moves each parameter by its learning rate; AdamW's decay adds lr * wd * p
+    np.testing.assert_allclose(updates["decoder"]["w"], -lr, rtol=1e-4)
+    np.testing.assert_allclose(updates["mask_head"]["b"], -scale * lr * (1 + 0.01), rtol=1e-4)
