@@ -72,20 +72,27 @@ def _margins_fn(cfg, beta: float):
     return margins_P
 
 
-def margins_by_group(run: Run, eval_path: str, group_field: str, batch_size: int = 16):
-    """(margin_N, group_N): the DPO implicit-reward margin of every pair of `eval_path`
-    under the run's policy and its stage's reference, with each pair's `group_field` value."""
-    data_cfg = dataclasses.replace(
+def eval_data(run: Run, eval_path: str, record_type: str, batch_size: int, **overrides):
+    """The run's data settings reading `eval_path` once, in order, unpacked, in this process:
+    how every reproduction scores held-out records as the run would tokenise them."""
+    return dataclasses.replace(
         run.renderer.data_cfg,
         sources=[SourceConfig(path=eval_path)],
-        record_type="preference",
+        record_type=record_type,
         batch_size=batch_size,
         shuffle=False,
         num_epochs=1,
         packing=False,
         worker_count=0,
-        n_user_tokens=0,
-        condition_field=group_field,
+        **overrides,
+    )
+
+
+def margins_by_group(run: Run, eval_path: str, group_field: str, batch_size: int = 16):
+    """(margin_N, group_N): the DPO implicit-reward margin of every pair of `eval_path`
+    under the run's policy and its stage's reference, with each pair's `group_field` value."""
+    data_cfg = eval_data(
+        run, eval_path, "preference", batch_size, n_user_tokens=0, condition_field=group_field
     )
     margins = _margins_fn(run.policy.cfg, run.stage.config.loss.beta)
     ref = reference_params(run)

@@ -15,7 +15,6 @@ weight on sentiment-bearing tokens (characters of a lexicon word) and on the oth
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 from typing import Any
@@ -24,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alignjax.data.config import SourceConfig
 from alignjax.data.pipeline import make_pipeline
 from alignjax.losses.activation_masks import activation_mask
 from alignjax.models import decoder
@@ -132,16 +130,7 @@ def _pair_fn(cfg, method: str, mask_mode: str):
 
 def pair_scores(run: runs.Run, method: str, eval_path: str, batch_size: int = 16) -> dict[str, Any]:
     """Held-out accuracy (own and plain margins) and, for masked methods, mask statistics."""
-    data_cfg = dataclasses.replace(
-        run.renderer.data_cfg,
-        sources=[SourceConfig(path=eval_path)],
-        record_type="preference",
-        batch_size=batch_size,
-        shuffle=False,
-        num_epochs=1,
-        packing=False,
-        worker_count=0,
-    )
+    data_cfg = runs.eval_data(run, eval_path, "preference", batch_size)
     loss = run.stage.config.loss
     mask_mode = loss.section("sparsepo").mask_mode if loss.names == ("sparsepo",) else "common"
     fn = _pair_fn(run.policy.cfg, method, mask_mode)
