@@ -1,18 +1,18 @@
 """CUT's built-in task: judged answers whose single error is known by construction.
 
-Every topic has a number from 1 to 9, fixed by the task's seed. Asked "What is the
-number of the cat?", a correct answer states it; a wrong one (60% of the answers) is
-the same sentence with another number, drawn at random, and a judgment naming the
-error: "Wrong number: the cat is 7, not 3." The wrong digit is the whole error, so its
+Each of a dozen topics has a number from 1 to 9, fixed by the task's seed. Asked
+"Number of the cat?", a correct answer states it ("The cat is 3."); a wrong one (60% of
+the answers) is the same sentence with another number, drawn at random, and a judgment
+naming the error: "Wrong: 7." The wrong digit is the whole error, so its
 character span is recorded (`error_span`, [start, end) in the response) and the tokens
 CUT flags can be checked against it: without the judgment a wrong digit is one of eight
-unlikely ones, with it the digit is written out, so only the error should look much
-likelier given the judgment.
+unlikely ones, with it the digit is written out (the only digit in the context), so
+only the error should look much likelier given the judgment.
 
 SFT on the same responses (judgments ignored) learns to say a wrong number 60% of the
-time; CUT learns from the judgments not to. Generations are measured on the training
-topics' prompts (`fact_prompts.jsonl`, with the true number), since a number cannot be
-inferred; `cut_eval.jsonl` holds fresh judged wrong answers on the training topics.
+time; CUT learns from the judgments not to. Generations are measured on the topics'
+prompts (`fact_prompts.jsonl`, with the true number), since a number cannot be
+inferred; `cut_eval.jsonl` holds fresh judged wrong answers on the same topics.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from alignjax.tasks.jsonl import write_jsonl_files
 
 DIGITS = "123456789"
 WRONG_SHARE = 0.6  # the fraction of wrong answers
+NUM_TOPICS = 12  # few enough that a tiny model learns every number within the recipe's steps
 
 
 def prompt_for(topic: str) -> str:
-    return f"What is the number of the {topic}?"
+    return f"Number of the {topic}?"
 
 
 def answer(topic: str, digit: str) -> str:
-    return f"The number of the {topic} is {digit}."
+    return f"The {topic} is {digit}."
 
 
 def facts(topics: list[str], seed: int) -> dict[str, str]:
@@ -50,7 +51,7 @@ def judged(topic: str, true: str, rng: random.Random, is_wrong: bool) -> dict[st
     start = response.rindex(wrong)
     return record | {
         "response": response,
-        "judgment": f"Wrong number: the {topic} is {true}, not {wrong}.",
+        "judgment": f"Wrong: {wrong}.",
         "error_span": [start, start + len(wrong)],
     }
 
@@ -58,9 +59,9 @@ def judged(topic: str, true: str, rng: random.Random, is_wrong: bool) -> dict[st
 def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> dict[str, str]:
     """cut.jsonl (judged answers, 60% wrong), sft.jsonl (the same responses without
     judgments), cut_eval.jsonl (fresh judged wrong answers, with an `id`) and
-    fact_prompts.jsonl (one prompt per training topic, with its number)."""
+    fact_prompts.jsonl (one prompt per topic, with its number)."""
     rng = random.Random(seed)
-    _, topics = split_topics(seed)
+    topics = split_topics(seed)[1][:NUM_TOPICS]
     known = facts(topics, seed)
     train = []
     for _ in range(n_train):

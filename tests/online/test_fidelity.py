@@ -51,7 +51,9 @@ def test_judged_facts_spans(tmp_path):
     assert np.mean([len(digits) for digits in said.values()]) > 5  # wrong numbers vary
     for r in _read(paths["cut_eval"]) + wrong:
         start, end = r["error_span"]
-        assert r["response"][start:end] != r["truth"] and f"not {r['response'][start:end]}." in r["judgment"]
+        assert (
+            r["response"][start:end] != r["truth"] and r["judgment"] == f"Wrong: {r['response'][start:end]}."
+        )
         assert r["response"][:start] + r["truth"] + r["response"][end:] == judged_facts.answer(
             r["topic"], r["truth"]
         )
