@@ -16,7 +16,6 @@ Measured for the CUT run and for SFT on the same responses.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from alignjax.data.config import SourceConfig
 from alignjax.data.pipeline import make_pipeline
 from alignjax.losses.cut import flag_inappropriate
 from alignjax.online import generate_cli
@@ -55,17 +53,8 @@ def flagged_tokens(run: runs.Run, eval_path: str, batch_size: int = 16) -> list[
     """Per judged wrong answer of `eval_path` (records with an `id`): its response tokens'
     character ranges and which of them CUT flags."""
     section = run.stage.config.loss.section("cut")
-    data_cfg = dataclasses.replace(
-        run.renderer.data_cfg,
-        sources=[SourceConfig(path=eval_path)],
-        record_type="cut",
-        batch_size=batch_size,
-        shuffle=False,
-        num_epochs=1,
-        packing=False,
-        worker_count=0,
-        condition_field="id",  # carries each record's id through the pipeline
-    )
+    # condition_field carries each record's id through the pipeline.
+    data_cfg = runs.eval_data(run, eval_path, "cut", batch_size, condition_field="id")
     cfg = run.policy.cfg
 
     @jax.jit
