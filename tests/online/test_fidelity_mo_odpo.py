@@ -1,30 +1,17 @@
 """MO-ODPO's reproduction: dominance and exact 2-D hypervolume against hand-computed
 fronts, the static-weight and unconditioned options of loss.mo_odpo, and their checks."""
 
-import json
-
-import jax
 import numpy as np
 import pytest
 
 from alignjax import configlib
-from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
-from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
-from alignjax.data.pipeline import make_pipeline
-from alignjax.models import decoder
-from alignjax.models.families import model_config_from_hf
-from alignjax.models.presets import preset_config
 from alignjax.online.fidelity import mo_odpo as fidelity_mo_odpo
-from alignjax.online.mo_odpo import MOODPOSection, OnlinePairSource
+from alignjax.online.mo_odpo import MOODPOSection
 from alignjax.online.rewards import build_reward
 from alignjax.online.steer_stats import dominates, dominators, hypervolume_2d
 from alignjax.train.config import load_config, stages
+from mo_odpo_source import REWARDS, make_source, pair_texts, prompt_text, tiny_model, write_prompts
 
-TEMPLATE = "Weights: short {short:.0%}, ok {ok:.0%}."
-REWARDS = [
-    {"name": "length", "unit": "chars", "target": 0, "scale": 0.1},
-    {"name": "keyword_count", "keywords": ["o"], "cap": 3},
-]
 CONFIG = "configs/fidelity/mo_odpo.yaml"
 
 
@@ -55,60 +42,18 @@ def test_dominance():
     assert dominators(points, points) == [[1, 2], [2], [], []]
 
 
-def _model():
-    cfg = model_config_from_hf(
-        preset_config(
-            "tiny", vocab_size=VOCAB_SIZE, num_hidden_layers=1, hidden_size=32, intermediate_size=64
-        )
-    )
-    return cfg, decoder.init_params(cfg, jax.random.key(0))
-
-
 def _source(tmp_path, **section_kw):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"prompt": f"Say something about {w}."}) + "\n" for w in ["cats", "rain", "tea", "ink"]
-        )
-    )
-    dcfg = DataConfig(
-        sources=[SourceConfig(path=str(path))],
-        record_type="prompt",
-        batch_size=4,
-        max_length=128,
-        max_prompt_length=96,
-        shuffle=False,
-        num_epochs=None,
-        templates=TemplateConfig(weights=TEMPLATE),
-    )
-    cfg, params = _model()
-    tok = make_byte_tokenizer()
-    section = MOODPOSection(rewards=REWARDS, num_samples=3, max_new_tokens=12, grid=4, **section_kw)
-    pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
-    source = OnlinePairSource(
-        make_pipeline(dcfg, tok),
-        pair_cfg,
-        tok,
-        cfg,
-        section,
-        seed=0,
-        per_host_batch=4,
-        pad_id=tok.pad_token_id,
-    )
-    return source, tok, params
+    model = tiny_model()
+    path = write_prompts(tmp_path / "prompts.jsonl", ["cats", "rain", "tea", "ink"])
+    source, tok = make_source(model, path, **section_kw)
+    return source, tok, model[1]
 
 
 def _pairs(batch, tok):
     """(prompt text, chosen, rejected) of every valid pair."""
-    out = []
-    for i in np.flatnonzero(batch.pair_valid_P):
-        prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
-        texts = []
-        for row in (i, batch.num_pairs + i):
-            ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
-            texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
-        out.append((tok.decode(prompt_ids.tolist()), *texts))
-    return out
+    return [
+        (prompt_text(batch, tok, i), *pair_texts(batch, tok, i)) for i in np.flatnonzero(batch.pair_valid_P)
+    ]
 
 
 def _scores(text):

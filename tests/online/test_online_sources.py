@@ -1,79 +1,39 @@
 """MO-ODPO's online pairs and online CUT's judged responses, against independent checks."""
 
-import json
-
-import jax
 import numpy as np
 import pytest
 
-from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
-from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
+from alignjax.data.byte_tokenizer import make_byte_tokenizer
+from alignjax.data.config import DataConfig
 from alignjax.data.pipeline import make_pipeline
-from alignjax.models import decoder
-from alignjax.models.families import model_config_from_hf
-from alignjax.models.presets import preset_config
 from alignjax.online.judges import build_judge
-from alignjax.online.mo_odpo import MOODPOSection, OnlinePairSource, draw_weights
+from alignjax.online.mo_odpo import draw_weights
 from alignjax.online.online_cut import OnlineCutSource, OnlineSampling
 from alignjax.online.rewards import build_reward
-
-TEMPLATE = "Weights: short {short:.0%}, ok {ok:.0%}."
-REWARDS = [
-    {"name": "length", "unit": "chars", "target": 0, "scale": 0.1},
-    {"name": "keyword_count", "keywords": ["o"], "cap": 3},
-]
+from mo_odpo_source import (
+    REWARDS,
+    make_source,
+    pair_texts,
+    prompt_data_cfg,
+    prompt_text,
+    tiny_model,
+    write_prompts,
+)
 
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = model_config_from_hf(
-        preset_config(
-            "tiny", vocab_size=VOCAB_SIZE, num_hidden_layers=1, hidden_size=32, intermediate_size=64
-        )
-    )
-    return cfg, decoder.init_params(cfg, jax.random.key(0))
+    return tiny_model()
 
 
 @pytest.fixture()
 def prompts_file(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"prompt": f"Say something about {w}."}) + "\n"
-            for w in ["cats", "dogs", "rain", "tea", "maps", "ink"]
-        )
-    )
-    return str(path)
-
-
-def _data_cfg(path, **kw):
-    return DataConfig(
-        sources=[SourceConfig(path=path)],
-        record_type="prompt",
-        batch_size=4,
-        max_length=128,
-        max_prompt_length=96,
-        shuffle=False,
-        num_epochs=None,
-        templates=TemplateConfig(weights=TEMPLATE),
-        **kw,
-    )
-
-
-def _pair_texts(batch, tok, i):
-    """Pair i's chosen and rejected answers, decoded from their response tokens."""
-    p = batch.num_pairs
-    texts = []
-    for row in (i, p + i):
-        ids = batch.tokens_BxL[row][batch.loss_mask_BxL[row] == 1]
-        texts.append(tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True))
-    return texts
+    return write_prompts(tmp_path / "prompts.jsonl", ["cats", "dogs", "rain", "tea", "maps", "ink"])
 
 
 def _short_weight(batch, tok, i):
     """The weight of the first objective, read back from pair i's rendered prompt."""
-    prompt_ids = batch.tokens_BxL[i][(batch.segment_ids_BxL[i] > 0) & (batch.loss_mask_BxL[i] == 0)]
-    return float(tok.decode(prompt_ids.tolist()).split("Weights: short ")[1].split("%")[0]) / 100
+    return float(prompt_text(batch, tok, i).split("Weights: short ")[1].split("%")[0]) / 100
 
 
 def mentions_prompt(prompts, responses, word):
@@ -91,27 +51,9 @@ def test_draw_weights_lie_on_the_simplex(grid):
     np.testing.assert_allclose(w.mean(0), 1 / 3, atol=0.03)
 
 
-def _source(model, path, seed=0):
-    cfg, _ = model
-    tok = make_byte_tokenizer()
-    dcfg = _data_cfg(path)
-    section = MOODPOSection(rewards=REWARDS, num_samples=3, max_new_tokens=12, temperature=1.0, grid=4)
-    pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
-    return OnlinePairSource(
-        make_pipeline(dcfg, tok),
-        pair_cfg,
-        tok,
-        cfg,
-        section,
-        seed=seed,
-        per_host_batch=4,
-        pad_id=tok.pad_token_id,
-    ), tok
-
-
 def test_pairs_prefer_the_higher_weighted_score_and_replay_exactly(model, prompts_file):
     cfg, params = model
-    source, tok = _source(model, prompts_file)
+    source, tok = make_source(model, prompts_file)
     batch = source.next_for(params, step=7)
     assert batch.pair_valid_P.sum() == source.last_metrics["online/pairs"] > 0
     rewards = [build_reward(r) for r in REWARDS]
@@ -119,14 +61,14 @@ def test_pairs_prefer_the_higher_weighted_score_and_replay_exactly(model, prompt
     for i in range(p):
         if not batch.pair_valid_P[i]:
             continue
-        texts = _pair_texts(batch, tok, i)
+        texts = pair_texts(batch, tok, i)
         w_short = _short_weight(batch, tok, i)
         w = np.array([w_short, 1 - w_short])
         scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
         chosen_score, rejected_score = scores @ w
         assert chosen_score > rejected_score, (texts, w)
     # The same step of a fresh source (a resumed run) yields the same batch.
-    again, _ = _source(model, prompts_file)
+    again, _ = make_source(model, prompts_file)
     replay = again.next_for(params, step=7)
     np.testing.assert_array_equal(replay.tokens_BxL, batch.tokens_BxL)
 
@@ -151,7 +93,7 @@ def test_threshold_judge_and_python_judge():
 def test_online_cut_marks_judged_responses_unsatisfactory(model, prompts_file):
     cfg, params = model
     tok = make_byte_tokenizer()
-    dcfg = _data_cfg(prompts_file)
+    dcfg = prompt_data_cfg(prompts_file)
     judge = {
         "name": "threshold",
         "reward": {"name": "length", "unit": "chars"},
@@ -183,29 +125,14 @@ def test_online_cut_marks_judged_responses_unsatisfactory(model, prompts_file):
 
 
 def test_per_objective_winners_pair_each_objective_with_its_weight(model, prompts_file):
-    cfg, params = model
-    tok = make_byte_tokenizer()
-    dcfg = _data_cfg(prompts_file)
-    section = MOODPOSection(
-        rewards=REWARDS, num_samples=3, max_new_tokens=12, temperature=1.0, grid=4, per_objective_winners=True
-    )
-    pair_cfg = DataConfig(**{**dcfg.__dict__, "record_type": "preference"})
-    source = OnlinePairSource(
-        make_pipeline(dcfg, tok),
-        pair_cfg,
-        tok,
-        cfg,
-        section,
-        seed=0,
-        per_host_batch=4,
-        pad_id=tok.pad_token_id,
-    )
+    _, params = model
+    source, tok = make_source(model, prompts_file, per_objective_winners=True)
     batch = source.next_for(params, step=3)
     rewards = [build_reward(r) for r in REWARDS]
     assert batch.pair_weight_P is not None and batch.pair_valid_P.sum() > 0
     np.testing.assert_array_equal(batch.pair_weight_P[batch.pair_valid_P == 0], 0.0)
     for i in np.flatnonzero(batch.pair_valid_P):
-        texts = _pair_texts(batch, tok, i)
+        texts = pair_texts(batch, tok, i)
         w_short = _short_weight(batch, tok, i)
         w = np.array([w_short, 1 - w_short])
         scores = np.array([[float(r(["x"], [t])[0]) for r in rewards] for t in texts])
