@@ -180,6 +180,32 @@ def test_pdpo_rpo_alpha_adds_the_token_mean_nll_of_the_chosen_with_user_tokens(m
     np.testing.assert_allclose(values[0.7] - values[0.0], 0.7 * nll, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_pdpo_user_lr_scale_scales_only_the_user_model(scale):
+    from alignjax.models.user_model import USER_MODEL_KEY
+
+    pdpo = dataclasses.replace(LossSection().section("pdpo"), user_lr_scale=scale)
+    loss = LossSection(type="pdpo", sections={"pdpo": pdpo})
+    objective = method_for(loss).build(None, loss, {"num_users": 3, "n_user_tokens": 2})
+    lr = 1e-3
+    model_tx = optax.adam(lambda count: lr)
+    tx = objective.wrap_optimizer(model_tx, lambda count: lr) if objective.wrap_optimizer else model_tx
+    params = {DECODER: {"w": jnp.ones(3)}, USER_MODEL_KEY: {"offsets": jnp.ones(2)}}
+    grads = {DECODER: {"w": jnp.full(3, 0.5)}, USER_MODEL_KEY: {"offsets": jnp.full(2, -0.5)}}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # Adam's first step moves each parameter by its learning rate, against the gradient's sign;
+    # no weight decay on the users (it would pull each toward the generic user).
+    np.testing.assert_allclose(updates[DECODER]["w"], -lr, rtol=1e-4)
+    np.testing.assert_allclose(updates[USER_MODEL_KEY]["offsets"], scale * lr, rtol=1e-4)
+
+
+def test_pdpo_user_lr_scale_must_be_positive():
+    from alignjax.train.methods.pdpo import PDPOSection
+
+    with pytest.raises(ValueError, match="loss.pdpo.user_lr_scale"):
+        PDPOSection(user_lr_scale=0.0)
+
+
 def test_mo_odpo_trains_sigmoid_dpo(model, tokenizer, tmp_path):
     import alignjax.online  # noqa: F401  (registers MO-ODPO)
 

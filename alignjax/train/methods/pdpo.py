@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from alignjax.data import ops as data_ops
 from alignjax.losses.personalized import PDPOConfig, PersonalizedLogps, pdpo_loss
 from alignjax.models import decoder
+from alignjax.models.mask_head import mask_head_optimizer
 from alignjax.models.user_model import USER_MODEL_KEY, UserModel, vocab_rows_init
 from alignjax.train.methods.common import (
     forward_logps,
@@ -31,6 +32,14 @@ class PDPOSection:
     # TRL's rpo_alpha: adds this weight times the token-mean NLL of the chosen responses
     # given the pair's user tokens, so generation with the soft tokens stays fluent.
     rpo_alpha: float = 0.0
+    # The user model's learning rate as a multiple of the stage's: soft prompts learn at
+    # rates far above those of the model they steer (prompt tuning's experience), and at
+    # the model's rate the users' tokens barely move in a short preference stage.
+    user_lr_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.user_lr_scale <= 0:
+            raise ValueError(f"loss.pdpo.user_lr_scale={self.user_lr_scale}: must be positive")
 
 
 def _embed_scale(cfg):
@@ -105,7 +114,15 @@ def build(cfg, loss, sizes) -> Objective:
         dummy = jnp.zeros((1,), jnp.int32)
         return {USER_MODEL_KEY: user_module(decoder_params).init(rng, dummy)["params"]}
 
-    return Objective(fn, True, init_parts=init_parts)
+    def wrap(model_tx, lr):
+        # Its own AdamW (no weight decay: it would pull every user toward the generic one).
+        return mask_head_optimizer(
+            model_tx, lambda count: section.user_lr_scale * lr(count), weight_decay=0.0, key=USER_MODEL_KEY
+        )
+
+    return Objective(
+        fn, True, init_parts=init_parts, wrap_optimizer=wrap if section.user_lr_scale != 1.0 else None
+    )
 
 
 METHOD = Method(
