@@ -1,18 +1,20 @@
 """CUT's built-in task: judged answers whose single error is known by construction.
 
-Each of a dozen topics has a number from 1 to 9, fixed by the task's seed. Asked
-"Number of the cat?", a correct answer states it ("The cat is 3."); a wrong one (60% of
-the answers) is the same sentence with another number, drawn at random, and a judgment
-naming the error: "Wrong: 7." The wrong digit is the whole error, so its
-character span is recorded (`error_span`, [start, end) in the response) and the tokens
-CUT flags can be checked against it: without the judgment a wrong digit is one of eight
-unlikely ones, with it the digit is written out (the only digit in the context), so
-only the error should look much likelier given the judgment.
+Each of a dozen topics has a number from 1 to 9, fixed by the task's seed, and a common
+misconception, another number. Asked "Number of the cat?", a correct answer states the
+number ("The cat is 3."); a wrong one (65% of the answers) is the same sentence with the
+misconception (80% of the wrong answers) or another wrong number drawn at random, and a
+judgment naming the error: "Wrong: 7." So the misconception is the likeliest answer
+(52%, against 35% for the truth), as errors that people share are in real feedback data.
+The wrong digit is the whole error, so its character span is recorded (`error_span`,
+[start, end) in the response) and the tokens CUT flags can be checked against it: given
+the judgment the digit is written out (the only digit in the context), so only the error
+should look much likelier given the judgment than without it.
 
-SFT on the same responses (judgments ignored) learns to say a wrong number 60% of the
-time; CUT learns from the judgments not to. Generations are measured on the topics'
+SFT on the same responses (judgments ignored) learns to repeat the misconception, even
+greedily; CUT learns from the judgments not to. Generations are measured on the topics'
 prompts (`fact_prompts.jsonl`, with the true number), since a number cannot be
-inferred; `cut_eval.jsonl` holds fresh judged wrong answers on the same topics.
+inferred; `cut_eval.jsonl` holds fresh judged wrong answers drawn as the training ones.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from alignjax.tasks.conditioned_style import split_topics
 from alignjax.tasks.jsonl import write_jsonl_files
 
 DIGITS = "123456789"
-WRONG_SHARE = 0.6  # the fraction of wrong answers
+WRONG_SHARE = 0.65  # the fraction of wrong answers
+MISCONCEPTION_SHARE = 0.8  # the fraction of wrong answers that state the topic's misconception
 NUM_TOPICS = 12  # few enough that a tiny model learns every number within the recipe's steps
 
 
@@ -36,17 +39,25 @@ def answer(topic: str, digit: str) -> str:
     return f"The {topic} is {digit}."
 
 
-def facts(topics: list[str], seed: int) -> dict[str, str]:
-    """topic -> its true digit."""
+def facts(topics: list[str], seed: int) -> dict[str, tuple[str, str]]:
+    """topic -> (its true digit, its misconception: another digit)."""
     rng = random.Random(seed)
-    return {topic: rng.choice(DIGITS) for topic in topics}
+    known = {}
+    for topic in topics:
+        true = rng.choice(DIGITS)
+        known[topic] = (true, rng.choice([d for d in DIGITS if d != true]))
+    return known
 
 
-def judged(topic: str, true: str, rng: random.Random, is_wrong: bool) -> dict[str, Any]:
+def judged(topic: str, fact: tuple[str, str], rng: random.Random, is_wrong: bool) -> dict[str, Any]:
+    true, misconception = fact
     record: dict[str, Any] = {"prompt": prompt_for(topic), "topic": topic, "truth": true}
     if not is_wrong:
         return record | {"response": answer(topic, true), "judgment": None}
-    wrong = rng.choice([d for d in DIGITS if d != true])
+    if rng.random() < MISCONCEPTION_SHARE:
+        wrong = misconception
+    else:
+        wrong = rng.choice([d for d in DIGITS if d != true])
     response = answer(topic, wrong)
     start = response.rindex(wrong)
     return record | {
@@ -57,7 +68,7 @@ def judged(topic: str, true: str, rng: random.Random, is_wrong: bool) -> dict[st
 
 
 def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> dict[str, str]:
-    """cut.jsonl (judged answers, 60% wrong), sft.jsonl (the same responses without
+    """cut.jsonl (judged answers, 65% wrong), sft.jsonl (the same responses without
     judgments), cut_eval.jsonl (fresh judged wrong answers, with an `id`) and
     fact_prompts.jsonl (one prompt per topic, with its number)."""
     rng = random.Random(seed)
@@ -74,6 +85,9 @@ def write_task(out_dir: str, n_train: int = 4000, n_eval: int = 200, seed: int =
             judged(topic, known[topic], rng, is_wrong=True) | {"id": i}
             for i, topic in enumerate(rng.choice(topics) for _ in range(n_eval))
         ],
-        "fact_prompts": [{"prompt": prompt_for(t), "topic": t, "truth": known[t]} for t in topics],
+        "fact_prompts": [
+            {"prompt": prompt_for(t), "topic": t, "truth": known[t][0], "misconception": known[t][1]}
+            for t in topics
+        ],
     }
     return write_jsonl_files(out_dir, files)

@@ -40,15 +40,19 @@ def test_user_length_labels_cancel_without_the_user(tmp_path):
 def test_judged_facts_spans(tmp_path):
     paths = BUILTIN_TASKS["judged_facts"](str(tmp_path), n_train=2000, n_eval=20)
     train = _read(paths["cut"])
-    truth = {r["topic"]: r["truth"] for r in _read(paths["fact_prompts"])}
+    facts = _read(paths["fact_prompts"])
+    truth = {r["topic"]: r["truth"] for r in facts}
     wrong = [r for r in train if r["judgment"] is not None]
     assert len(wrong) / len(train) == pytest.approx(judged_facts.WRONG_SHARE, abs=0.03)
-    said = collections.defaultdict(set)
+    said = collections.defaultdict(collections.Counter)
     for r in train:
         digit = r["response"][-2]
         assert (digit == truth[r["topic"]]) == (r["judgment"] is None)
-        said[r["topic"]].add(digit)
+        said[r["topic"]][digit] += 1
     assert np.mean([len(digits) for digits in said.values()]) > 5  # wrong numbers vary
+    for r in facts:  # the misconception, not the truth, is each topic's likeliest answer
+        assert r["misconception"] != r["truth"]
+        assert said[r["topic"]].most_common(1)[0][0] == r["misconception"]
     for r in _read(paths["cut_eval"]) + wrong:
         start, end = r["error_span"]
         assert (
@@ -107,3 +111,18 @@ def test_every_reproduction_is_a_subcommand(capsys):
     for module in fidelity.REPRODUCTIONS.values():
         for attr in ("NAME", "HELP", "add_arguments", "measure", "report", "plot"):
             assert hasattr(module, attr), (module.__name__, attr)
+
+
+def test_cut_report_adds_the_misconception_rate_when_measured():
+    flagging = {"lam": 1.2, "detection": "ratio", "n": 2, "precision": 1.0, "recall": 0.5}
+    flagging |= {"flagged_tokens": 1, "span_tokens": 2, "answers_with_span_flagged": 0.5}
+    rates = {"sft": {"greedy": 1.0, "sampled": 0.625}, "cut": {"greedy": 0.0, "sampled": 0.25}}
+    table = {"flagging": flagging, "error_rate": rates, "num_prompts": 12, "num_samples": 8}
+    table["flag_examples"] = []
+    assert not any(line.startswith("misconception") for line in cut.report(table))
+    rates["sft"] |= {"greedy_misconception": 1.0, "sampled_misconception": 0.5}
+    rates["cut"] |= {"greedy_misconception": 0.0, "sampled_misconception": 0.125}
+    lines = cut.report(table)
+    at = next(i for i, line in enumerate(lines) if line.startswith("misconception"))
+    assert lines[at + 1].split() == ["after", "SFT", "1.000", "0.500"]
+    assert lines[at + 2].split() == ["after", "CUT", "0.000", "0.125"]

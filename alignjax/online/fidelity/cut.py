@@ -115,21 +115,26 @@ def span_scores(records: list[dict[str, Any]], flagged: list[dict[str, Any]]) ->
 
 
 def error_rates(run: runs.Run, prompts: list[dict[str, Any]], num_samples: int, max_new_tokens: int):
-    """{greedy, sampled}: the fraction of answers not stating the prompt's true number, and the samples."""
+    """{greedy, sampled}: the fraction of answers not stating the prompt's true number; with
+    `misconception` in the prompts, {greedy, sampled}_misconception: the fraction stating it;
+    and the samples."""
     records = [{"prompt": p["prompt"]} for p in prompts]
     out, samples = {}, []
     for mode, temperature, n in (("greedy", 0.0, 1), ("sampled", 1.0, num_samples)):
         sampling = generate_cli.sampling_config(run.policy, max_new_tokens, temperature)
         texts = generate_cli.generate_texts(run.policy, run.renderer, records, sampling, num_samples=n)
-        wrong = []
+        wrong, misconceived = [], []
         for p, responses in zip(prompts, texts):
             for response in responses:
-                stated = _STATED.findall(response)
-                wrong.append(stated[-1:] != [p["truth"]])
+                stated = _STATED.findall(response)[-1:]
+                wrong.append(stated != [p["truth"]])
+                misconceived.append("misconception" in p and stated == [p["misconception"]])
                 samples.append(
                     {"mode": mode, "prompt": p["prompt"], "truth": p["truth"], "response": response}
                 )
         out[mode] = float(np.mean(wrong))
+        if all("misconception" in p for p in prompts):
+            out[f"{mode}_misconception"] = float(np.mean(misconceived))
     return out, samples
 
 
@@ -170,6 +175,13 @@ def report(table: dict[str, Any]) -> list[str]:
     for name, label in (("sft", "after SFT"), ("cut", "after CUT")):
         r = table["error_rate"][name]
         lines.append(f"{label:<12}{r['greedy']:>8.3f}{r['sampled']:>9.3f}")
+    if "greedy_misconception" in table["error_rate"]["sft"]:
+        lines.append(
+            f"{'misconception':<12}{'greedy':>8}{'sampled':>9}   (answers stating the topic's common wrong number)"
+        )
+        for name, label in (("sft", "after SFT"), ("cut", "after CUT")):
+            r = table["error_rate"][name]
+            lines.append(f"{label:<12}{r['greedy_misconception']:>8.3f}{r['sampled_misconception']:>9.3f}")
     lines += [f"  e.g. {x}" for x in table["flag_examples"][:3]]
     return lines
 
