@@ -124,17 +124,27 @@ REWARDS: dict[str, Callable[..., Reward]] = {
 def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
     """`{"name": ..., "scale": s, **kwargs}` -> the reward; `where` names the config entry.
 
-    `cap` bounds the raw reward from above (so more of a good thing stops paying), then
-    `scale` (default 1) multiplies it, so objectives on different units (words, counts,
-    model logits) can be scalarised with comparable weights.
+    `cap` bounds the raw reward from above (so more of a good thing stops paying);
+    `decay` d (0 < d < 1) gives diminishing returns, each further unit worth d times the
+    one before: v -> (1 - d**v) / (1 - d), so a count of 1 scores 1, 2 scores 1 + d, ...;
+    then `scale` (default 1) multiplies it, so objectives on different units (words,
+    counts, model logits) can be scalarised with comparable weights. With decay, the best
+    count under a weighted sum moves with the weights instead of jumping between none and
+    the cap, which is what a steerable policy needs to be measured on.
     """
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"{where}: a reward is a mapping with a 'name' key, got {spec!r}")
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "scale", "cap")}
-    scale, cap = spec.get("scale", 1.0), spec.get("cap")
-    for key, value in (("scale", scale), ("cap", cap if cap is not None else 0.0)):
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "scale", "cap", "decay")}
+    scale, cap, decay = spec.get("scale", 1.0), spec.get("cap"), spec.get("decay")
+    for key, value in (("scale", scale), ("cap", cap), ("decay", decay)):
+        if key != "scale" and value is None:
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ValueError(f"{where}: reward {key} must be a number, got {value!r}")
+    if decay is not None and not 0 < decay < 1:
+        raise ValueError(
+            f"{where}: reward decay must be in (0, 1) (each unit worth d times the last), got {decay!r}"
+        )
     factory = REWARDS.get(spec["name"])
     if factory is None:
         raise ValueError(f"{where}: unknown reward {spec['name']!r}; known rewards: {sorted(REWARDS)}")
@@ -151,13 +161,15 @@ def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
     except TypeError as e:
         raise ValueError(f"{where}: reward {spec['name']!r}: {e}") from None
     reward = factory(**kwargs)
-    if scale == 1.0 and cap is None:
+    if scale == 1.0 and cap is None and decay is None:
         return reward
 
     def adjusted(prompts, responses):
         values = np.asarray(reward(prompts, responses), np.float32)
         if cap is not None:
             values = np.minimum(values, np.float32(cap))
+        if decay is not None:  # in float64: d**v for v near 0 loses digits in float32
+            values = ((1.0 - decay ** values.astype(np.float64)) / (1.0 - decay)).astype(np.float32)
         return values * np.float32(scale)
 
     return adjusted

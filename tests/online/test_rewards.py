@@ -31,6 +31,18 @@ def test_keyword_presence_and_count():
     assert _score(whole) == [0, 3, 0]
 
 
+def test_cap_then_decay_then_scale():
+    count = {"name": "keyword_count", "keywords": ["cats"]}  # raw counts 0, 0, 3
+    assert _score({**count, "cap": 2}) == [0, 0, 2]
+    # each further occurrence is worth half the one before: 1 + 0.5 + 0.25 for three
+    np.testing.assert_allclose(_score({**count, "decay": 0.5}), [0, 0, 1.75], rtol=1e-6)
+    np.testing.assert_allclose(_score({**count, "cap": 2, "decay": 0.5, "scale": 4}), [0, 0, 6], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"rewards\[1\]: reward decay must be in \(0, 1\)"):
+        build_reward({**count, "decay": 1.5}, where="rewards[1]")
+    with pytest.raises(ValueError, match="decay must be a number"):
+        build_reward({**count, "decay": "fast"})
+
+
 def test_regex_format_full_or_partial_match():
     assert _score({"name": "regex_format", "pattern": r".*<answer>\d+</answer>"}) == [0, 1, 0]
     assert _score({"name": "regex_format", "pattern": r"<answer>", "full_match": False}) == [0, 1, 0]
