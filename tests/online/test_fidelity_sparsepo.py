@@ -125,8 +125,17 @@ def test_method_of_reads_the_run_config():
     assert sparsepo.method_of(LossSection(type="sigmoid")) == "dpo"
     assert sparsepo.method_of(LossSection(type="tdpo")) == "tdpo"
     for weights, method in (("ones", "tdpo"), ("activations", "mapo"), ("learned", "learned")):
-        loss = LossSection(type="sparsepo", sections={"sparsepo": SparsePOSection(weights=weights)})
+        loss = LossSection(type="sparsepo", sections={"sparsepo": SparsePOSection(weights=weights, kl=True)})
         assert sparsepo.method_of(loss) == method
+        no_kl = LossSection(
+            type="sparsepo", sections={"sparsepo": SparsePOSection(weights=weights, kl=False)}
+        )
+        if method == "tdpo":
+            with pytest.raises(ValueError, match="is DPO"):
+                sparsepo.method_of(no_kl)
+        else:
+            assert sparsepo.method_of(no_kl) == method + "_nokl"
+            assert sparsepo.mask_kind(method + "_nokl") == method
     with pytest.raises(ValueError, match="given"):
         sparsepo.method_of(
             LossSection(type="sparsepo", sections={"sparsepo": SparsePOSection(weights="given")})

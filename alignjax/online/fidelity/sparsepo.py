@@ -39,7 +39,15 @@ LABELS = {
     "tdpo": "TDPO",
     "mapo": "SparsePO (MaPO masks)",
     "learned": "SparsePO (learned masks)",
+    "mapo_nokl": "SparsePO (MaPO masks, no KL term)",
+    "learned_nokl": "SparsePO (learned masks, no KL term)",
 }
+NO_KL = "_nokl"  # a SparsePO run with `loss.sparsepo.kl: false`: masked rewards, no token KL
+
+
+def mask_kind(method: str) -> str:
+    """The masks a method's reward uses, whether or not it has the KL term."""
+    return method.removesuffix(NO_KL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def method_of(loss) -> str:
-    """dpo, tdpo, mapo or learned, from a run's `loss` section."""
+    """dpo, tdpo, mapo or learned (with _nokl without the KL term), from a run's `loss` section."""
     if loss.names == ("sigmoid",):
         return "dpo"
     if loss.names == ("tdpo",):
@@ -62,8 +70,15 @@ def method_of(loss) -> str:
         raise ValueError(
             f"loss.type={list(loss.names)}: this comparison takes sigmoid, tdpo or sparsepo runs"
         )
-    weights = loss.section("sparsepo").weights
-    return {"ones": "tdpo", "activations": "mapo", "learned": "learned"}.get(weights) or _unsupported(weights)
+    section = loss.section("sparsepo")
+    method = {"ones": "tdpo", "activations": "mapo", "learned": "learned"}.get(section.weights)
+    if method is None:
+        _unsupported(section.weights)
+    if not section.kl:
+        if method == "tdpo":  # all-ones reward weights without the KL term are DPO itself
+            raise ValueError("loss.sparsepo.weights=ones with kl: false is DPO: compare loss.type=sigmoid")
+        method += NO_KL
+    return method
 
 
 def _unsupported(weights: str):
@@ -133,6 +148,7 @@ def pair_scores(run: runs.Run, method: str, eval_path: str, batch_size: int = 16
     data_cfg = runs.eval_data(run, eval_path, "preference", batch_size)
     loss = run.stage.config.loss
     mask_mode = loss.section("sparsepo").mask_mode if loss.names == ("sparsepo",) else "common"
+    method = mask_kind(method)
     fn = _pair_fn(run.policy.cfg, method, mask_mode)
     ref = runs.reference_params(run)
     head_params = run.policy.extras.get(MASK_HEAD_KEY) if method == "learned" else None
@@ -269,7 +285,12 @@ def plot(table: dict[str, Any], path: str) -> None:
     right.bar(x - 0.27, [p["mask"]["sparsity"] for p in masked], 0.27, label="exact zeros")
     right.bar(x, [p["mask"]["mean_sentiment"] for p in masked], 0.27, label="mean weight, sentiment tokens")
     right.bar(x + 0.27, [p["mask"]["mean_other"] for p in masked], 0.27, label="mean weight, other tokens")
-    names = {"mapo": "MaPO", "learned": "learned"}
+    names = {
+        "mapo": "MaPO",
+        "learned": "learned",
+        "mapo_nokl": "MaPO, no KL",
+        "learned_nokl": "learned, no KL",
+    }
     right.set_xticks(x, [f"{names[p['method']]}\nbeta {p['beta']:g}" for p in masked], fontsize=7)
     right.set_title("SparsePO reward masks on held-out pairs", fontsize=9)
     right.legend(fontsize=7)
