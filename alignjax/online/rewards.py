@@ -129,8 +129,8 @@ def build_reward(spec: dict[str, Any], where: str = "rewards") -> Reward:
     one before: v -> (1 - d**v) / (1 - d), so a count of 1 scores 1, 2 scores 1 + d, ...;
     then `scale` (default 1) multiplies it, so objectives on different units (words,
     counts, model logits) can be scalarised with comparable weights. With decay, the best
-    count under a weighted sum moves with the weights instead of jumping between none and
-    the cap, which is what a steerable policy needs to be measured on.
+    count under a weighted sum against a per-unit cost moves with the weights instead of
+    jumping between none and the cap.
     """
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"{where}: a reward is a mapping with a 'name' key, got {spec!r}")
