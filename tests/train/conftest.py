@@ -7,9 +7,10 @@ import train_helpers as th
 
 
 @pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-    """One persistent compilation cache for every training subprocess of the session."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
+def compile_cache():
+    """The session's persistent compilation cache (tests/conftest.py), which training
+    subprocesses fill with every program they compile, however fast it compiled."""
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @dataclasses.dataclass(frozen=True)

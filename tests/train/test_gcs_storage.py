@@ -41,7 +41,7 @@ def test_sigkill_with_a_bucket_run_dir_resumes_to_the_uninterrupted_run(
 
 
 def _hf_run_config(path, run_dir, model_dir, data_path):
-    from test_trl_parity import MAX_LENGTH, MAX_PROMPT_LENGTH
+    from trl_harness import MAX_LENGTH, MAX_PROMPT_LENGTH
 
     tree = {
         "run_dir": run_dir,
@@ -60,14 +60,12 @@ def _hf_run_config(path, run_dir, model_dir, data_path):
 @pytest.mark.slow
 def test_a_model_and_data_in_a_bucket_train_as_their_local_copies(gcs, tmp_path, log_path, compile_cache):
     pytest.importorskip("torch")
-    from hf_models import build_hf_model
-    from test_trl_parity import _pairs, _save_word_tokenizer
+    from trl_harness import random_pairs, word_model
 
     model_dir, data_dir = tmp_path / "model", tmp_path / "data"
-    build_hf_model("llama2", str(model_dir))
-    _save_word_tokenizer(str(model_dir))
+    word_model(model_dir)
     data_dir.mkdir()
-    (data_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _pairs(12, seed=3)))
+    (data_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in random_pairs(12, seed=3)))
     prefix = f"{gcs}/inputs-{uuid.uuid4().hex[:8]}"
     remote_model = upload_dir(str(model_dir), f"{prefix}/model")
     remote_data = upload_dir(str(data_dir), f"{prefix}/data")

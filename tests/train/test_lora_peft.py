@@ -9,16 +9,16 @@ import os
 import numpy as np
 import pytest
 
-trl = pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import trl_harness as h  # noqa: E402
+from trl_harness import torch, transformers, trl  # noqa: E402
+
 peft = pytest.importorskip("peft")
-datasets = pytest.importorskip("datasets")
 
 from hf_models import build_hf_model  # noqa: E402
 from test_trl_tokenizers import _records, _save_tokenizer  # noqa: E402
 
 STEPS, BATCH, LR, BETA = 5, 4, 5e-3, 0.1
+RUN = h.Run(STEPS, BATCH, LR)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -35,9 +35,7 @@ def runs(tmp_path_factory):
     peft.get_peft_model(base, config).save_pretrained(adapter_dir)
 
     rows = _records("plain", STEPS * BATCH, seed=5)
-    data_path = str(root / "pairs.jsonl")
-    with open(data_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    data_path = h.write_jsonl(root / "pairs.jsonl", rows)
 
     # TRL: a PeftModel with an existing adapter, no ref_model: its reference is a copy of the
     # starting adapter.
@@ -46,55 +44,18 @@ def runs(tmp_path_factory):
         adapter_dir,
         is_trainable=True,
     )
-    args = trl.DPOConfig(
-        output_dir=str(root / "trl"),
-        loss_type=["sigmoid"],
-        beta=BETA,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        optim="adamw_torch",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=BATCH,
-        max_steps=STEPS,
-        max_length=64,
-        train_sampling_strategy="sequential",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-    )
-    trainer = trl.DPOTrainer(
-        model=trl_model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=transformers.AutoTokenizer.from_pretrained(model_dir),
-    )
-    trainer.train()
-    trl_logged = [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
-
-    import yaml
-
-    from alignjax import cli
+    args = RUN.trl_args(trl.DPOConfig, root / "trl", loss_type=["sigmoid"], beta=BETA)
+    trl_logged, _ = h.trl_run(trl.DPOTrainer, args, trl_model, rows, model_dir=model_dir)
 
     run_dir = str(root / "alignjax")
-    config = {
-        "run_dir": run_dir,
-        "model": {"hf_path": model_dir, "lora": {"from_peft": adapter_dir}},
-        "data": {"train": data_path, "shuffle": False, "max_length": 64, "max_prompt_length": 32},
-        "loss": {"type": "sigmoid", "beta": BETA},
-        "optim": {"name": "adamw", "lr": LR, "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-        "train": {"steps": STEPS, "batch_size": BATCH, "log_every": 1},
-        "logging": {"tensorboard": False, "progress_bar": False},
-    }
-    with open(run_dir + ".yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    assert cli.main(["train", run_dir + ".yaml"]) == 0
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        ours = [r for r in map(json.loads, f) if "loss" in r]
+    config = RUN.alignjax_config(
+        run_dir,
+        model_dir,
+        data_path,
+        {"type": "sigmoid", "beta": BETA},
+        model={"lora": {"from_peft": adapter_dir}},
+    )
+    ours = h.alignjax_run(config)
     return dict(
         root=root, model_dir=model_dir, run_dir=run_dir, trl=trl_logged, ours=ours, trl_model=trl_model
     )

@@ -57,7 +57,9 @@ def test_fsdp4_tensor2_on_8_devices_matches_one_device(reference_run, config_for
 
 
 def test_mesh_errors_name_the_axes_and_device_count():
-    with pytest.raises(ValueError, match=r"data=1 x fsdp=4 x sequence=1 x tensor=4 = 16 devices, but 8 are available"):
+    with pytest.raises(
+        ValueError, match=r"data=1 x fsdp=4 x sequence=1 x tensor=4 = 16 devices, but 8 are available"
+    ):
         sharding.resolve_axis_sizes(sharding.MeshSection(data=1, fsdp=4, tensor=4), 8)
     with pytest.raises(ValueError, match="at most one of mesh.data/fsdp/sequence/tensor may be -1"):
         sharding.resolve_axis_sizes(sharding.MeshSection(data=-1, fsdp=-1, tensor=1), 8)
@@ -65,7 +67,9 @@ def test_mesh_errors_name_the_axes_and_device_count():
 
 
 def test_logical_axes_map_to_mesh_axes_and_fall_back_to_replicated():
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES
+    )
     # With one device every axis divides; names map through the rules table.
     assert sharding.logical_to_spec(P("embed", "mlp"), (64, 128), mesh) == P("fsdp", "tensor")
     assert sharding.logical_to_spec(P("batch", None), (8, 16), mesh) == P(("data", "fsdp"), None)

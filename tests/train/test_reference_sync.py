@@ -10,52 +10,23 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
-
-from hf_models import build_hf_model  # noqa: E402
-from test_trl_parity import MAX_LENGTH, MAX_PROMPT_LENGTH, _pairs, _save_word_tokenizer  # noqa: E402
+import trl_harness as h  # noqa: E402
 
 STEPS, SYNC_EVERY, ALPHA = 6, 2, 0.5
+RUN = h.Run(STEPS, batch=4, lr=3e-3)
 
 
 def _config(run_dir, model_dir, data_path):
-    return {
-        "run_dir": run_dir,
-        "model": {"hf_path": model_dir},
-        "data": {
-            "train": data_path,
-            "shuffle": False,
-            "max_length": MAX_LENGTH,
-            "max_prompt_length": MAX_PROMPT_LENGTH,
-        },
-        "loss": {
-            "type": "sigmoid",
-            "sync_ref_model": True,
-            "ref_model_mixup_alpha": ALPHA,
-            "ref_model_sync_steps": SYNC_EVERY,
-        },
-        "optim": {"name": "adamw", "lr": 3e-3, "schedule": "linear"},
-        "train": {
-            "steps": STEPS,
-            "batch_size": 4,
-            "log_every": 1,
-            "save_every": 1,
-            "keep_checkpoints": STEPS,
-        },
-        "logging": {"tensorboard": False, "progress_bar": False},
+    loss = {
+        "type": "sigmoid",
+        "sync_ref_model": True,
+        "ref_model_mixup_alpha": ALPHA,
+        "ref_model_sync_steps": SYNC_EVERY,
     }
-
-
-def _train(config):
-    import yaml
-
-    from alignjax import cli
-
-    path = config["run_dir"] + ".yaml"
-    with open(path, "w") as f:
-        yaml.safe_dump(config, f)
-    assert cli.main(["train", path]) == 0
+    config = RUN.alignjax_config(run_dir, model_dir, data_path, loss)
+    config["optim"] = {"name": "adamw", "lr": 3e-3, "schedule": "linear"}
+    config["train"].update(save_every=1, keep_checkpoints=STEPS)
+    return config
 
 
 def _item(run_dir, step, item):
@@ -84,14 +55,10 @@ def _max_diff(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference_sync")
-    model_dir = str(root / "model")
-    build_hf_model("llama2", model_dir)
-    _save_word_tokenizer(model_dir)
-    data_path = str(root / "pairs.jsonl")
-    with open(data_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in _pairs(STEPS * 4, seed=5))
+    model_dir = h.word_model(root / "model")
+    data_path = h.write_jsonl(root / "pairs.jsonl", h.random_pairs(STEPS * 4, seed=5))
     run_dir = str(root / "run")
-    _train(_config(run_dir, model_dir, data_path))
+    h.alignjax_train(_config(run_dir, model_dir, data_path))
     return root, model_dir, data_path, run_dir
 
 
@@ -129,7 +96,7 @@ def test_a_resume_inside_the_stage_continues_with_the_moved_reference(uninterrup
         import yaml
 
         config = yaml.safe_load(f)
-    _train(dict(config, run_dir=resumed_dir))
+    h.alignjax_train(dict(config, run_dir=resumed_dir))
 
     expected, got = _losses(run_dir), _losses(resumed_dir)
     assert sorted(got) == list(range(1, STEPS + 1))

@@ -9,21 +9,14 @@ that gives every response log-prob 0, is TRL run on reference log-probs of 0 (th
 precomputed-reference path with the table replaced by zeros).
 """
 
-import json
-import os
-
 import numpy as np
 import pytest
 
-trl = pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-datasets = pytest.importorskip("datasets")
-
-from hf_models import build_hf_model  # noqa: E402
-from test_trl_parity import MAX_LENGTH, MAX_PROMPT_LENGTH, _pairs, _save_word_tokenizer  # noqa: E402
+import trl_harness as h  # noqa: E402
+from trl_harness import trl  # noqa: E402
 
 STEPS, BATCH, LR, BETA = 5, 4, 3e-3, 0.1
+RUN = h.Run(STEPS, BATCH, LR)
 REL_TOL = 1e-4
 # Margins start at exactly 0 and stay near it, where a relative difference means little:
 # an absolute bound on the same scale as the rewards' in `test_trl_parity`.
@@ -67,93 +60,20 @@ CASES = {
 }
 
 
-def _run_trl(model_dir, rows, options, out_dir, zero_reference):
-    torch.set_num_threads(1)
-    args = trl.DPOConfig(
-        output_dir=out_dir,
-        beta=BETA,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        optim="adamw_torch",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=BATCH,
-        max_steps=STEPS,
-        max_length=MAX_LENGTH,
-        precompute_ref_log_probs=zero_reference,
-        train_sampling_strategy="sequential",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        **options,
-    )
-    load = lambda: transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # noqa: E731
+class ZeroReferenceDPOTrainer(trl.DPOTrainer):
+    """TRL on reference log-probs of 0: its precomputed-reference table, filled with zeros."""
 
-    class Trainer(trl.DPOTrainer):
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            zeros = [0.0] * len(dataset)
-            return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
-
-    trainer = (Trainer if zero_reference else trl.DPOTrainer)(
-        model=load(),
-        ref_model=None if zero_reference else load(),
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=transformers.AutoTokenizer.from_pretrained(model_dir),
-    )
-    trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
-
-
-def _run_alignjax(model_dir, data_path, loss, run_dir):
-    import yaml
-
-    from alignjax import cli
-
-    config = {
-        "run_dir": run_dir,
-        "model": {"hf_path": model_dir},
-        "data": {
-            "train": data_path,
-            "shuffle": False,
-            "max_length": MAX_LENGTH,
-            "max_prompt_length": MAX_PROMPT_LENGTH,
-        },
-        "loss": {"beta": BETA, **loss},
-        "optim": {"name": "adamw", "lr": LR, "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-        "train": {"steps": STEPS, "batch_size": BATCH, "log_every": 1},
-        "logging": {"tensorboard": False, "progress_bar": False},
-    }
-    with open(run_dir + ".yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    assert cli.main(["train", run_dir + ".yaml"]) == 0
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "loss" in r]
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        zeros = [0.0] * len(dataset)
+        return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("trl_dpo_options")
-    model_dir = str(root / "model")
-    build_hf_model("llama2", model_dir)
-    _save_word_tokenizer(model_dir)
-    rows = _pairs(STEPS * BATCH, seed=3)
-    data_path = str(root / "pairs.jsonl")
-    with open(data_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return model_dir, rows, data_path
-
-
-def _column(logged, key):
-    return np.array([r[key] for r in logged], np.float64)
-
-
-def _max_rel(ours, theirs):
-    return float(np.max(np.abs(ours - theirs) / np.abs(theirs)))
+    model_dir = h.word_model(root / "model")
+    rows = h.random_pairs(STEPS * BATCH, seed=3)
+    return model_dir, rows, h.write_jsonl(root / "pairs.jsonl", rows)
 
 
 @pytest.mark.slow
@@ -162,16 +82,35 @@ def test_per_step_metrics_match_trl(setup, tmp_path, case):
     model_dir, rows, data_path = setup
     trl_options, loss = CASES[case]
     zero_reference = case == "reference_free"
-    theirs = _run_trl(model_dir, rows, trl_options, str(tmp_path / "trl"), zero_reference)
-    ours = _run_alignjax(model_dir, data_path, loss, str(tmp_path / "alignjax"))
+    args = RUN.trl_args(
+        trl.DPOConfig,
+        tmp_path / "trl",
+        beta=BETA,
+        precompute_ref_log_probs=zero_reference,
+        **trl_options,
+    )
+    theirs, _ = h.trl_run(
+        ZeroReferenceDPOTrainer if zero_reference else trl.DPOTrainer,
+        args,
+        model_dir,
+        rows,
+        ref_model=None if zero_reference else model_dir,
+    )
+    config = RUN.alignjax_config(
+        tmp_path / "alignjax",
+        model_dir,
+        data_path,
+        {"beta": BETA, **loss},
+    )
+    ours = h.alignjax_run(config)
 
-    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == list(range(1, STEPS + 1))
-    trl_loss = _column(theirs, "loss")
-    assert np.ptp(trl_loss) > 1e-3  # the runs moved: matching is not trivial
+    h.assert_same_steps(ours, theirs, STEPS, min_loss_range=1e-3)
     report = {}
     for key in ("loss", "logps/chosen", "logps/rejected", "grad_norm"):
-        report[key] = _max_rel(_column(ours, key), _column(theirs, key))
-    margin_diff = float(np.max(np.abs(_column(ours, "rewards/margins") - _column(theirs, "rewards/margins"))))
+        report[key] = h.max_relative(h.column(ours, key), h.column(theirs, key))
+    margin_diff = float(
+        np.max(np.abs(h.column(ours, "rewards/margins") - h.column(theirs, "rewards/margins")))
+    )
     print(
         f"{case}: max relative difference over {STEPS} steps {report}, margins (absolute) {margin_diff:.1e}"
     )

@@ -10,31 +10,16 @@ metric to TRL's, except `rewards/margins`, a difference of two means that may cr
 taken relative to the sum of the two means' magnitudes.
 """
 
-import json
-import os
 import random
 
 import numpy as np
 import pytest
 
-trl = pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-datasets = pytest.importorskip("datasets")
-
-from hf_models import build_hf_model  # noqa: E402
-from test_trl_parity import (  # noqa: E402
-    BOS_ID,
-    EOS_ID,
-    MAX_LENGTH,
-    MAX_PROMPT_LENGTH,
-    PAD_ID,
-    WORDS,
-    _save_word_tokenizer,
-    _word_ids,
-)
+import trl_harness as h  # noqa: E402
+from trl_harness import trl  # noqa: E402
 
 STEPS, BATCH, LR, BETA = 5, 4, 1e-2, 0.1
+RUN = h.Run(STEPS, BATCH, LR)
 DESIRABLE_WEIGHT, UNDESIRABLE_WEIGHT = 1.0, 0.5
 REL_TOL = 1e-4
 # Where TRL's value is exactly 0 (the first step's rewards, the reference point when the
@@ -59,7 +44,7 @@ def _records(n, seed=0):
     (z0 > 0 from step 2), which it does not with random words for every completion."""
     rng = random.Random(seed)
 
-    def words(lo, hi, vocabulary=WORDS):
+    def words(lo, hi, vocabulary=h.WORDS):
         return " ".join(rng.choices(vocabulary, k=rng.randint(lo, hi)))
 
     labels = []
@@ -68,9 +53,17 @@ def _records(n, seed=0):
         rng.shuffle(batch)
         labels += batch
     return [
-        dict(prompt=words(2, 8), completion=" " + words(1, 8, WORDS[:6] if label else WORDS), label=label)
+        dict(prompt=words(2, 8), completion=" " + words(1, 8, h.WORDS[:6] if label else h.WORDS), label=label)
         for label in labels
     ]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trl_kto")
+    model_dir = h.word_model(root / "model")
+    rows = _records(STEPS * BATCH, seed=5)
+    return model_dir, rows, h.write_jsonl(root / "unpaired.jsonl", rows)
 
 
 # The reference moves after steps 2 and 4 (TRL's kl at step 3: 0.92 against 4.07 unmoved).
@@ -82,145 +75,64 @@ CASES = {
 }
 
 
-def _run_trl(model_dir, rows, loss_type, options, out_dir):
-    torch.set_num_threads(1)
-    args = trl.KTOConfig(
-        output_dir=out_dir,
-        loss_type=loss_type,
-        beta=BETA,
-        desirable_weight=DESIRABLE_WEIGHT,
-        undesirable_weight=UNDESIRABLE_WEIGHT,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        optim="adamw_torch",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=BATCH,
-        max_steps=STEPS,
-        max_length=MAX_LENGTH,
-        train_sampling_strategy="sequential",
-        gradient_checkpointing=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        **options,
-    )
-    load = lambda: transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # noqa: E731
-    seen = []
-
-    class RecordingKTOTrainer(trl.KTOTrainer):
-        def compute_loss(self, model, inputs, *rest, **kwargs):
-            if model.training:
-                seen.append({k: inputs[k].tolist() for k in ("input_ids", "KL_input_ids") if k in inputs})
-            return super().compute_loss(model, inputs, *rest, **kwargs)
-
-    trainer = RecordingKTOTrainer(
-        model=load(),
-        ref_model=load(),
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=transformers.AutoTokenizer.from_pretrained(model_dir),
-    )
-    trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h], seen
-
-
-def _run_alignjax(model_dir, data_path, loss_type, options, run_dir):
-    import yaml
-
-    from alignjax import cli
-
-    config = {
-        "run_dir": run_dir,
-        "model": {"hf_path": model_dir},
-        "data": {
-            "train": data_path,
-            "record_type": "unpaired",
-            "shuffle": False,
-            "max_length": MAX_LENGTH,
-            "max_prompt_length": MAX_PROMPT_LENGTH,
-        },
-        "loss": {
-            "type": "kto",
-            "beta": BETA,
-            **options,
-            "kto": {
-                "loss_type": loss_type,
-                "desirable_weight": DESIRABLE_WEIGHT,
-                "undesirable_weight": UNDESIRABLE_WEIGHT,
-            },
-        },
-        "optim": {"name": "adamw", "lr": LR, "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-        "train": {"steps": STEPS, "batch_size": BATCH, "log_every": 1},
-        "logging": {"tensorboard": False, "progress_bar": False},
-    }
-    with open(run_dir + ".yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    assert cli.main(["train", run_dir + ".yaml"]) == 0
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "loss" in r]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trl_kto")
-    model_dir = str(root / "model")
-    build_hf_model("llama2", model_dir)
-    _save_word_tokenizer(model_dir)
-    rows = _records(STEPS * BATCH, seed=5)
-    data_path = str(root / "unpaired.jsonl")
-    with open(data_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return model_dir, rows, data_path
-
-
-def _column(logged, key):
-    return np.array([r[key] for r in logged], np.float64)
-
-
-def _unpadded(ids_rows):
-    return [[t for t in ids if t != PAD_ID] for ids in ids_rows]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_per_step_metrics_match_trl(setup, tmp_path, case):
     model_dir, rows, data_path = setup
     loss_type, options = CASES[case]
-    theirs, seen = _run_trl(model_dir, rows, loss_type, options, str(tmp_path / "trl"))
-    ours = _run_alignjax(model_dir, data_path, loss_type, options, str(tmp_path / "alignjax"))
+    args = RUN.trl_args(
+        trl.KTOConfig,
+        tmp_path / "trl",
+        loss_type=loss_type,
+        beta=BETA,
+        desirable_weight=DESIRABLE_WEIGHT,
+        undesirable_weight=UNDESIRABLE_WEIGHT,
+        gradient_checkpointing=False,
+        **options,
+    )
+    theirs, seen = h.trl_run(
+        trl.KTOTrainer, args, model_dir, rows, ref_model=model_dir, record=("input_ids", "KL_input_ids")
+    )
+    kto = {
+        "loss_type": loss_type,
+        "desirable_weight": DESIRABLE_WEIGHT,
+        "undesirable_weight": UNDESIRABLE_WEIGHT,
+    }
+    config = RUN.alignjax_config(
+        tmp_path / "alignjax",
+        model_dir,
+        data_path,
+        {"type": "kto", "beta": BETA, **options, "kto": kto},
+        data={"record_type": "unpaired"},
+    )
+    ours = h.alignjax_run(config)
 
     # TRL's batches are the records in file order, and (kto) its KL rows pair prompt i
     # with completion i - 1 of the same batch, as alignjax's UnpairedBatch does.
     assert len(seen) == STEPS
     for step, inputs in enumerate(seen):
         batch = rows[step * BATCH : (step + 1) * BATCH]
-        prompt_ids = [[BOS_ID] + _word_ids(r["prompt"]) for r in batch]
-        completion_ids = [_word_ids(r["completion"]) + [EOS_ID] for r in batch]
-        assert _unpadded(inputs["input_ids"]) == [p + c for p, c in zip(prompt_ids, completion_ids)]
+        prompt_ids = [[h.BOS_ID] + h.word_ids(r["prompt"]) for r in batch]
+        completion_ids = [h.word_ids(r["completion"]) + [h.EOS_ID] for r in batch]
+        assert h.unpadded(inputs["input_ids"]) == [p + c for p, c in zip(prompt_ids, completion_ids)]
         if loss_type == "kto":
             kl_expected = [p + completion_ids[i - 1] for i, p in enumerate(prompt_ids)]
-            assert _unpadded(inputs["KL_input_ids"]) == kl_expected
+            assert h.unpadded(inputs["KL_input_ids"]) == kl_expected
         else:
             assert "KL_input_ids" not in inputs
 
-    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == list(range(1, STEPS + 1))
-    assert np.ptp(_column(theirs, "loss")) > 1e-2  # the runs moved: matching is not trivial
+    h.assert_same_steps(ours, theirs, STEPS, min_loss_range=1e-2)
     if loss_type == "kto":
-        assert np.max(_column(theirs, "kl")) > 1.0  # the reference point is in play
+        assert np.max(h.column(theirs, "kl")) > 1.0  # the reference point is in play
     report = {}
     for key in METRICS:
-        a, b = _column(ours, key), _column(theirs, key)
+        a, b = h.column(ours, key), h.column(theirs, key)
         zero = b == 0
         assert np.all(np.abs(a[zero]) <= ZERO_ATOL), f"{loss_type} {key}: {a[zero]} where TRL's is 0"
         scale = np.abs(b)
         if key == "rewards/margins":
             # A difference of two means that may cross 0: relative to the means it subtracts.
-            scale = np.abs(_column(theirs, "rewards/chosen")) + np.abs(_column(theirs, "rewards/rejected"))
+            scale = np.abs(h.column(theirs, "rewards/chosen")) + np.abs(h.column(theirs, "rewards/rejected"))
         report[key] = float(np.max(np.abs(a - b)[~zero] / scale[~zero], initial=0.0))
     print(f"{case}: max relative difference over {STEPS} steps {report}")
     for key, rel in report.items():

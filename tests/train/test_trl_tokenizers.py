@@ -9,26 +9,21 @@ alignjax must give the same ids, and hence the same losses, in every case. The r
 is TRL itself, run here with PyTorch.
 """
 
-import json
-import os
 import random
 
 import numpy as np
 import pytest
 
-trl = pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-datasets = pytest.importorskip("datasets")
-
+import trl_harness as h  # noqa: E402
+from trl_harness import transformers, trl  # noqa: E402
 from hf_models import build_hf_model  # noqa: E402
 
 SPECIAL = ("<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>")  # ids 0..5
 WORDS = tuple(f"w{i}" for i in range(89))  # ids 6..94; <unk> 95: the model's 96
-UNK = "<unk>"
 # A moderate learning rate: at 1e-2 IPO's large gradients make five steps chaotic enough
 # that float noise (~1e-7 per op, different kernels on the two sides) grows to 1e-3.
 STEPS, BATCH, LR, BETA, SMOOTHING = 5, 4, 3e-3, 0.1, 0.1
+RUN = h.Run(STEPS, BATCH, LR)
 MAX_LENGTH = 16  # pairs reach ~24 tokens: every batch holds truncated sequences
 REL_TOL = 1e-4
 
@@ -49,23 +44,11 @@ TOKENIZERS = {
 
 
 def _save_tokenizer(kind, out_dir):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
     bos, adds, template_bos = TOKENIZERS[kind]
-    vocab = {t: i for i, t in enumerate((*SPECIAL, *WORDS, UNK))}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if adds:
-        core.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
-        )
-    core.add_special_tokens(list(SPECIAL))
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=bos, eos_token="</s>", pad_token="<pad>", unk_token=UNK
+    template = TEMPLATE.replace("with_bos", "true" if template_bos else "false")
+    return h.save_word_tokenizer(
+        out_dir, special=SPECIAL, words=WORDS, bos=bos, adds_bos=adds, template=template
     )
-    tokenizer.chat_template = TEMPLATE.replace("with_bos", "true" if template_bos else "false")
-    tokenizer.save_pretrained(out_dir)
-    return tokenizer
 
 
 def _records(fmt, n, seed=0):
@@ -88,79 +71,6 @@ def _records(fmt, n, seed=0):
                 )
             )
     return out
-
-
-def _run_trl(model_dir, rows, loss, out_dir):
-    # One thread: PyTorch's parallel reductions may split work differently from run to run,
-    # and a hinge pair sitting at its kink turns that noise into a different step.
-    torch.set_num_threads(1)
-    args = trl.DPOConfig(
-        output_dir=out_dir,
-        loss_type=[loss],
-        beta=BETA,
-        label_smoothing=SMOOTHING if loss == "robust" else 0.0,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        optim="adamw_torch",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=BATCH,
-        max_steps=STEPS,
-        max_length=MAX_LENGTH,
-        truncation_mode="keep_start",
-        train_sampling_strategy="sequential",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-    )
-    load = lambda: transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # noqa: E731
-    seen = []
-
-    class Recording(trl.DPOTrainer):
-        def compute_loss(self, model, inputs, *rest, **kwargs):
-            if model.training:
-                seen.append(inputs["input_ids"].tolist())
-            return super().compute_loss(model, inputs, *rest, **kwargs)
-
-    trainer = Recording(
-        model=load(),
-        ref_model=load(),
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=transformers.AutoTokenizer.from_pretrained(model_dir),
-    )
-    trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h], seen
-
-
-def _run_alignjax(model_dir, data_path, loss, run_dir):
-    import yaml
-
-    from alignjax import cli
-
-    config = {
-        "run_dir": run_dir,
-        "model": {"hf_path": model_dir},
-        "data": {
-            "train": data_path,
-            "shuffle": False,
-            "max_length": MAX_LENGTH,
-            "max_prompt_length": MAX_LENGTH - 1,
-        },
-        "loss": {"type": loss, "beta": BETA, "label_smoothing": SMOOTHING if loss == "robust" else 0.0},
-        "optim": {"name": "adamw", "lr": LR, "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-        "train": {"steps": STEPS, "batch_size": BATCH, "log_every": 1},
-        "logging": {"tensorboard": False, "progress_bar": False},
-    }
-    with open(run_dir + ".yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    assert cli.main(["train", run_dir + ".yaml"]) == 0
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -204,28 +114,39 @@ def test_per_step_losses_match_trl(model_dirs, tmp_path, kind, fmt, loss):
     rows = _records(
         fmt, STEPS * BATCH, seed=CASES.index((kind, fmt, loss))
     )  # fixed: hash() is salted per process
-    data_path = str(tmp_path / "pairs.jsonl")
-    with open(data_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    trl_logged, trl_ids = _run_trl(model_dir, rows, loss, str(tmp_path / "trl"))
-    ours = _run_alignjax(model_dir, data_path, loss, str(tmp_path / "alignjax"))
+    data_path = h.write_jsonl(tmp_path / "pairs.jsonl", rows)
+    smoothing = SMOOTHING if loss == "robust" else 0.0
+    args = RUN.trl_args(
+        trl.DPOConfig,
+        tmp_path / "trl",
+        loss_type=[loss],
+        beta=BETA,
+        label_smoothing=smoothing,
+        max_length=MAX_LENGTH,
+        truncation_mode="keep_start",
+    )
+    trl_logged, seen = h.trl_run(trl.DPOTrainer, args, model_dir, rows, ref_model=model_dir)
+    trl_ids = [s["input_ids"] for s in seen]
+    config = RUN.alignjax_config(
+        tmp_path / "alignjax",
+        model_dir,
+        data_path,
+        {"type": loss, "beta": BETA, "label_smoothing": smoothing},
+        data={"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
+    )
+    ours = h.alignjax_run(config)
 
     # The ids TRL trained on are the ones written out by hand, truncated to max_length: the
     # BOS rule under test, and truncation active.
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    first = [t for t in trl_ids[0][0] if t != tokenizer.pad_token_id]
+    first = h.unpadded(trl_ids[0], tokenizer.pad_token_id)[0]
     assert first == _expected_ids(kind, fmt, tokenizer, rows[0])[:MAX_LENGTH]
     lengths = [
         len(_expected_ids(kind, fmt, tokenizer, r, side)) for r in rows for side in ("chosen", "rejected")
     ]
     assert sum(n > MAX_LENGTH for n in lengths) >= STEPS
 
-    assert [r["step"] for r in ours] == [r["step"] for r in trl_logged] == list(range(1, STEPS + 1))
-    trl_loss = np.array([r["loss"] for r in trl_logged])
-    our_loss = np.array([r["loss"] for r in ours])
-    assert np.ptp(trl_loss) > 1e-3  # the runs moved: matching is not trivial
-    np.testing.assert_allclose(our_loss, trl_loss, rtol=REL_TOL, atol=1e-7)
+    h.assert_same_steps(ours, trl_logged, STEPS, min_loss_range=1e-3)
+    np.testing.assert_allclose(h.column(ours, "loss"), h.column(trl_logged, "loss"), rtol=REL_TOL, atol=1e-7)
     for key in ("logps/chosen", "logps/rejected"):
-        np.testing.assert_allclose(
-            [r[key] for r in ours], [r[key] for r in trl_logged], rtol=REL_TOL, err_msg=key
-        )
+        np.testing.assert_allclose(h.column(ours, key), h.column(trl_logged, key), rtol=REL_TOL, err_msg=key)
