@@ -5,7 +5,10 @@ Each data set a stage reads (its training stream and its eval sets) goes through
 setting that changes tokenisation, `fingerprints.data_identity`) and the batching the
 efficiency is measured for. The summary is cached as
 `<run_dir>/data_check/<stage>-<set>-<fingerprint>.json`, so a resumed run reads it
-instead of the data. Every process checks (or reads the cache) for itself: the answer
+instead of the data. With `ALIGNJAX_DATA_CHECK_CACHE` naming a directory (local or
+`gs://`), summaries are also kept there as `<fingerprint>.json`, so a new run directory
+over data already checked (a sweep, a rerun) copies the summary instead of reading
+the data again. Every process checks (or reads the cache) for itself: the answer
 is the same on all of them, so they stop together without a collective, and hosts
 need not share a disk.
 
@@ -21,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sys
 
 import jax
@@ -40,6 +44,7 @@ from alignjax.train.methods import method_for
 log = logging.getLogger("alignjax.data_check")
 
 CHECK_DIR = "data_check"
+SHARED_CACHE_ENV = "ALIGNJAX_DATA_CHECK_CACHE"
 
 
 def checked_sets(stage: Stage, data: StageData) -> list[tuple[str, DataConfig]]:
@@ -86,11 +91,18 @@ def cached_check(
     what = f"stage {stage} {label}"
     fp = _fingerprint(cfg, tokenizer, per_host_batch_size)
     path = paths.join(run_dir, CHECK_DIR, f"{stage}-{label.removeprefix('data.')}-{fp}.json")
-    if paths.exists(path):
-        with paths.open(path) as f:
-            summary = CheckSummary.from_json(json.load(f))
-        log.info("data check of %s: reusing %s (the data has not changed since it was checked)", what, path)
-        return summary, path, True
+    shared_dir = os.environ.get(SHARED_CACHE_ENV)
+    shared = paths.join(shared_dir, f"{fp}.json") if shared_dir else None
+    for found in (path, shared):
+        if found and paths.exists(found):
+            with paths.open(found) as f:
+                summary = CheckSummary.from_json(json.load(f))
+            if found != path:  # the run directory keeps its own record of what was checked
+                atomic_write_json(path, summary.to_json(), indent=1)
+            log.info(
+                "data check of %s: reusing %s (the data has not changed since it was checked)", what, found
+            )
+            return summary, path, True
     summary = check_data(
         cfg,
         tokenizer,
@@ -100,7 +112,9 @@ def cached_check(
         what=what,
     )
     # Every process writes the same summary; the write is atomic, so sharing a disk is safe.
-    atomic_write_json(path, summary.to_json(), indent=1)
+    for target in (path, shared):
+        if target:
+            atomic_write_json(target, summary.to_json(), indent=1)
     log.info("data check of %s: %d records in %.1fs -> %s", what, summary.records, summary.seconds, path)
     return summary, path, False
 

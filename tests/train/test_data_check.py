@@ -193,6 +193,30 @@ def test_data_check_prints_the_summary_and_exits_1_under_error(tmp_path, capsys)
     assert "(cached)" in out and "stops training" not in out
 
 
+def test_a_shared_summary_cache_spares_a_new_run_directory_the_check(tmp_path, monkeypatch, caplog):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv(data_check.SHARED_CACHE_ENV, str(shared))
+    data_path = _write_data(tmp_path / "train.jsonl", {9: "[]"})
+    config, first_dir = _write_config(tmp_path, data_path, on_bad_record="skip")
+    assert cli.main(["train", config]) == 0
+    [summary] = os.listdir(shared)
+    [first] = os.listdir(os.path.join(first_dir, "data_check"))
+    assert first.endswith(summary)  # <stage>-<set>-<fingerprint>.json beside <fingerprint>.json
+
+    def recheck(*args, **kwargs):
+        raise AssertionError("the data was checked again")
+
+    monkeypatch.setattr(data_check, "check_data", recheck)
+    caplog.set_level(logging.INFO)
+    second_dir = str(tmp_path / "second")
+    assert cli.main(["train", config, f"run_dir={second_dir}"]) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"data check of stage train data.train: reusing {shared / summary} " in " ".join(messages)
+    assert any("1 of 200 records will be skipped: not_an_object=1" in m for m in messages)
+    with open(os.path.join(second_dir, "data_check", first)) as f, open(shared / summary) as g:
+        assert json.load(f) == json.load(g)  # the new run directory keeps its own copy
+
+
 def test_data_check_names_a_stage_that_does_not_exist(tmp_path, capsys):
     config, _ = _write_config(tmp_path, _write_data(tmp_path / "train.jsonl", {}))
     assert cli.main(["data", "check", config, "--stage", "dpo"]) == 2

@@ -73,16 +73,6 @@ def _run_variants(variants, tmp_path_factory):
         return json.load(f)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return _run_variants(VARIANTS, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def method_runs(tmp_path_factory):
-    return _run_variants(METHOD_VARIANTS, tmp_path_factory)
-
-
 def _assert_losses_match(run):
     assert len(run["losses"]) == 10
     for step, (got, want) in enumerate(zip(run["losses"], run["unsharded_losses"]), 1):
@@ -91,34 +81,65 @@ def _assert_losses_match(run):
     assert run["unsharded_losses"][-1] < run["unsharded_losses"][0] - 0.01
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "index",
-    range(len(VARIANTS)),
-    ids=lambda i: "-".join(str(VARIANTS[i][k]) for k in ("family", "layout", "strategy", "devices")),
-)
-def test_per_step_losses_match_unsharded(runs, index):
-    _assert_losses_match(runs[index])
-    # Splash ran where asked (every layer, every step), and only there.
-    assert (runs[index]["splash_calls"] > 0) == ("backend" in VARIANTS[index])
+def _variant_id(variants, keys):
+    return lambda i: "-".join(str(variants[i][k]) for k in keys)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "index",
-    range(len(METHOD_VARIANTS)),
-    ids=lambda i: "-".join(str(METHOD_VARIANTS[i][k]) for k in ("method", "layout", "strategy", "devices")),
-)
-def test_objectives_per_step_losses_match_unsharded(method_runs, index):
-    _assert_losses_match(method_runs[index])
+# The DPO variants in two halves, each one class: a class is one unit of work for parallel
+# test runs (pytest-xdist's loadscope), so the halves' processes run side by side.
+HALVES = (VARIANTS[:8], VARIANTS[8:])
+DPO_ID_KEYS = ("family", "layout", "strategy", "devices")
 
 
-@pytest.mark.slow
-def test_first_step_gradients_match_unsharded(runs):
-    checked = [r for r in runs if "grad_max_abs_diff" in r]
-    assert len(checked) == sum(1 for v in VARIANTS if v.get("grads"))
-    for r in checked:
-        assert r["grad_max_abs_diff"] <= 1e-5 * r["grad_max_abs"], r
+class DPOVariants:
+    variants: list
+
+    @pytest.fixture(scope="class")
+    def runs(self, tmp_path_factory):
+        return _run_variants(self.variants, tmp_path_factory)
+
+    @pytest.mark.slow
+    def test_per_step_losses_match_unsharded(self, runs, index):
+        _assert_losses_match(runs[index])
+        # Splash ran where asked (every layer, every step), and only there.
+        assert (runs[index]["splash_calls"] > 0) == ("backend" in self.variants[index])
+
+    @pytest.mark.slow
+    def test_first_step_gradients_match_unsharded(self, runs):
+        checked = [r for r in runs if "grad_max_abs_diff" in r]
+        assert len(checked) == sum(1 for v in self.variants if v.get("grads")) > 0
+        for r in checked:
+            assert r["grad_max_abs_diff"] <= 1e-5 * r["grad_max_abs"], r
+
+
+class TestFirstHalf(DPOVariants):
+    variants = HALVES[0]
+
+
+class TestSecondHalf(DPOVariants):
+    variants = HALVES[1]
+
+
+def pytest_generate_tests(metafunc):
+    """A DPO half's per-variant test runs once per variant of that half."""
+    if "index" in metafunc.fixturenames and metafunc.cls is not None and hasattr(metafunc.cls, "variants"):
+        variants = metafunc.cls.variants
+        metafunc.parametrize("index", range(len(variants)), ids=_variant_id(variants, DPO_ID_KEYS))
+
+
+class TestObjectives:
+    @pytest.fixture(scope="class")
+    def method_runs(self, tmp_path_factory):
+        return _run_variants(METHOD_VARIANTS, tmp_path_factory)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize(
+        "index",
+        range(len(METHOD_VARIANTS)),
+        ids=_variant_id(METHOD_VARIANTS, ("method", "layout", "strategy", "devices")),
+    )
+    def test_objectives_per_step_losses_match_unsharded(self, method_runs, index):
+        _assert_losses_match(method_runs[index])
 
 
 @pytest.mark.slow
