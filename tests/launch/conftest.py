@@ -85,7 +85,7 @@ class Launcher:
             path = self.bin_dir / tool
             path.write_text(f"#!{sys.executable}\n{STANDIN}")
             path.chmod(0o755)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "XLA_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "XLA_", "ALIGNJAX_"))}
         self.env = {**env, "PATH": f"{self.bin_dir}:{env['PATH']}", "STANDIN_DIR": str(self.out_dir)}
 
     def remove(self, tool: str) -> None:
