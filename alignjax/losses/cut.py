@@ -1,4 +1,4 @@
-"""CUT: Contrastive Unlikelihood Training from natural-language judgments (METHODS.md s4).
+"""CUT: Contrastive Unlikelihood Training from natural-language judgments (docs/methods.md, section 5).
 
 Layout. The caller runs ONE forward over 2B rows: rows [0, B) are the with-judgment
 view (Align-P for satisfactory examples: prompt -> response; Align-N for

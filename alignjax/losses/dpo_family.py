@@ -2,7 +2,7 @@
 
 Each function maps a `PairLogps` batch (and a config) to a per-pair loss [B];
 `dpo.py` holds the table that names them and combines them. Notation follows
-METHODS.md: r_w, r_l are summed policy-minus-reference log-ratios over response
+docs/methods.md: r_w, r_l are summed policy-minus-reference log-ratios over response
 tokens, D = r_w - r_l, e is label smoothing. The losses built on the chosen-rejected
 difference read f-DPO scores (`score_margin`), which are r_w, r_l under the default
 reverse KL.

@@ -1,4 +1,4 @@
-"""P-DPO: sigmoid DPO with user soft tokens, mixed with the generic user (METHODS.md s2).
+"""P-DPO: sigmoid DPO with user soft tokens, mixed with the generic user (docs/methods.md, section 3).
 
     L = alpha * mean_{pairs with user != 0} l(e_user) + (1 - alpha) * mean_{all pairs} l(e_0)
 

@@ -1,4 +1,4 @@
-"""SparsePO: token-weighted DPO with per-token reward and KL weights (METHODS.md s1).
+"""SparsePO: token-weighted DPO with per-token reward and KL weights (docs/methods.md, section 2).
 
     u     = sum_t m_u(y_w) d_t(y_w) - sum_t m_u(y_l) d_t(y_l)
     delta = sum_t m_d(y_l) KL_t(y_l) - sum_t m_d(y_w) KL_t(y_w)

@@ -1,6 +1,6 @@
 """P-DPO user model: user id -> T_u soft tokens spliced in after BOS.
 
-Forms (METHODS.md s2):
+Forms (docs/methods.md, section 3):
   "individual": e_i = e_0 + o_i (generic tokens plus a per-user offset; o_0 = 0)
   "direct":     e_i = o_i       (a free table; row 0 is the generic user)
   "cluster":    e_i = sum_c softmax(W_i)_c z_c over K prototypes z

@@ -1,4 +1,4 @@
-"""MO-ODPO's data: preference pairs the policy writes for itself (METHODS.md section 5).
+"""MO-ODPO's data: preference pairs the policy writes for itself (docs/methods.md, section 6).
 
 Each step, for every prompt of a prompt batch: draw objective weights w ~ Dirichlet(alpha)
 (optionally snapped to a grid), write them into the system prompt, sample responses from

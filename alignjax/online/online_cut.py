@@ -3,7 +3,7 @@
 Each step samples one response per prompt from the current policy, asks the judge for a
 judgment (None = satisfactory), and turns (prompt, response, judgment) into CUT's
 Align-P / Align-N / Misalign views through the same tokenisation and batching as
-offline CUT data (METHODS.md section 4, "Online mode").
+offline CUT data (docs/methods.md, section 5, "Online mode").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CUT (paper and authors'-code forms) against float64 NumPy written from METHODS.md."""
+"""CUT (paper and authors'-code forms) against float64 NumPy written from docs/methods.md."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The DPO family registry against float64 NumPy written from METHODS.md / TRL."""
+"""The DPO family registry against float64 NumPy written from docs/methods.md / TRL."""
 
 import math
 

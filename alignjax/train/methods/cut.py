@@ -1,4 +1,4 @@
-"""CUT (METHODS.md section 4): contrastive unlikelihood from natural-language judgments.
+"""CUT (docs/methods.md, section 5): contrastive unlikelihood from natural-language judgments.
 
 Offline: `data.train` holds judged responses. Online (`loss.cut.judge` set), the policy
 answers prompts and a judge critiques them: that method is registered by

@@ -1,4 +1,4 @@
-"""P-DPO (METHODS.md section 2): a user model's soft tokens after BOS, trained with the policy."""
+"""P-DPO (docs/methods.md, section 3): a user model's soft tokens after BOS, trained with the policy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SparsePO (METHODS.md section 1): token weights on the reward and the KL; TDPO is the
+"""SparsePO (docs/methods.md, section 2): token weights on the reward and the KL; TDPO is the
 all-ones case with the KL term."""
 
 from __future__ import annotations
