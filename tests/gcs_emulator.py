@@ -114,7 +114,7 @@ def gcs(request) -> Iterator[str]:
 
 def upload_dir(local_dir: str, url: str) -> str:
     """Copies every file below `local_dir` to the bucket prefix `url`; returns `url`."""
-    from alignjax import paths
+    from alignjax.core import paths
 
     for rel in paths.walk_files(local_dir):
         paths.upload(os.path.join(local_dir, rel), paths.join(url, rel))

@@ -8,8 +8,15 @@ import types
 
 import pytest
 
-from alignjax import bench, cli, configlib, errors, plot
-from alignjax.online import eval_grid, generate_cli
+from alignjax.commands import bench, plot
+
+from alignjax import cli
+
+from alignjax.core import configlib, errors
+from alignjax.evaluation import grid as eval_grid
+from alignjax.commands import data as data_cmd
+from alignjax.commands import generate as generate_cmd
+from alignjax.commands import train as train_cmd
 from alignjax.train import config as train_config
 from alignjax.train import loop
 
@@ -58,7 +65,8 @@ def test_a_bug_exits_1_with_its_traceback(tmp_path):
     # "error: 'model'" and nothing to find it by.
     script = (
         "import sys\n"
-        "from alignjax import cli, configlib\n"
+        "from alignjax import cli\n"
+        "from alignjax.core import configlib\n"
         "def load_yaml(path):\n"
         "    raise KeyError('model')\n"
         "configlib.load_yaml = load_yaml\n"
@@ -75,13 +83,13 @@ def test_a_bug_exits_1_with_its_traceback(tmp_path):
 # (command line, module, function the command calls): each sub-command's entry point.
 COMMANDS = {
     "describe": (lambda tmp: ["describe", str(tmp / "c.yaml")], configlib, "load_yaml"),
-    "train": (lambda tmp: ["train", str(tmp / "c.yaml")], train_config, "load_config"),
+    "train": (lambda tmp: ["train", str(tmp / "c.yaml")], train_cmd, "load_config"),
     "plot": (lambda tmp: ["plot", str(tmp)], plot, "plot_run"),
     "bench": (lambda tmp: ["bench", "logps"], bench, "_logps"),
-    "generate": (lambda tmp: ["generate", str(tmp), "--prompt", "hi"], generate_cli, "load_policy"),
-    "eval": (lambda tmp: ["eval", str(tmp), "--out", str(tmp / "out")], eval_grid, "build_objectives"),
+    "generate": (lambda tmp: ["generate", str(tmp), "--prompt", "hi"], generate_cmd, "load_policy"),
+    "eval": (lambda tmp: ["eval", str(tmp), "--out", str(tmp / "out")], eval_grid, "build_labelled_rewards"),
     "precompute-ref": (lambda tmp: ["precompute-ref", str(tmp / "c.yaml")], train_config, "load_config"),
-    "data check": (lambda tmp: ["data", "check", str(tmp / "c.yaml")], train_config, "load_config"),
+    "data check": (lambda tmp: ["data", "check", str(tmp / "c.yaml")], data_cmd, "load_config"),
 }
 
 
@@ -139,8 +147,8 @@ def test_argparse_usage_errors_keep_their_exit(capsys):
 
 def test_train_still_returns_143_when_preempted(tmp_path, monkeypatch, capsys):
     cfg = types.SimpleNamespace(run_dir="r")
-    monkeypatch.setattr(train_config, "load_config", lambda path, overrides: cfg)
-    monkeypatch.setattr(loop, "run", _raise(loop.Preempted(7)))
+    monkeypatch.setattr(train_cmd, "load_config", lambda path, overrides: cfg)
+    monkeypatch.setattr(train_cmd, "run", _raise(loop.Preempted(7)))
     assert cli.main(["train", str(tmp_path / "c.yaml")]) == 143
     assert capsys.readouterr().out == "preempted: checkpointed step 7 in r/checkpoints; rerun to resume\n"
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from alignjax import fileio
+from alignjax.core import fileio
 
 
 def _names(directory) -> list[str]:

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from alignjax import fileio, paths
+from alignjax.core import fileio, paths
 
 
 @pytest.fixture(params=["local", "gs"])

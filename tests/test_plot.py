@@ -1,4 +1,4 @@
-"""alignjax.plot: panels, points and the PNG drawn from a synthetic metrics.jsonl."""
+"""alignjax.commands.plot: panels, points and the PNG drawn from a synthetic metrics.jsonl."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from alignjax import plot
+from alignjax.commands import plot
 
 STEPS = 40
 EVAL_EVERY = 10

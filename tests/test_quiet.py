@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from alignjax import quiet
+from alignjax.core import quiet
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml")
 

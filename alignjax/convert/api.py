@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alignjax import paths
+from alignjax.core import hub, paths
 from alignjax.convert import model_checkpoint as mc
 from alignjax.convert.hf import params_from_tensors, tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
@@ -15,7 +15,7 @@ from alignjax.convert.sequence_classification import (
     read_score_head,
     write_sequence_classifier,
 )
-from alignjax.fileio import atomic_write_json
+from alignjax.core.fileio import atomic_write_json
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import hf_class_name, load_hf_config_dict, model_config_from_hf
 from alignjax.models.lora import HF_TO_PROJECTION
@@ -50,7 +50,17 @@ def load_hf_model(hf_dir: str, **execution: Any) -> tuple[ModelConfig, dict[str,
     return cfg, params, meta
 
 
-def hf_to_orbax(hf_dir: str, out_dir: str, *, param_dtype: str = "float32", scan_layers: bool = False) -> str:
+def hf_to_orbax(
+    hf_dir: str,
+    out_dir: str,
+    *,
+    param_dtype: str = "float32",
+    scan_layers: bool = False,
+    revision: str | None = None,
+) -> str:
+    """Import a Hugging Face model (a directory, a bucket URL, or a Hub name at `revision`)
+    as a step-0 Orbax checkpoint; returns the step directory."""
+    hf_dir = hub.model_dir(hf_dir, revision=revision, key="SRC", revision_key="--revision")
     cfg, params, meta = load_hf_model(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers)
     if is_sequence_classifier(meta["hf_config"]):  # the score head travels as a part, as in training
         params = {DECODER: params, **read_score_head(hf_dir, cfg)}
@@ -86,10 +96,17 @@ def lora_config_from_meta(meta: dict[str, Any], **execution: Any) -> ModelConfig
 def lora_base(meta: dict[str, Any], **execution: Any):
     """(config, parameters) of the base a LoRA checkpoint names, checked against the
     fingerprint recorded when it trained: adapters only fit the weights they were trained on."""
-    from alignjax.fileio import files_identity
+    from alignjax.core.fileio import files_identity
 
     settings = meta["lora"]
     path = settings["base_model_name_or_path"]
+    if settings.get("base_revision"):  # trained on a Hub model: the same commit, never a local namesake
+        path = hub.model_dir(
+            hub.HUB_PREFIX + path,
+            revision=settings["base_revision"],
+            key="the LoRA checkpoint's base_model_name_or_path",
+            revision_key="its base_revision",
+        )
     preset = settings.get("base_preset")
     if preset is not None:  # a random-init base: rebuilt as `loading.load_model` built it
         import jax
@@ -130,6 +147,7 @@ def _export_lora(root: str, step: int, meta: dict[str, Any], out_dir: str, merge
             target_modules=settings["target_modules"],
             base_model_name_or_path=settings["base_model_name_or_path"],
             dropout=settings.get("lora_dropout", 0.0),
+            revision=settings.get("base_revision"),
         )
         return written + _copy_tokenizer(root, out_dir)
     _, base = lora_base(meta, scan_layers=meta["scan_layers"], param_dtype=meta["param_dtype"])

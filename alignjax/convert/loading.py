@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from alignjax.core import hub
+from alignjax.core.hub import HubModel
 from alignjax.models import decoder
 from alignjax.models.config import ModelConfig
 from alignjax.models.families import model_config_from_hf
@@ -24,8 +26,9 @@ class LoraSection:
     Only the adapters train; the base is frozen in model.reference_dtype (its projection
     kernels quantized when `quantize_base` is nf4 or int8: QLoRA) and, with adapters off,
     is the reference. `dropout`: PEFT's lora_dropout on the adapters' input, in training
-    steps only. `from_peft`: a PEFT adapter directory to start from (its rank, alpha,
-    dropout and targets win; the reference is that starting adapter, as in TRL)."""
+    steps only. `from_peft`: a PEFT adapter to start from, a directory or a Hub name at
+    `from_peft_revision` (its rank, alpha, dropout and targets win; the reference is that
+    starting adapter, as in TRL)."""
 
     rank: int = 8
     alpha: float = 8.0
@@ -35,6 +38,7 @@ class LoraSection:
     use_rslora: bool = False
     quantize_base: str | None = None
     from_peft: str | None = None
+    from_peft_revision: str | None = None
 
     def __post_init__(self):
         if self.from_peft is not None:
@@ -58,10 +62,10 @@ class LoraSection:
         """The adapter's own rank, alpha, rsLoRA and targets: it was trained with them."""
         import json
 
-        from alignjax import paths
+        from alignjax.core import paths
         from alignjax.convert.peft import ADAPTER_CONFIG, lora_settings_from_peft
 
-        path = paths.join(self.from_peft, ADAPTER_CONFIG)
+        path = paths.join(self.peft_dir(), ADAPTER_CONFIG)
         if not paths.exists(path):
             raise ValueError(
                 f"model.lora.from_peft={self.from_peft}: no {ADAPTER_CONFIG} there (a PEFT adapter directory)"
@@ -75,6 +79,10 @@ class LoraSection:
         object.__setattr__(self, "dropout", settings["dropout"])
         object.__setattr__(self, "targets", tuple(by_projection[t] for t in settings["targets"]))
 
+    def peft_dir(self) -> str:
+        """The starting adapter's directory: `from_peft`, or its snapshot when a Hub name."""
+        return hub.model_dir(self.from_peft, revision=self.from_peft_revision, key="model.lora.from_peft")
+
     def execution(self) -> dict[str, Any]:
         return {
             "lora_rank": self.rank,
@@ -86,9 +94,11 @@ class LoraSection:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """Either `hf_path` (a Hugging Face directory, local or `gs://`) or `preset` (random init)."""
+    """Either `hf_path` (a Hugging Face directory, local or `gs://`, or a Hub name at
+    `revision`: a branch, tag or commit SHA) or `preset` (random init)."""
 
     hf_path: str | None = None
+    revision: str | None = None
     preset: str | None = None
     # Architecture overrides for a preset, e.g. {num_hidden_layers: 2}; config.json keys.
     preset_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -130,19 +140,27 @@ class LoadedModel:
     tokenizer_dir: str | None
     # Trainable parts the checkpoint holds beside the decoder (a classifier's score head).
     parts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The repository and commit when `hf_path` is a Hub name.
+    hub: HubModel | None = None
 
 
 def load_model(section: ModelSection, rng: jax.Array, vocab_size: int | None = None) -> LoadedModel:
     """Import `hf_path`, or randomly initialise `preset` (vocab sized to the tokenizer)."""
     if (section.hf_path is None) == (section.preset is None):
         raise ValueError("set exactly one of model.hf_path and model.preset")
+    if section.revision is not None and section.hf_path is None:
+        raise ValueError(
+            f"model.revision={section.revision} names a revision of model.hf_path, which is unset"
+        )
     if section.hf_path is not None:
         from alignjax.convert.api import load_hf_model
         from alignjax.convert.sequence_classification import is_sequence_classifier, read_score_head
 
-        cfg, params, meta = load_hf_model(section.hf_path, **section.execution())
-        parts = read_score_head(section.hf_path, cfg) if is_sequence_classifier(meta["hf_config"]) else {}
-        return LoadedModel(cfg, params, meta, section.hf_path, parts)
+        resolved = hub.resolve(section.hf_path, revision=section.revision, key="model.hf_path")
+        model_dir = resolved.local_dir if resolved is not None else section.hf_path
+        cfg, params, meta = load_hf_model(model_dir, **section.execution())
+        parts = read_score_head(model_dir, cfg) if is_sequence_classifier(meta["hf_config"]) else {}
+        return LoadedModel(cfg, params, meta, model_dir, parts, resolved)
     overrides = dict(section.preset_overrides)
     if vocab_size is not None:
         overrides.setdefault("vocab_size", vocab_size)

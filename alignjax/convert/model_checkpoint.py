@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from alignjax import paths
+from alignjax.core import paths
 
 TOKENIZER_DIR = "tokenizer"
 PARAMS_ITEM = "params"

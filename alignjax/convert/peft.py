@@ -25,9 +25,9 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.convert.hf import _LAYER_MODULES
-from alignjax.fileio import atomic_write_bytes, atomic_write_json
+from alignjax.core.fileio import atomic_write_bytes, atomic_write_json
 from alignjax.models import decoder, lora
 from alignjax.models.config import ModelConfig
 
@@ -296,11 +296,13 @@ def write_peft_adapter(
     target_modules: Iterable[str] | str,
     base_model_name_or_path: str | None,
     dropout: float = 0.0,
+    revision: str | None = None,
 ) -> list[str]:
     """Write a directory `peft.PeftModel.from_pretrained(base, out_dir)` loads; returns the file names.
 
     rank, alpha, rslora and target_modules (Hugging Face names) must be what `cfg` was built
-    from: they are written to the config, and PEFT recomputes the scale from them.
+    from: they are written to the config, and PEFT recomputes the scale from them. `revision`:
+    the Hub commit of the base, when `base_model_name_or_path` is a Hub name.
     """
     target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
     targets = _target_projections(target_modules, "target_modules")
@@ -320,6 +322,7 @@ def write_peft_adapter(
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
+        "revision": revision,
         "r": rank,
         "lora_alpha": alpha,
         "lora_dropout": dropout,

@@ -16,8 +16,8 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
-from alignjax import paths
-from alignjax.fileio import atomic_open
+from alignjax.core import paths
+from alignjax.core.fileio import atomic_open
 
 _DTYPES = {
     "F64": np.dtype(np.float64),

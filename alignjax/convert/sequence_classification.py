@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.convert.hf import tensors_from_params
 from alignjax.convert.safetensors_io import ShardedWriter, iter_tensors
-from alignjax.fileio import atomic_write_json
+from alignjax.core.fileio import atomic_write_json
 from alignjax.models.config import ModelConfig
 from alignjax.models.score_head import SCORE_HEAD_KEY
 

@@ -23,21 +23,14 @@ import dataclasses
 import logging
 import multiprocessing
 import time
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from alignjax.data.batching import make_builder
+from alignjax.data.check_summary import CheckSummary, SourceCounts
 from alignjax.data.config import DataConfig
-from alignjax.data.examples import (
-    CutTokenized,
-    ExampleProcessor,
-    PairExample,
-    PromptTokenized,
-    SftTokenized,
-    UnpairedTokenized,
-)
+from alignjax.data.examples import ExampleProcessor
+from alignjax.data.record_types import record_type_named
 from alignjax.data.records import (
     BAD_RECORD_REASONS,
     LENGTH_DROP_REASONS,
@@ -46,7 +39,6 @@ from alignjax.data.records import (
     DataSetupError,
     RawRecord,
     Skipped,
-    bad_record_error,
     record_key,
 )
 from alignjax.data.sources import open_sources
@@ -54,7 +46,6 @@ from alignjax.data.tokenize import TokenizedSequence
 
 log = logging.getLogger("alignjax.data")
 
-SUMMARY_VERSION = 1
 EXAMPLES_PER_REASON = 3
 # Examples the efficiency is measured on: batching every example of a large data set costs
 # more than the estimate gains, and a few thousand batches pin it down to a fraction of a percent.
@@ -62,120 +53,6 @@ EFFICIENCY_SAMPLE = 1 << 14
 _RECORDS_PER_TASK = 512
 _UNLIMITED = 1 << 62  # a max_length no record reaches: the untruncated lengths
 _PROGRESS_LOG_SECONDS = 60.0
-
-
-@dataclasses.dataclass
-class SourceCounts:
-    source: str  # the file (or `tfds:NAME/SPLIT`) as record origins name it
-    records: int = 0
-    examples: int = 0  # records that become training examples
-    bad: int = 0  # skipped (or, under `error`, fatal) for a reason in BAD_RECORD_REASONS
-    dropped: int = 0  # well-formed, but dropped by max_length (LENGTH_DROP_REASONS)
-
-
-@dataclasses.dataclass
-class CheckSummary:
-    """What one pass over a data set found; JSON-able (`to_json`), so a run can cache it."""
-
-    sources: list[SourceCounts]
-    reasons: dict[str, int]  # reason -> records, bad and length drops alike
-    # reason -> up to EXAMPLES_PER_REASON [origin, detail], in file order
-    examples: dict[str, list[list[str]]]
-    first_bad: list[str] | None  # [origin, reason, detail] of the first bad record in file order
-    length_histogram: list[list[int]]  # [upper edge (a power of two), sequences of length in (edge/2, edge]]
-    truncated: int  # examples with a sequence cut by max_length or max_prompt_length
-    efficiency: float | None  # real tokens / token slots of the batches (None: no examples)
-    efficiency_of: str  # "padding" or "packing"
-    efficiency_examples: int  # how many examples it was measured on
-    seconds: float
-
-    @property
-    def records(self) -> int:
-        return sum(s.records for s in self.sources)
-
-    @property
-    def n_examples(self) -> int:
-        return sum(s.examples for s in self.sources)
-
-    @property
-    def bad(self) -> dict[str, int]:
-        return {r: n for r, n in self.reasons.items() if r in BAD_RECORD_REASONS}
-
-    @property
-    def dropped(self) -> dict[str, int]:
-        return {r: n for r, n in self.reasons.items() if r in LENGTH_DROP_REASONS}
-
-    def stops_run(self, on_bad_record: str) -> bool:
-        """Whether training would stop at a bad record (only under `on_bad_record: error`)."""
-        return on_bad_record == "error" and bool(self.bad)
-
-    def first_error(self) -> DataError:
-        """The error the pipeline raises at the first bad record, worded as it words it."""
-        origin, reason, detail = self.first_bad
-        return bad_record_error(origin, BadRecord(reason, detail))
-
-    def reason_counts(self, reasons: dict[str, int]) -> str:
-        """`reason=n (e.g. file:line, ...)` for each reason: what a log line needs."""
-        return ", ".join(
-            f"{r}={n} (e.g. {', '.join(o for o, _ in self.examples.get(r, []))})" for r, n in reasons.items()
-        )
-
-    def report(self, what: str, cfg: DataConfig) -> list[str]:
-        """The summary as lines for a terminal; `what` names the data set."""
-        bad, dropped = sum(self.bad.values()), sum(self.dropped.values())
-        head = (
-            f"{what}: {self.records} records, {self.n_examples} examples, {bad} bad, "
-            f"{dropped} dropped by length (checked in {self.seconds:.1f}s)"
-        )
-        lines = [head, "  records per source:"]
-        lines += [
-            f"    {s.source}: {s.records} records, {s.examples} examples, {s.bad} bad, {s.dropped} dropped"
-            for s in self.sources
-        ]
-        for title, counts, meaning in (
-            ("bad records by reason", self.bad, BAD_RECORD_REASONS),
-            ("dropped by length", self.dropped, LENGTH_DROP_REASONS),
-        ):
-            if not counts:
-                continue
-            lines.append(f"  {title}:")
-            for reason, n in counts.items():
-                lines.append(f"    {reason}: {n} ({meaning[reason]})")
-                lines += [f"      {origin}: {detail}" for origin, detail in self.examples.get(reason, [])]
-        lines.append("  sequence lengths (prompt + response tokens):")
-        most = max((n for _, n in self.length_histogram), default=0)
-        for edge, n in self.length_histogram:
-            bar = "#" * max(1, round(40 * n / most)) if n else ""
-            lines.append(f"    {edge // 2 + 1 if edge > 1 else 1:>7}-{edge:<7} {n:>9}  {bar}")
-        share = self.truncated / self.n_examples if self.n_examples else 0.0
-        lines.append(
-            f"  truncated: {self.truncated} of {self.n_examples} examples ({100 * share:.1f}%) "
-            f"by max_length={cfg.max_length} / max_prompt_length={cfg.max_prompt_length}"
-        )
-        if self.efficiency is None:
-            lines.append(f"  {self.efficiency_of} efficiency: no examples to batch")
-        else:
-            layout = (
-                f"rows of {cfg.effective_pack_length}" if cfg.packing else f"buckets {cfg.effective_buckets}"
-            )
-            lines.append(
-                f"  {self.efficiency_of} efficiency: {100 * self.efficiency:.1f}% of batch tokens are real "
-                f"({layout}; measured on {self.efficiency_examples} examples)"
-            )
-        if self.stops_run(cfg.on_bad_record):
-            lines.append(f"  data.on_bad_record: error stops training at {self.first_bad[0]}")
-        return lines
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": SUMMARY_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> CheckSummary:
-        if d.get("version") != SUMMARY_VERSION:
-            raise ValueError(f"data check summary version {d.get('version')} != {SUMMARY_VERSION}")
-        fields = {k: v for k, v in d.items() if k != "version"}
-        fields["sources"] = [SourceCounts(**s) for s in fields["sources"]]
-        return cls(**fields)
 
 
 @dataclasses.dataclass
@@ -213,23 +90,6 @@ class _Tally:
         self.shapes += later.shapes
 
 
-def _shape(example) -> tuple[int, ...]:
-    """The lengths of the token sequences an example puts into batch rows (0: an empty row)."""
-    if isinstance(example, (PairExample, SftTokenized, UnpairedTokenized)):
-        return tuple(len(s) for s in example.sequences)
-    if isinstance(example, CutTokenized):
-        return (len(example.judged), len(example.misaligned) if example.misaligned is not None else 0)
-    return (len(example.prompt_ids), len(example.unconditioned_ids))
-
-
-def _prompt_lengths(example) -> tuple[int, ...]:
-    if isinstance(example, (PairExample, SftTokenized, UnpairedTokenized)):
-        return tuple(len(s.prompt_ids) for s in example.sequences)
-    if isinstance(example, CutTokenized):
-        return tuple(len(s.prompt_ids) for s in (example.judged, example.misaligned) if s is not None)
-    return (len(example.prompt_ids), len(example.unconditioned_ids))
-
-
 def _length_edge(n: int) -> int:
     """The smallest power of two >= n: the histogram bin, and the bucket a power-of-two layout picks."""
     return 1 << max(n - 1, 0).bit_length()
@@ -246,6 +106,7 @@ class _Checker:
             dataclasses.replace(cfg, on_bad_record="error", max_length=_UNLIMITED, max_prompt_length=None),
             tokenizer,
         )
+        self.record_type = self.processor.record_type
         self.max_length, self.max_prompt_length = cfg.max_length, cfg.max_prompt_length
         self.sources = sources
         self.sampled = sampled  # sorted record ordinals whose shapes feed the efficiency; None: all
@@ -277,7 +138,7 @@ class _Checker:
                 tally.note(example.reason, example.origin, LENGTH_DROP_REASONS[example.reason])
                 continue
             tally.examples += 1
-            shape = _shape(example)
+            shape = self.record_type.row_lengths(example)
             tally.lengths.update(_length_edge(n) for n in shape if n)
             tally.truncated += self._truncated(raw, example, shape)
             if row in sampled:
@@ -287,13 +148,14 @@ class _Checker:
     def _truncated(self, raw: RawRecord, example, shape: tuple[int, ...]) -> bool:
         """Whether a limit cut a sequence. Only one that reaches a limit can have been cut;
         those are processed again without limits and compared."""
+        prompt_limit = self.max_prompt_length
         at_limit = max(shape) >= self.max_length or (
-            self.max_prompt_length is not None and max(_prompt_lengths(example)) >= self.max_prompt_length
+            prompt_limit is not None and max(self.record_type.prompt_lengths(example)) >= prompt_limit
         )
         if not at_limit:
             return False
         full = self.unlimited(raw)
-        return type(full) is not type(example) or _shape(full) != shape
+        return type(full) is not type(example) or self.record_type.row_lengths(full) != shape
 
 
 _WORKER_CHECKER: _Checker | None = None
@@ -338,14 +200,48 @@ def check_data(
         sources += open_sources(s, f"data.sources[{i}]")
     total = sum(len(s) for s in sources)
     checker = _Checker(cfg, tokenizer, sources, _efficiency_sample(cfg, total))
+    log.info(
+        "%s: checking %d records of %d files with %d worker processes", what, total, len(sources), workers
+    )
+    tallies = _check_sources(checker, workers, progress, what, started)
+    everything = _Tally()
+    for tally in tallies:
+        everything.add(tally)
+    efficiency = batch_efficiency(cfg, everything.shapes, per_host_batch_size or cfg.batch_size)
+    return CheckSummary(
+        sources=[
+            SourceCounts(
+                _source_name(s),
+                t.records,
+                t.examples,
+                sum(n for r, n in t.reasons.items() if r in BAD_RECORD_REASONS),
+                sum(n for r, n in t.reasons.items() if r in LENGTH_DROP_REASONS),
+            )
+            for s, t in zip(sources, tallies, strict=True)
+        ],
+        reasons=dict(sorted(everything.reasons.items())),
+        examples={r: everything.samples[r] for r in sorted(everything.samples)},
+        first_bad=everything.first_bad,
+        length_histogram=_histogram(everything.lengths),
+        truncated=everything.truncated,
+        efficiency=efficiency,
+        efficiency_of="packing" if cfg.packing else "padding",
+        efficiency_examples=len(everything.shapes),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_sources(
+    checker: _Checker, workers: int, progress: bool, what: str, started: float
+) -> list[_Tally]:
+    """Each source's tally, its ranges of records checked here or by `workers` processes."""
+    sources = checker.sources
+    total = sum(len(s) for s in sources)
     tasks = [
         (i, begin, min(begin + _RECORDS_PER_TASK, len(s)))
         for i, s in enumerate(sources)
         for begin in range(0, len(s), _RECORDS_PER_TASK)
     ]
-    log.info(
-        "%s: checking %d records of %d files with %d worker processes", what, total, len(sources), workers
-    )
     tallies = [_Tally() for _ in sources]
     # disable=None: a bar on a terminal only; batch jobs' logs get a line a minute instead.
     bar = tqdm(total=total, unit="rec", desc=f"checking {what}", disable=None if progress else True)
@@ -374,31 +270,7 @@ def check_data(
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    everything = _Tally()
-    for tally in tallies:
-        everything.add(tally)
-    efficiency = batch_efficiency(cfg, everything.shapes, per_host_batch_size or cfg.batch_size)
-    return CheckSummary(
-        sources=[
-            SourceCounts(
-                _source_name(s),
-                t.records,
-                t.examples,
-                sum(n for r, n in t.reasons.items() if r in BAD_RECORD_REASONS),
-                sum(n for r, n in t.reasons.items() if r in LENGTH_DROP_REASONS),
-            )
-            for s, t in zip(sources, tallies, strict=True)
-        ],
-        reasons=dict(sorted(everything.reasons.items())),
-        examples={r: everything.samples[r] for r in sorted(everything.samples)},
-        first_bad=everything.first_bad,
-        length_histogram=_histogram(everything.lengths),
-        truncated=everything.truncated,
-        efficiency=efficiency,
-        efficiency_of="packing" if cfg.packing else "padding",
-        efficiency_examples=len(everything.shapes),
-        seconds=time.monotonic() - started,
-    )
+    return tallies
 
 
 def _histogram(lengths: collections.Counter) -> list[list[int]]:
@@ -423,36 +295,6 @@ def _efficiency_sample(cfg: DataConfig, total: int) -> np.ndarray | None:
     return np.sort(chosen).astype(np.int64)
 
 
-def _stand_in(cfg: DataConfig, shape: tuple[int, ...]):
-    """An example with the given sequence lengths, all the batch builders need to place it."""
-
-    def seq(n: int) -> TokenizedSequence:
-        return TokenizedSequence(np.zeros(n, np.int32), np.zeros(0, np.int32), n_user_slots=0, n_bos=0)
-
-    if cfg.record_type == "preference":
-        return PairExample(seq(shape[0]), seq(shape[1]), user_index=0, condition_id=0, epoch=0)
-    if cfg.record_type == "sft":
-        return SftTokenized(seq(shape[0]), user_index=0, condition_id=0, epoch=0)
-    if cfg.record_type == "unpaired":
-        # Its KL row holds its prompt and a neighbour's completion: counted at its own length.
-        return UnpairedTokenized(
-            seq(shape[0]), np.zeros(0, np.int32), desirable=True, condition_id=0, epoch=0
-        )
-    if cfg.record_type == "cut":
-        misaligned = seq(shape[1]) if shape[1] else None
-        return CutTokenized(seq(shape[0]), misaligned, score=float("nan"), condition_id=0, epoch=0)
-    return PromptTokenized(
-        prompt_ids=np.zeros(shape[0], np.int32),
-        n_bos=0,
-        unconditioned_ids=np.zeros(shape[1], np.int32),
-        objective_weights=np.zeros(len(cfg.templates.objectives), np.float32),
-        prompt="",
-        user_index=0,
-        condition_id=0,
-        epoch=0,
-    )
-
-
 def batch_efficiency(
     cfg: DataConfig, shapes: list[tuple[int, ...]], per_host_batch_size: int
 ) -> float | None:
@@ -462,7 +304,8 @@ def batch_efficiency(
     if not shapes:
         return None
     order = np.random.default_rng(cfg.seed).permutation(len(shapes)) if cfg.shuffle else range(len(shapes))
-    builder = make_builder(cfg, per_host_batch_size, pad_id=0)
+    record_type = record_type_named(cfg.record_type)
+    builder = record_type.make_builder(cfg, per_host_batch_size, 0)
     real = slots = 0
 
     def emit():
@@ -473,7 +316,7 @@ def batch_efficiency(
         builder.reset()
 
     for i in order:
-        example = _stand_in(cfg, shapes[i])
+        example = record_type.example_of(cfg, tuple(_stand_in_sequence(n) for n in shapes[i]))
         if not builder.add(example):  # it opens the next batch, as in BatchIterDataset
             emit()
             builder.add(example)
@@ -482,3 +325,10 @@ def batch_efficiency(
     if not builder.empty:
         emit()
     return real / slots
+
+
+def _stand_in_sequence(n: int) -> TokenizedSequence | None:
+    """A sequence of n tokens, all the batch builders need to place it (None: an empty slot)."""
+    if not n:
+        return None
+    return TokenizedSequence(np.zeros(n, np.int32), np.zeros(0, np.int32), n_user_slots=0, n_bos=0)

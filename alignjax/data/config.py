@@ -9,13 +9,15 @@ import dataclasses
 import string
 from typing import Any
 
-RECORD_TYPES = ("preference", "sft", "prompt", "cut", "unpaired")
+from alignjax.data.record_types import record_type_named, registered
+
 SOURCE_FORMATS = ("auto", "jsonl", "parquet", "hf", "array_record", "tfds")
 
 
 @dataclasses.dataclass
 class SourceConfig:
-    """One source. `path` is a file, a directory, a glob, or (format tfds) a TFDS name.
+    """One source. `path` is a file, a directory, a glob, (format tfds) a TFDS name, or
+    `hf:ORG/NAME`, a Hugging Face Hub dataset (`hub: ORG/NAME` says the same).
 
     `weight` is a per-record rate: each record of this source is seen `weight`
     times per epoch on average (2.0 = twice, 0.5 = a fresh random half each
@@ -23,11 +25,27 @@ class SourceConfig:
     mixture proportions follow from `len(source) * weight` and are logged.
     """
 
-    path: str
+    path: str = ""
     weight: float = 1.0
     format: str = "auto"
-    split: str = "train"  # for a saved DatasetDict and for TFDS
+    split: str = "train"  # for a saved DatasetDict, TFDS and a Hub dataset
     data_dir: str | None = None  # TFDS data_dir
+    # A Hub dataset (`alignjax.data.hub_source`): its repository, its config `name`, the
+    # `revision` (branch, tag or commit), `data_files` (datasets.load_dataset's), and
+    # `columns` naming the dataset's column for each record key ({chosen: better, ...}).
+    hub: str | None = None
+    name: str | None = None
+    revision: str | None = None
+    data_files: Any = None
+    columns: dict[str, str] | None = None
+
+    def __post_init__(self):
+        if self.hub is not None:
+            if self.path and self.path != f"hf:{self.hub}":
+                raise ValueError(f"a data source sets both path={self.path!r} and hub={self.hub!r}; keep one")
+            self.path = f"hf:{self.hub}"
+        if not self.path:
+            raise ValueError("a data source needs a path (or hub: ORG/NAME for a Hub dataset)")
 
 
 @dataclasses.dataclass
@@ -61,9 +79,9 @@ class DataConfig:
     """The data pipeline's configuration (YAML: the `data:` section)."""
 
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
-    # preference: prompt/chosen/rejected; sft: prompt/response|completion or
-    # messages; prompt: prompt only (online MO-ODPO); cut: prompt/response/judgment;
-    # unpaired: prompt/completion/label (KTO).
+    # A registered record type (data/record_types/): preference (prompt/chosen/rejected),
+    # sft (prompt/response|completion or messages), prompt (prompt only: online methods),
+    # cut (prompt/response/judgment), unpaired (prompt/completion/label: KTO).
     record_type: str = "preference"
     # Per sequence (prompt + one response), in tokens, BOS/EOS/user slots included.
     max_length: int = 1024
@@ -95,7 +113,8 @@ class DataConfig:
     templates: TemplateConfig = dataclasses.field(default_factory=TemplateConfig)
     # Overrides the tokenizer's chat template (Jinja) when set.
     chat_template: str | None = None
-    # P-DPO: number of user soft-token slots reserved right after BOS; 0 = off.
+    # P-DPO: number of user soft-token slots reserved right after BOS; 0 = off. A training
+    # config's method sets this and the three below from its section (loss.pdpo.n_user_tokens).
     n_user_tokens: int = 0
     user_slot_token_id: int | None = None  # default: the tokenizer's pad id
     # Where the user-id vocabulary is read from (if it exists) or built from the
@@ -105,13 +124,16 @@ class DataConfig:
     # "user_info"); mapped to `condition_id` 1..C for per-condition metrics.
     condition_field: str | None = None
     # Preference records' per-pair margin (TRL RewardTrainer's `margin` column: the loss
-    # wants r_chosen - r_rejected above it), read from this field into margin_P.
+    # wants r_chosen - r_rejected above it), read from this field into margin_P
+    # (loss.reward.margin_field).
     margin_field: str | None = None
     # SparsePO given weights: emit token_weights_BxL in every batch (records
-    # without weights get default_token_weight on all response tokens).
+    # without weights get default_token_weight on all response tokens); set by
+    # loss.sparsepo.weights: given.
     token_weights: bool = False
     default_token_weight: float = 1.0  # also: response tokens outside every span
-    # CUT: a record with a judgment is still satisfactory if score >= this.
+    # CUT: a record with a judgment is still satisfactory if score >= this
+    # (loss.cut.positive_score).
     cut_positive_score: float | None = None
 
     def __post_init__(self):
@@ -131,7 +153,7 @@ class DataConfig:
     def effective_pack_length(self) -> int:
         if self.pack_length is not None:
             return self.pack_length
-        return 2 * self.max_length if self.record_type == "preference" else self.max_length
+        return max(record_type_named(self.record_type).packs, 1) * self.max_length
 
     @property
     def effective_buckets(self) -> list[int]:
@@ -156,8 +178,7 @@ class DataConfig:
                 bad(f"sources[{i}].format", f"{s.format!r} is not one of {SOURCE_FORMATS}")
             if not s.weight > 0:
                 bad(f"sources[{i}].weight", f"must be > 0, got {s.weight}")
-        if self.record_type not in RECORD_TYPES:
-            bad("record_type", f"{self.record_type!r} is not one of {RECORD_TYPES}")
+        record_type = record_type_named(self.record_type)
         if self.margin_field is not None and self.record_type != "preference":
             bad(
                 "margin_field",
@@ -184,9 +205,10 @@ class DataConfig:
                 f"{self.batch_size} is not divisible by process_count={process_count}",
             )
         if self.packing:
-            if self.record_type not in ("preference", "sft"):
-                bad("packing", f"packing supports preference and sft, not {self.record_type}")
-            per_example = 2 if self.record_type == "preference" else 1
+            if not record_type.packs:
+                packing = [n for n in registered() if record_type_named(n).packs]
+                bad("packing", f"packing supports {' and '.join(packing)}, not {self.record_type}")
+            per_example = record_type.packs
             if self.effective_pack_length < per_example * self.max_length:
                 bad(
                     "pack_length",

@@ -3,7 +3,7 @@ built-in bytes), and the one rule for the id that pads its batches."""
 
 from __future__ import annotations
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.convert.model_checkpoint import TOKENIZER_FILES
 from alignjax.data.records import DataSetupError
 

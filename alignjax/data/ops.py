@@ -11,7 +11,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from alignjax.data.batch import CutBatch, PairBatch, PromptBatch, SftBatch, UnpairedBatch
+from alignjax.data.record_types.cut import CutBatch
+from alignjax.data.record_types.preference import PairBatch
+from alignjax.data.record_types.prompt import PromptBatch
+from alignjax.data.record_types.sft import SftBatch
+from alignjax.data.record_types.unpaired import UnpairedBatch
 
 for _cls in (PairBatch, SftBatch, CutBatch, UnpairedBatch):
     jax.tree_util.register_dataclass(

@@ -24,8 +24,7 @@ import logging
 
 import grain
 
-from alignjax import paths
-from alignjax.data.batching import make_builder
+from alignjax.core import paths
 from alignjax.data.config import DataConfig
 from alignjax.data.examples import ExampleProcessor
 from alignjax.data.formats import condition_key, decode
@@ -33,10 +32,11 @@ from alignjax.data.grain_batcher import BatchElement, BatchIterDataset
 from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.data.mixing import MixtureMapDataset, describe_mixture
 from alignjax.data.positions import LaneProgress, Positioned, consumed_beyond, continue_order
+from alignjax.data.record_types import make_builder
 from alignjax.data.records import BadRecord
 from alignjax.data.sources import open_sources
 from alignjax.data.vocab import Vocab
-from alignjax.fileio import atomic_write_json
+from alignjax.core.fileio import atomic_write_json
 
 log = logging.getLogger("alignjax.data")
 
@@ -45,7 +45,7 @@ STATE_VERSION = 2
 
 
 class Pipeline:
-    """Iterator of batches (`PairBatch`, `SftBatch`, `CutBatch` or `PromptBatch`).
+    """Iterator of batches, of the class `data.record_type` declares (`PairBatch`, `SftBatch`, ...).
 
     `get_state()` returns a JSON-able dict to store with the training checkpoint;
     `set_state()` on a fresh pipeline built from the same config resumes at the

@@ -23,7 +23,7 @@ BAD_RECORD_REASONS = {
     "bad_conversation": "a conversation is malformed",
     "bad_weights": "the objective `weights` do not match data.templates.weights",
     "bad_token_weights": "the token weights or weight spans do not fit the response",
-    "bad_margin": "the pair's data.margin_field is missing or not a finite number",
+    "bad_margin": "the pair's margin (loss.reward.margin_field) is missing or not a finite number",
     "template_error": "the chat template could not render the record",
 }
 # Reasons a well-formed record is dropped by length handling. These are counted
@@ -41,10 +41,12 @@ class Origin:
 
     path: str
     index: int
-    unit: str  # "line" (1-based, JSONL) or "row" / "record" (0-based)
+    # "line" (1-based, JSONL), "row" / "record" (0-based), "index" (0-based, named
+    # `path:index` as a line is: a Hub dataset's `hf:ORG/NAME[split]:ROW`)
+    unit: str
 
     def __str__(self) -> str:
-        if self.unit == "line":
+        if self.unit in ("line", "index"):
             return f"{self.path}:{self.index}"
         return f"{self.path} ({self.unit} {self.index})"
 

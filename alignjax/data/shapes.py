@@ -1,14 +1,13 @@
 """The largest batch a data config can produce: what a compile for speed or memory must
-assume. Built by the pipeline's own batch builders from synthetic full-length examples,
+assume. Built by the record type's own batch builder from synthetic full-length examples,
 so it has exactly the fields, shapes and dtypes training batches have."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from alignjax.data.batching import make_builder
 from alignjax.data.config import DataConfig
-from alignjax.data.examples import CutTokenized, PairExample, SftTokenized, UnpairedTokenized
+from alignjax.data.record_types import record_type_named, registered
 from alignjax.data.tokenize import TokenizedSequence
 
 
@@ -29,22 +28,15 @@ def largest_batch(cfg: DataConfig, examples: int, record_type: str | None = None
     """A host batch of `examples` pairs / SFT examples / CUT examples (or packed rows), every
     sequence `max_length` tokens. `record_type` overrides the config's (online methods
     train on pairs or CUT views sampled from `prompt` records)."""
-    record_type = record_type or cfg.record_type
-    cfg = DataConfig(**{**cfg.__dict__, "record_type": record_type, "sources": []})
-    seq = _full_sequence(cfg)
-    if record_type == "preference":
-        example = PairExample(seq, seq, user_index=0, condition_id=0, epoch=0)
-    elif record_type == "sft":
-        example = SftTokenized(seq, user_index=0, condition_id=0, epoch=0)
-    elif record_type == "cut":
-        example = CutTokenized(seq, seq, score=float("nan"), condition_id=0, epoch=0)
-    elif record_type == "unpaired":
-        example = UnpairedTokenized(seq, seq.response_ids, desirable=True, condition_id=0, epoch=0)
-    else:
+    kind = record_type_named(record_type or cfg.record_type)
+    if not kind.trained:
+        trained = [n for n in registered() if record_type_named(n).trained]
         raise ValueError(
-            f"data.record_type={record_type!r}: no training batch to size (preference, sft, cut or unpaired)"
+            f"data.record_type={kind.name!r}: no training batch to size ({', '.join(trained)})"
         )
-    builder = make_builder(cfg, examples, pad_id=0)
+    cfg = DataConfig(**{**cfg.__dict__, "record_type": kind.name, "sources": []})
+    example = kind.example_of(cfg, (_full_sequence(cfg),) * kind.slots)
+    builder = kind.make_builder(cfg, examples, 0)
     while not builder.full and builder.add(example):
         pass
     return builder.build()

@@ -20,8 +20,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.data.config import SourceConfig
+from alignjax.data.hub_source import HubSource, is_hub_source
 from alignjax.data.records import DataError, Origin, RawRecord
 
 _EXTENSIONS = {
@@ -266,6 +267,8 @@ def open_sources(cfg: SourceConfig, key: str) -> list:
     """
     if cfg.format == "tfds":
         return [TfdsSource(cfg.path, cfg.split, cfg.data_dir)]
+    if is_hub_source(cfg):
+        return [HubSource(cfg, key)]
     matches = paths.glob(cfg.path) if any(c in cfg.path for c in "*?[") else [cfg.path]
     if not matches or not all(paths.exists(p) for p in matches):
         raise DataError(f"{key}.path: {cfg.path!r} does not exist")

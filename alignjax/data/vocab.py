@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from alignjax import paths
-from alignjax.fileio import atomic_write_json
+from alignjax.core import paths
+from alignjax.core.fileio import atomic_write_json
 
 
 class Vocab:

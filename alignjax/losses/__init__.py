@@ -8,8 +8,8 @@ All are pure functions of arrays, safe under jit; configs are frozen dataclasses
 
 from alignjax.losses.activation_masks import activation_mask
 from alignjax.losses.cut import CUTConfig, cut_loss, flag_inappropriate, response_logps, split_views
-from alignjax.losses.dpo import LOSSES, DPOConfig, LossSpec, dpo_loss, init_dpo_state
-from alignjax.losses.dpo_family import PairLogps, RunningMean
+from alignjax.losses.dpo_combined import LOSSES, DPOConfig, DPOOptions, LossSpec, dpo_loss, init_dpo_state
+from alignjax.losses.dpo_pair_losses import PairLogps, RunningMean
 from alignjax.losses.logps import token_kl, token_logps
 from alignjax.losses.personalized import PDPOConfig, PersonalizedLogps, pdpo_loss
 from alignjax.losses.sequence import masked_mean, sequence_logps
@@ -25,6 +25,7 @@ from alignjax.losses.token_weighted import (
 __all__ = [
     "CUTConfig",
     "DPOConfig",
+    "DPOOptions",
     "LOSSES",
     "LossSpec",
     "PDPOConfig",

@@ -30,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from alignjax.losses.dpo_family import log1mexp
+from alignjax.losses.dpo_pair_losses import log1mexp
 from alignjax.losses.sequence import as_float
 
 DETECTIONS = ("ratio", "difference")
@@ -42,26 +42,29 @@ class CUTConfig:
     """lam: detection threshold (1.1 or 1.2); a: unlikelihood weight; g: focal exponent.
 
     form "paper" sums L1 + L2; form "code" follows the authors' code ((L2 + L1)/2,
-    no focal term, 1e-5 floor). detection picks the ratio or difference test.
+    no focal term, 1e-5 floor). detection picks the ratio or difference test. A training
+    config's `loss.cut` section holds these keys.
     """
 
     lam: float = 1.1
     a: float = 0.5
     g: float = 0.0
-    detection: str = "ratio"
-    form: str = "paper"
+    detection: str = "ratio"  # ratio, or the paper's difference test
+    form: str = "paper"  # paper (L1 + L2) or code (the authors' (NLL + UL) / 2)
 
     def __post_init__(self):
         if self.detection not in DETECTIONS or self.form not in FORMS:
             raise ValueError(
-                f"CUTConfig detection={self.detection!r} (choose {DETECTIONS}), "
-                f"form={self.form!r} (choose {FORMS})."
+                f"loss.cut.detection={self.detection!r} (choose {DETECTIONS}), "
+                f"loss.cut.form={self.form!r} (choose {FORMS})."
             )
         if self.lam <= 0 or self.a < 0 or self.g < 0:
-            raise ValueError(f"CUTConfig needs lam > 0, a >= 0, g >= 0; got {self}.")
+            raise ValueError(
+                f"loss.cut needs lam > 0, a >= 0, g >= 0; got lam={self.lam}, a={self.a}, g={self.g}."
+            )
         if self.form == "code" and self.g != 0:
             raise ValueError(
-                "CUTConfig form='code' reproduces the authors' code, which has no "
+                "loss.cut.form='code' reproduces the authors' code, which has no "
                 "focal term: set g=0, or use form='paper' for g > 0."
             )
 

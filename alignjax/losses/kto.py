@@ -24,19 +24,19 @@ KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
 @dataclasses.dataclass(frozen=True)
 class KTOConfig:
+    """KTO's options in TRL's KTOConfig names: a training config's `loss.kto` section. Its
+    beta is the DPO family's (`loss.beta`), an argument of `kto_loss`."""
+
     loss_type: str = "kto"
-    beta: float = 0.1
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
 
     def __post_init__(self):
         if self.loss_type not in KTO_LOSS_TYPES:
-            raise ValueError(f"KTOConfig.loss_type={self.loss_type!r}: choose one of {KTO_LOSS_TYPES}")
-        if not self.beta > 0:
-            raise ValueError(f"KTOConfig.beta={self.beta} must be > 0")
+            raise ValueError(f"loss.kto.loss_type={self.loss_type!r}: choose one of {KTO_LOSS_TYPES}")
         if self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError(
-                f"KTOConfig.desirable_weight={self.desirable_weight} and undesirable_weight="
+                f"loss.kto.desirable_weight={self.desirable_weight} and undesirable_weight="
                 f"{self.undesirable_weight} must be >= 0"
             )
 
@@ -56,8 +56,8 @@ def kl_reference_point(kl_logps_E, ref_kl_logps_E, valid_E) -> jax.Array:
     return jnp.maximum(jax.lax.stop_gradient(mean), 0.0)
 
 
-def kto_loss(logps_E, ref_logps_E, desirable_E, valid_E, kl, config: KTOConfig):
-    """(loss, metrics) from summed completion log-probs of E examples.
+def kto_loss(logps_E, ref_logps_E, desirable_E, valid_E, kl, config: KTOConfig, beta: float):
+    """(loss, metrics) from summed completion log-probs of E examples, at temperature `beta`.
 
     `desirable_E`: 1 for a desirable completion (label true), 0 otherwise; `valid_E`: 0 for
     padding slots, which count nowhere. `kl`: the reference point (`kl_reference_point`;
@@ -72,7 +72,6 @@ def kto_loss(logps_E, ref_logps_E, desirable_E, valid_E, kl, config: KTOConfig):
     chosen_E = valid_E & desirable_E.astype(bool)
     rejected_E = valid_E & ~desirable_E.astype(bool)
     logratio_E = logps_E - ref_logps_E
-    beta = config.beta
     z0 = kl if config.uses_kl else jnp.zeros((), logratio_E.dtype)
     if config.loss_type == "kto":
         chosen_loss_E = 1.0 - jax.nn.sigmoid(beta * (logratio_E - z0))

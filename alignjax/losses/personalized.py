@@ -38,18 +38,15 @@ class PersonalizedLogps(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class PDPOConfig:
-    """num_users counts the generic user 0 (sizes the per-user metrics)."""
+    """alpha: the weight of the users' own term against the generic user's; a training
+    config's `loss.pdpo` section holds it. The DPO temperature and label smoothing are the
+    DPO family's, arguments of `pdpo_loss`."""
 
-    num_users: int
-    beta: float = 0.1
     alpha: float = 0.5
-    label_smoothing: float = 0.0
 
     def __post_init__(self):
-        if self.num_users < 1 or self.beta <= 0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"PDPOConfig needs num_users >= 1, beta > 0, 0 <= alpha <= 1; got {self}.")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"PDPOConfig.label_smoothing={self.label_smoothing} must be in [0, 0.5).")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"loss.pdpo.alpha={self.alpha} must be in [0, 1]")
 
 
 def _rewards(chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, beta):
@@ -64,29 +61,37 @@ def _sigmoid_dpo(chosen_rewards_B, rejected_rewards_B, e):
     return -(1.0 - e) * log_sigmoid(z) - e * log_sigmoid(-z)
 
 
-def pdpo_loss(batch: PersonalizedLogps, config: PDPOConfig):
-    """(loss, metrics). Metrics use the user-token pass for TRL's rewards/* names, plus
-    generic/rewards/accuracies, loss/user, loss/generic, and per_user/accuracies,
-    per_user/counts: [num_users] arrays (segment sums over user ids, so they jit; a user
-    absent from the batch has count 0 and accuracy 0).
+def pdpo_loss(
+    batch: PersonalizedLogps, config: PDPOConfig, *, num_users: int, beta: float, label_smoothing: float = 0.0
+):
+    """(loss, metrics) at DPO temperature `beta` with cDPO's `label_smoothing`; `num_users`
+    counts the generic user 0 (sizes the per-user metrics). Metrics use the user-token pass
+    for TRL's rewards/* names, plus generic/rewards/accuracies, loss/user, loss/generic, and
+    per_user/accuracies, per_user/counts: [num_users] arrays (segment sums over user ids, so
+    they jit; a user absent from the batch has count 0 and accuracy 0).
     """
-    ids_B = clamp_user_ids(batch.user_ids_B, config.num_users)
+    if num_users < 1 or beta <= 0 or not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(
+            f"pdpo_loss needs num_users >= 1, beta > 0, 0 <= label_smoothing < 0.5; got "
+            f"num_users={num_users}, beta={beta}, label_smoothing={label_smoothing}"
+        )
+    ids_B = clamp_user_ids(batch.user_ids_B, num_users)
     user_w, user_l = _rewards(
         batch.user_chosen_logps_B,
         batch.user_rejected_logps_B,
         batch.ref_chosen_logps_B,
         batch.ref_rejected_logps_B,
-        config.beta,
+        beta,
     )
     gen_w, gen_l = _rewards(
         batch.generic_chosen_logps_B,
         batch.generic_rejected_logps_B,
         batch.ref_chosen_logps_B,
         batch.ref_rejected_logps_B,
-        config.beta,
+        beta,
     )
-    user_loss_B = _sigmoid_dpo(user_w, user_l, config.label_smoothing)
-    generic_loss_B = _sigmoid_dpo(gen_w, gen_l, config.label_smoothing)
+    user_loss_B = _sigmoid_dpo(user_w, user_l, label_smoothing)
+    generic_loss_B = _sigmoid_dpo(gen_w, gen_l, label_smoothing)
 
     personal_B = ids_B != 0
     # A batch with only generic-user pairs has no personal term (0, not 0/0).
@@ -98,8 +103,8 @@ def pdpo_loss(batch: PersonalizedLogps, config: PDPOConfig):
     sg = jax.lax.stop_gradient
     user_w, user_l, gen_w, gen_l = sg(user_w), sg(user_l), sg(gen_w), sg(gen_l)
     correct_B = (user_w > user_l).astype(loss.dtype)
-    counts_U = jax.ops.segment_sum(jnp.ones_like(correct_B), ids_B, config.num_users)
-    correct_U = jax.ops.segment_sum(correct_B, ids_B, config.num_users)
+    counts_U = jax.ops.segment_sum(jnp.ones_like(correct_B), ids_B, num_users)
+    correct_U = jax.ops.segment_sum(correct_B, ids_B, num_users)
     metrics = {
         "rewards/chosen": jnp.mean(user_w),
         "rewards/rejected": jnp.mean(user_l),

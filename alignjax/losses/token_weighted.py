@@ -58,15 +58,15 @@ def shared_weights(chosen_BxL: jax.Array, rejected_BxL: jax.Array) -> TokenWeigh
 
 @dataclasses.dataclass(frozen=True)
 class SparsePOConfig:
-    """beta: DPO temperature; lam_u, lam_d: L1 weights on m_u and m_d (sparsity)."""
+    """lam_u, lam_d: L1 weights on m_u and m_d (sparsity); a training config's `loss.sparsepo`
+    section holds them. The temperature beta is the DPO family's, an argument of `sparsepo_loss`."""
 
-    beta: float = 0.1
     lam_u: float = 0.0
     lam_d: float = 0.0
 
     def __post_init__(self):
-        if self.beta <= 0 or self.lam_u < 0 or self.lam_d < 0:
-            raise ValueError(f"SparsePOConfig needs beta > 0 and lam_u, lam_d >= 0; got {self}.")
+        if self.lam_u < 0 or self.lam_d < 0:
+            raise ValueError(f"loss.sparsepo.lam_u={self.lam_u} and lam_d={self.lam_d} must be >= 0")
 
 
 def _masked_sum(x_BxL, mask_BxL):
@@ -84,9 +84,13 @@ def _mask_stats(chosen_BxL, rejected_BxL, chosen_mask_BxL, rejected_mask_BxL):
 
 
 def sparsepo_loss(
-    tokens: TokenPairLogps, weights: TokenWeights | None, config: SparsePOConfig = SparsePOConfig()
+    tokens: TokenPairLogps,
+    weights: TokenWeights | None,
+    config: SparsePOConfig = SparsePOConfig(),
+    *,
+    beta: float,
 ):
-    """SparsePO loss and metrics; weights=None means all ones (TDPO-1).
+    """SparsePO loss and metrics at temperature `beta`; weights=None means all ones (TDPO-1).
 
     Returns (loss, metrics) with TRL's rewards/* names computed from the weighted
     rewards beta * sum_t m_u d_t, plus kl/chosen, kl/rejected (weighted sums),
@@ -118,12 +122,12 @@ def sparsepo_loss(
     l1_d_B = _masked_sum(jnp.abs(weights.kl_chosen_BxL), mask_w) + _masked_sum(
         jnp.abs(weights.kl_rejected_BxL), mask_l
     )
-    per_pair_B = -log_sigmoid(config.beta * (u_B - delta_B)) + config.lam_u * l1_u_B + config.lam_d * l1_d_B
+    per_pair_B = -log_sigmoid(beta * (u_B - delta_B)) + config.lam_u * l1_u_B + config.lam_d * l1_d_B
     loss = jnp.mean(per_pair_B)
 
     sg = jax.lax.stop_gradient
-    chosen_rewards_B = sg(config.beta * reward_w_B)
-    rejected_rewards_B = sg(config.beta * reward_l_B)
+    chosen_rewards_B = sg(beta * reward_w_B)
+    rejected_rewards_B = sg(beta * reward_l_B)
     u_sparsity, u_mean = _mask_stats(weights.reward_chosen_BxL, weights.reward_rejected_BxL, mask_w, mask_l)
     d_sparsity, d_mean = _mask_stats(weights.kl_chosen_BxL, weights.kl_rejected_BxL, mask_w, mask_l)
     metrics = {

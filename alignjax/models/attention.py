@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from alignjax.models import sequence_parallel as sp
 from alignjax.models import splash
-from alignjax.sharding import BATCH_AXES
+from alignjax.core.sharding import BATCH_AXES
 
 
 class BackendUnavailableError(ValueError):

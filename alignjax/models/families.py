@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.models.config import FULL, SLIDING, ModelConfig, RopeConfig
 
 

@@ -4,7 +4,7 @@
 Splash masks by index, not by position: inside a segment the two agree (positions count
 up by one token at a time), so segment ids carry packing and padding and a causal or
 local mask by index carries the rest. Rows split over the sequence axis in zig-zag order
-(`sequence_parallel.load_balance_order`) would break that; there the kernel is told the
+(`sequence_order.load_balance_order`) would break that; there the kernel is told the
 row position of each of its query slots (splash's `q_sequence`, which its mask function
 compares) and the gathered keys are put back in row order, so the index rule holds again.
 """

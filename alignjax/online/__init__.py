@@ -1,6 +1,3 @@
-"""Generation, rewards, evaluation and the methods that sample from the policy while training.
-
-Importing the package registers MO-ODPO and online CUT in the training method registry.
-"""
-
-from alignjax.online import methods as _methods  # noqa: F401  (registers)
+"""The methods that sample from the policy while training (MO-ODPO, online CUT): their
+batch sources, which roll out the current policy, score or judge the answers and build
+training batches. Their registry entries are in `alignjax.train.methods`."""

@@ -26,13 +26,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from alignjax.data.batching import make_builder
 from alignjax.data.examples import ExampleProcessor
+from alignjax.data.record_types import make_builder
 from alignjax.data.records import Skipped
-from alignjax.online.logit_filters import SamplingConfig
-from alignjax.online.rewards import build_reward
+from alignjax.generation.logit_filters import SamplingConfig
+from alignjax.generation.stop_ids import stop_ids
 from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
-from alignjax.online.stop_ids import stop_ids
+from alignjax.rewards.functions import build_reward
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class OnlinePairSource(OnlineSource):
         per_host_batch: int,
         pad_id: int,
         generation_config: dict[str, Any] | None = None,  # generation_config.json: more stop ids
+        mesh=None,  # the run's mesh, where sampling runs (None: the parameters' own)
     ):
         objectives = pair_cfg.templates.objectives
         if not objectives:
@@ -146,7 +147,7 @@ class OnlinePairSource(OnlineSource):
             eos_ids=stop_ids(tokenizer, model_cfg, generation_config),
             pad_id=pad_id,
         )
-        self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed)
+        self.roller = Roller(pair_cfg, tokenizer, model_cfg, sampling, seed, mesh)
 
     def next_for(self, params, step: int, max_attempts: int = 8):
         """A batch with at least one pair, or None when `max_attempts` prompt batches in a row

@@ -13,14 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from alignjax.data.batching import make_builder
 from alignjax.data.examples import ExampleProcessor
+from alignjax.data.record_types import make_builder
 from alignjax.data.records import Skipped
-from alignjax.online.judges import build_judge
-from alignjax.online.logit_filters import SamplingConfig
+from alignjax.generation.logit_filters import SamplingConfig
+from alignjax.generation.stop_ids import stop_ids
 from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
-from alignjax.online.stop_ids import stop_ids
-from alignjax.train.methods.cut import OnlineSampling
+from alignjax.rewards.judges import build_judge
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineSampling:
+    """How the policy samples its answers online (CUT with a judge)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
 
 
 class OnlineCutSource(OnlineSource):
@@ -38,6 +47,7 @@ class OnlineCutSource(OnlineSource):
         per_host_batch: int,
         pad_id: int,
         generation_config: dict[str, Any] | None = None,  # generation_config.json: more stop ids
+        mesh=None,  # the run's mesh, where sampling runs (None: the parameters' own)
     ):
         super().__init__(prompt_pipeline)
         self.judge = build_judge(judge)
@@ -57,6 +67,7 @@ class OnlineCutSource(OnlineSource):
                 pad_id=pad_id,
             ),
             seed,
+            mesh,
         )
 
     def next_for(self, params, step: int):

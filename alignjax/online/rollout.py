@@ -3,6 +3,8 @@
 Prompts are rendered by the data pipeline's own per-record step, so online pairs and
 judgments see exactly the prompt ids offline training would build; sampling keys are a
 function of (seed, draw, process), so a resumed run samples what the uninterrupted one did.
+Every process samples at once, in one program over the run's mesh: each process's prompts
+are its rows of the global batch, and it reads back and decodes only those rows.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import json
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from alignjax.data.examples import ExampleProcessor
 from alignjax.data.records import Origin, RawRecord, Skipped
-from alignjax.online.sampler import generate
+from alignjax.generation.sampler import params_mesh, sample_rows
 
 
 def raw_record(value: dict, index: int) -> RawRecord:
@@ -45,7 +48,9 @@ class Rollout:
 
 
 class Roller:
-    def __init__(self, data_cfg, tokenizer, model_cfg, sampling, seed: int):
+    """`mesh`: the run's mesh (None: the one the sampled parameters lie on)."""
+
+    def __init__(self, data_cfg, tokenizer, model_cfg, sampling, seed: int, mesh=None):
         self.renderer = ExampleProcessor(
             dataclasses.replace(data_cfg, record_type="prompt", on_bad_record="skip"), tokenizer
         )
@@ -53,6 +58,7 @@ class Roller:
         self.model_cfg = model_cfg
         self.sampling = sampling
         self.seed = seed
+        self.mesh = mesh
 
     def prompt_ids(self, records: list[dict]) -> list[list[int]]:
         out = []
@@ -65,8 +71,11 @@ class Roller:
 
     def sample(self, params, records: list[dict], num_samples: int, draw: int) -> Rollout:
         ids = [p for p in self.prompt_ids(records) for _ in range(num_samples)]
-        key = jax.random.fold_in(jax.random.key(self.seed), draw * jax.process_count() + jax.process_index())
-        samples = generate(params, self.model_cfg, self.sampling, ids, key)
+        count = jax.process_count()
+        base = jax.random.key(self.seed)
+        keys_P = jnp.stack([jax.random.fold_in(base, draw * count + q) for q in range(count)])
+        mesh = self.mesh if self.mesh is not None else params_mesh(params)
+        samples = sample_rows(params, self.model_cfg, self.sampling, mesh, ids, keys_P)
         # Every stop id the sampler stops at (generation config, config.json, tokenizer).
         stops = set(self.sampling.eos_ids)
         hit_eos = np.array([bool(t) and t[-1] in stops for t in samples])

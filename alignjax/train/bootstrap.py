@@ -11,11 +11,13 @@ from typing import Any
 
 import jax
 
-from alignjax import paths, sharding
+from alignjax.core import paths, sharding
+from alignjax.core.hub_push import check_can_push
 from alignjax.convert.loading import LoadedModel, load_model
 from alignjax.data.load_tokenizer import load_tokenizer, tokenizer_pad_id
 from alignjax.models import decoder, quantize
 from alignjax.models.config import ModelConfig
+from alignjax.train import hub_revisions
 from alignjax.train.config import TrainConfig
 
 
@@ -76,6 +78,8 @@ class RunSetup:
     frozen_base: Any = None
     # LoRA runs: whether the first stage starts from fresh adapters (not model.lora.from_peft).
     fresh_adapters: bool = True
+    # `cfg.model` with its Hub names at the commits the run recorded (`hub_revisions`).
+    model_section: Any = None
 
     @property
     def model_cfg(self) -> ModelConfig:
@@ -93,20 +97,22 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     from alignjax.train.shared_dir import check_shared_run_dir
 
     sharding.maybe_initialize_distributed()
+    if cfg.logging.push_to_hub:  # a run that pushes when it ends learns of a missing token now
+        check_can_push(cfg.logging.push_to_hub, "logging.push_to_hub")
     paths.makedirs(cfg.run_dir)
     check_shared_run_dir(cfg.run_dir)  # before anything is written there
     mesh = sharding.make_mesh(cfg.mesh)
     data_dir = prepare_builtin_data(cfg)
-    loaded = load_model(
-        cfg.model, jax.random.key(cfg.seed), vocab_size=VOCAB_SIZE if cfg.model.preset else None
-    )
+    section = hub_revisions.pinned_model(cfg.run_dir, cfg.model)
+    loaded = load_model(section, jax.random.key(cfg.seed), vocab_size=VOCAB_SIZE if section.preset else None)
+    hub_revisions.record(cfg.run_dir, section, loaded)
     tokenizer, tokenizer_dir = tokenizer_for(loaded, cfg.run_dir)
     shapes = jax.eval_shape(lambda p: p, loaded.params)
     param_shardings = sharding.tree_shardings(decoder.logical_axes(loaded.cfg), shapes, mesh)
     frozen_base = None
     if cfg.model.lora is not None:
-        loaded.meta = {**loaded.meta, "lora": lora_meta(cfg.model, cfg.seed)}
-        frozen_base = frozen_lora_base(cfg.model, loaded, param_shardings, mesh)
+        loaded.meta = {**loaded.meta, "lora": lora_meta(section, cfg.seed, loaded)}
+        frozen_base = frozen_lora_base(section, loaded, param_shardings, mesh)
     return RunSetup(
         cfg,
         mesh,
@@ -118,6 +124,7 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
         tokenizer_pad_id(tokenizer),
         frozen_base,
         cfg.model.lora is None or cfg.model.lora.from_peft is None,
+        section,
     )
 
 
@@ -136,16 +143,19 @@ def frozen_lora_base(section, loaded: LoadedModel, param_shardings, mesh):
     )
 
 
-def lora_meta(section, seed: int) -> dict[str, Any]:
+def lora_meta(section, seed: int, loaded: LoadedModel) -> dict[str, Any]:
     """What a LoRA checkpoint records instead of the base weights: the adapter settings in
-    PEFT's terms and the base model it adapts (path and a fingerprint of its files, or for
-    a randomly initialised preset what rebuilds it: name, overrides and seed)."""
-    from alignjax.fileio import files_identity
+    PEFT's terms and the base model it adapts (its name, the Hub commit when it is a Hub
+    name, and a fingerprint of its files; or for a randomly initialised preset what rebuilds
+    it: name, overrides and seed)."""
+    from alignjax.core.fileio import files_identity
 
     lora = section.lora
     preset = None
     if section.preset is not None:
         preset = {"name": section.preset, "overrides": dict(section.preset_overrides), "seed": seed}
+    # A Hub model by its repository id, which PEFT's adapter_config.json names too.
+    base = loaded.hub.repo_id if loaded.hub is not None else section.hf_path
     return {
         "base_preset": preset,
         "r": lora.rank,
@@ -154,6 +164,7 @@ def lora_meta(section, seed: int) -> dict[str, Any]:
         "lora_dropout": lora.dropout,
         "quantize_base": lora.quantize_base,
         "target_modules": list(lora.targets),
-        "base_model_name_or_path": section.hf_path or f"preset:{section.preset}",
-        "base_fingerprint": files_identity(section.hf_path) if section.hf_path else None,
+        "base_model_name_or_path": base or f"preset:{section.preset}",
+        "base_revision": loaded.hub.commit if loaded.hub is not None else None,
+        "base_fingerprint": files_identity(loaded.tokenizer_dir) if section.hf_path else None,
     }

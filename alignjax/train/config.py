@@ -11,23 +11,35 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from alignjax import configlib, paths
 from alignjax.convert.loading import ModelSection
+from alignjax.core import configlib, paths
+from alignjax.core.sharding import MeshSection
 from alignjax.data.config import DataConfig, SourceConfig
-from alignjax.sharding import MeshSection
+from alignjax.losses.dpo_combined import DPOOptions
 from alignjax.train import methods
 from alignjax.train.optim import OptimSection
 from alignjax.train.recipe_checks import check_stage_data
 
+# DataConfig fields that a method sets from its own section (`Method.data_options`), so
+# not `data:` keys: what to write instead of each.
+METHOD_DATA_KEYS = {
+    "n_user_tokens": "loss.pdpo.n_user_tokens",
+    "token_weights": "loss.sparsepo.weights: given (the data's token weights then ride in every batch)",
+    "cut_positive_score": "loss.cut.positive_score",
+    "margin_field": "loss.reward.margin_field",
+}
+_NOT_DATA_KEYS = ("sources", "batch_size", *METHOD_DATA_KEYS)
+
 
 def _data_section_fields():
-    """`data:` takes every DataConfig key, with `train`/`eval` in place of `sources`."""
+    """`data:` takes DataConfig's keys, with `train`/`eval` in place of `sources`, and
+    without those its method sets."""
     import typing
 
     hints = typing.get_type_hints(DataConfig)
     fields = []
     for f in dataclasses.fields(DataConfig):
-        if f.name in ("sources", "batch_size"):
+        if f.name in _NOT_DATA_KEYS:
             continue
         default = (
             dataclasses.field(default_factory=f.default_factory)
@@ -88,42 +100,42 @@ def resolve_builtin_paths(path_or_list, data_dir: str | None):
     return one(path_or_list)
 
 
-def data_config(section, sources: list[SourceConfig], batch_size: int, **changes) -> DataConfig:
+def data_config(
+    stage_cfg: TrainConfig, sources: list[SourceConfig], batch_size: int, **changes
+) -> DataConfig:
+    """A stage's DataConfig: its `data:` keys, and what its method's records need."""
     values = {
-        f.name: getattr(section, f.name)
+        f.name: getattr(stage_cfg.data, f.name)
         for f in dataclasses.fields(DataConfig)
-        if f.name not in ("sources", "batch_size")
+        if f.name not in _NOT_DATA_KEYS
     }
     values["templates"] = configlib.to_dict(values["templates"])
+    values.update(methods.method_for(stage_cfg.loss).data_options(stage_cfg.loss))
     values.update(changes)
     return DataConfig(sources=sources, batch_size=batch_size, **values)
 
 
+def _check_moved_keys(tree: dict[str, Any]) -> None:
+    """A method's data key given under `data:` names the key to write instead, before the
+    generic unknown-key error (and before any model or data is read)."""
+    data = tree.get("data")
+    for key, new in METHOD_DATA_KEYS.items():
+        if isinstance(data, dict) and key in data:
+            raise configlib.ConfigError(f"data.{key} moved: write {new}")
+
+
 @dataclasses.dataclass(frozen=True)
-class LossSection:
+class LossSection(DPOOptions):
     """`type` names the objective: any DPO-family name (or a list summed with `weights`),
     `sft`, `sparsepo` / `tdpo`, `pdpo`, `cut`, `mo_odpo`: whatever a registered method
-    accepts. Keys use TRL's names where TRL has them. Each method's own keys live in its
-    section (`loss.sparsepo`, `loss.pdpo`, `loss.cut`, `loss.mo_odpo`, ...), declared and
-    validated by the method (`alignjax.train.methods`).
+    accepts. Keys use TRL's names where TRL has them: the DPO family's options are
+    `DPOOptions` (`beta`, `label_smoothing`, ...), keys of this section. Each method's own
+    keys live in its section (`loss.sparsepo`, `loss.pdpo`, `loss.cut`, `loss.mo_odpo`,
+    ...), declared and validated by the method (`alignjax.train.methods`).
     """
 
     type: Any = "sigmoid"
     weights: list[float] | None = None
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    discopop_tau: float = 0.05
-    simpo_beta: float = 2.0
-    simpo_gamma: float = 0.5
-    orpo_lambda: float = 0.1
-    # TRL's DPOConfig options of the DPO family (`alignjax/losses/dpo.py`): f-DPO's
-    # regulariser, LD-DPO's tail weight (null: off), WPO's pair weights, a reference that
-    # gives every response log-prob 0 (older TRL's `reference_free`).
-    f_divergence_type: str = "reverse_kl"
-    f_alpha_divergence_coef: float = 0.5
-    ld_alpha: float | None = None
-    use_weighting: bool = False
-    reference_free: bool = False
     # TR-DPO: every `ref_model_sync_steps` steps of a stage, the reference becomes
     # alpha * policy + (1 - alpha) * reference (checkpointed with the run as it moves).
     sync_ref_model: bool = False
@@ -202,6 +214,12 @@ class LoggingSection:
     tensorboard: bool = True
     wandb: dict[str, Any] | None = None
     progress_bar: bool = True
+    # ORG/NAME: when training ends, the last checkpoint is exported and pushed to this Hub
+    # repository with a model card (created `push_private` if missing; on branch
+    # `push_revision`, default the repository's default branch).
+    push_to_hub: str | None = None
+    push_private: bool = False
+    push_revision: str | None = None
 
 
 @dataclasses.dataclass
@@ -232,6 +250,7 @@ def load_config(path: str, overrides: list[str] = ()) -> TrainConfig:
     for override in overrides:
         configlib.apply_override(tree, override)
     try:
+        _check_moved_keys(tree)
         cfg = configlib.from_dict(TrainConfig, tree)
         stages(cfg, tree)  # validate every stage up front, not when it starts
     except (configlib.ConfigError, ValueError) as e:
@@ -267,6 +286,7 @@ def stages(cfg: TrainConfig, tree: dict[str, Any] | None = None) -> list[Stage]:
         for key, value in stage.items():
             configlib.apply_override(stage_tree, f"{key}={_yaml_scalar(value)}")
         try:
+            _check_moved_keys(stage_tree)
             stage_cfg = configlib.from_dict(TrainConfig, stage_tree)
         except configlib.ConfigError as e:
             raise configlib.ConfigError(f"stages[{i}] ({name}): {e}") from None

@@ -1,4 +1,4 @@
-"""The data check before step 1 (`data.check`), and `alignjax data check CONFIG [key=value ...]`.
+"""The data check before step 1 (`data.check`); `alignjax data check` runs it on its own.
 
 Each data set a stage reads (its training stream and its eval sets) goes through
 `alignjax.data.check` once per fingerprint: the data (file contents, tokenizer, every
@@ -19,25 +19,23 @@ are logged before step 1.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import sys
 
 import jax
 
-from alignjax import paths
-from alignjax.data.check import SUMMARY_VERSION, CheckSummary, check_data
+from alignjax.core import paths
+from alignjax.data.check import check_data
+from alignjax.data.check_summary import SUMMARY_VERSION, CheckSummary
 from alignjax.data.config import DataConfig
 from alignjax.data.records import DataError
-from alignjax.errors import run_command
-from alignjax.fileio import atomic_write_json
-from alignjax.train.bootstrap import RunSetup, prepare_builtin_data
-from alignjax.train.config import Stage, TrainConfig, stages
-from alignjax.train.datasets import StageData, eval_label, stage_data
+from alignjax.core.fileio import atomic_write_json
+from alignjax.train.bootstrap import RunSetup
+from alignjax.train.config import Stage, TrainConfig
+from alignjax.train.datasets import StageData, eval_label
 from alignjax.train.fingerprints import data_identity
 from alignjax.train.methods import method_for
 
@@ -173,70 +171,3 @@ def check_stage_data(run: RunSetup, stage: Stage, data: StageData) -> None:
                 summary.efficiency_of,
                 100 * summary.efficiency,
             )
-
-
-def _tokenizer(cfg: TrainConfig):
-    """The tokenizer training uses (`bootstrap.tokenizer_for`), without loading the model."""
-    if cfg.model.hf_path is not None:
-        from alignjax.data.load_tokenizer import load_tokenizer
-
-        return load_tokenizer(cfg.model.hf_path)  # a local directory or a bucket URL
-    from alignjax.data.byte_tokenizer import make_byte_tokenizer
-
-    return make_byte_tokenizer()
-
-
-def _check(args: argparse.Namespace) -> int:
-    from alignjax.train.config import load_config
-
-    # force: importing Orbax lets absl configure logging first, which would hide INFO lines.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
-    cfg = load_config(args.config, args.overrides)
-    all_stages = stages(cfg)
-    names = [s.name for s in all_stages]
-    if args.stage is not None and args.stage not in names:
-        raise ValueError(f"--stage {args.stage}: the config's stages are {names}")
-    data_dir = prepare_builtin_data(cfg)
-    tokenizer = _tokenizer(cfg)
-    stops = []
-    for index, stage in enumerate(all_stages):
-        if args.stage is not None and stage.name != args.stage:
-            continue
-        data = stage_data(stage, index, data_dir, cfg.run_dir)
-        for label, dcfg in checked_sets(stage, data):
-            summary, path, cached = cached_check(
-                cfg.run_dir,
-                stage.name,
-                label,
-                dcfg,
-                tokenizer,
-                workers=data.train.worker_count,
-                per_host_batch_size=dcfg.batch_size // jax.process_count(),
-                progress=True,
-            )
-            print("\n".join(summary.report(f"stage {stage.name} {label}", dcfg)))
-            print(f"  summary: {path}{' (cached)' if cached else ''}")
-            if summary.stops_run(dcfg.on_bad_record):
-                stops.append(f"stage {stage.name} {label}")
-    if stops:
-        print(f"data.on_bad_record: error would stop training: bad records in {', '.join(stops)}")
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="alignjax data",
-        description="Read every record of each stage's data as training would, and summarise it: "
-        "records per source, bad records by reason, lengths, truncation, batch efficiency. "
-        "Exits 1 when data.on_bad_record: error would stop training.",
-    )
-    parser.add_argument("action", choices=["check"])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="the same overrides as for train")
-    parser.add_argument("--stage", help="check this stage's data only (default: every stage's)")
-    return run_command("data check", _check, parser.parse_intermixed_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

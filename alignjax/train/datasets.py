@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.data.config import DataConfig
 from alignjax.train.config import Stage, TrainConfig, data_config, resolve_builtin_paths, sources_from
 
@@ -30,7 +30,7 @@ def _eval_paths(stage_cfg: TrainConfig, data_dir: str | None) -> dict[str, Any]:
     value = stage_cfg.data.eval
     if value is None:
         return {}
-    if isinstance(value, dict) and "path" not in value:
+    if isinstance(value, dict) and not {"path", "hub"} & set(value):  # named sets, not one source
         return {name: resolve_builtin_paths(v, data_dir) for name, v in value.items()}
     return {"eval": resolve_builtin_paths(value, data_dir)}
 
@@ -52,7 +52,7 @@ def stage_data(stage: Stage, stage_index: int, data_dir: str | None, run_dir: st
         )
     micro = micro_batch_size(scfg)
     train_sources = sources_from(resolve_builtin_paths(scfg.data.train, data_dir), "data.train")
-    train = data_config(scfg.data, train_sources, micro, seed=scfg.data.seed + stage_index, num_epochs=None)
+    train = data_config(scfg, train_sources, micro, seed=scfg.data.seed + stage_index, num_epochs=None)
     if train.n_user_tokens > 0 and train.user_vocab_path is None:
         # Saved with the run, so eval and generation map user ids exactly as training did.
         train = dataclasses.replace(train, user_vocab_path=paths.join(run_dir, "user_vocab.json"))
@@ -60,9 +60,7 @@ def stage_data(stage: Stage, stage_index: int, data_dir: str | None, run_dir: st
         name: sources_from(paths, eval_label(name)) for name, paths in _eval_paths(scfg, data_dir).items()
     }
     evals = {
-        name: data_config(
-            scfg.data, sources, scfg.train.batch_size, shuffle=False, num_epochs=1, worker_count=0
-        )
+        name: data_config(scfg, sources, scfg.train.batch_size, shuffle=False, num_epochs=1, worker_count=0)
         for name, sources in eval_sources.items()
     }
     once = [("data.train", train_sources)] + [(eval_label(n), s) for n, s in eval_sources.items()]
@@ -70,7 +68,7 @@ def stage_data(stage: Stage, stage_index: int, data_dir: str | None, run_dir: st
         (
             label,
             data_config(
-                scfg.data,
+                scfg,
                 [dataclasses.replace(s, weight=1.0) for s in sources],
                 micro,
                 shuffle=False,

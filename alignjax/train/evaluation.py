@@ -14,14 +14,14 @@ from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import Stage
 from alignjax.train.datasets import StageData, eval_label
 from alignjax.train.multihost import global_batch, to_host
+from alignjax.train.state import TrainState
 
 
-def evaluate(
-    run: RunSetup, stage: Stage, data: StageData, eval_fn, params, ref_params, loss_state, rng, tables=None
-):
+def evaluate(run: RunSetup, stage: Stage, data: StageData, eval_fn, state: TrainState, tables=None):
     """Per-set metrics over whole eval sets (per-pair values aggregated on the host).
 
-    `tables`: precomputed reference log-probs by set (`loss.reference: precomputed`).
+    `eval_fn`: the step's `(state, batch) -> (metrics, per_pair)`; `tables`: precomputed
+    reference log-probs by set (`loss.reference: precomputed`).
     """
     scfg = stage.config
     out, margins = {}, {}
@@ -35,9 +35,7 @@ def evaluate(
                 break
             if tables:
                 batch = tables[eval_label(name)].attach(batch)
-            metrics, pairs = eval_fn(
-                params, ref_params, global_batch(batch, run.mesh, run.pad_id), loss_state, rng
-            )
+            metrics, pairs = eval_fn(state, global_batch(batch, run.mesh, run.pad_id))
             for k, v in metrics.items():
                 if np.ndim(v) == 0:
                     sums[k] = sums.get(k, 0.0) + float(v)

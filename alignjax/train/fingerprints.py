@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alignjax import paths, sharding
+from alignjax.core import paths, sharding
 from alignjax.data.config import DataConfig
 from alignjax.data.sources import open_sources
-from alignjax.fileio import file_identity
+from alignjax.core.fileio import file_identity
 
 # data.* keys that change the tokens a record becomes. The others change batching or
 # order only, which the summed log-probs do not depend on beyond float rounding.

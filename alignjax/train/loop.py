@@ -11,6 +11,7 @@ continues exactly where the uninterrupted run would have been. SIGTERM saves and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -18,21 +19,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from alignjax import paths
-from alignjax.hardware import device_peak_flops
+from alignjax.core import paths
+from alignjax.core.hardware import device_peak_flops
 from alignjax.models.flops import step_flops
 from alignjax.models.parts import policy_decoder
 from alignjax.train import checkpoint as ckpt_lib
 from alignjax.train.bootstrap import RunSetup, bootstrap
 from alignjax.train.config import Stage, TrainConfig, stages
 from alignjax.train.evaluation import evaluate
+from alignjax.train.hub_export import push_finished_run
 from alignjax.train.log_record import PendingLog, resolve
 from alignjax.train.metrics import MetricsWriter, ProgressBar
 from alignjax.train.multihost import everywhere, gather_states, global_batch
 from alignjax.train.preemption import Preempted, Stopper
 from alignjax.train.reference_sync import syncs_after
-from alignjax.train.resume import restore
-from alignjax.train.stage import StageStart, loss_state_to_json, start_stage
+from alignjax.train.resume import initial_params, restore
+from alignjax.train.stage import StageRun, start_stage
+from alignjax.train.state import LoopState, TrainState, Window
 
 __all__ = ["Preempted", "run"]
 
@@ -45,137 +48,177 @@ def _write_run_config(cfg: TrainConfig) -> None:
         return
     import yaml
 
-    from alignjax import configlib
+    from alignjax.core import configlib
 
     tree = getattr(cfg, "_tree", None) or configlib.to_dict(cfg)
     with paths.open(paths.join(cfg.run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(tree, f, sort_keys=False)
 
 
-def _run_stage(run: RunSetup, env, stage: Stage, index: int, params, step: int, restored, stopper: Stopper):
+@dataclasses.dataclass(frozen=True)
+class _Running:
+    """A stage in progress: what its steps use on the host."""
+
+    run: RunSetup
+    writer: MetricsWriter
+    checkpointer: ckpt_lib.TrainCheckpointer
+    stage: Stage
+    started: StageRun
+    bar: ProgressBar
+    peak_flops: float | None  # per device; None where unknown (no MFU)
+
+
+def _run_stage(
+    run: RunSetup, env, stage: Stage, params, loop: LoopState, resumed: TrainState | None, stopper: Stopper
+) -> TrainState:
+    """Train `stage` from `loop`'s position: fresh from `params`, or from the `resumed` state."""
     writer, checkpointer = env
-    scfg = stage.config
     with jax.transfer_guard("allow"):  # start-up: data, reference, optimizer state onto the mesh
-        st = start_stage(run, checkpointer, stage, index, params, step, restored)
-    params, opt_state, loss_state, counters = st.params, st.opt_state, st.loss_state, st.counters
-    source, fns, tables, skipped = st.source, st.fns, st.tables, st.skipped
-    online = hasattr(source, "next_for")
+        started, state = start_stage(run, checkpointer, stage, loop, params, resumed)
     peak = device_peak_flops()
-
-    def checkpoint(at_step: int, skipped_now: int):
-        loop_state = {
-            "step": at_step,
-            "stage": stage.name,
-            "stage_index": index,
-            "data_state": gather_states(source.get_state()),
-            "loss_state": loss_state_to_json(loss_state),
-            "skipped_steps": skipped_now,
-        }
-        moving_ref = st.ref_params if st.sync_reference is not None else None  # TR-DPO: part of the state
-        checkpointer.save(
-            at_step, params, opt_state, loop_state, run.model_meta, run.tokenizer_dir, reference=moving_ref
-        )
-
     bar = ProgressBar(
         stage.last_step,
-        initial=step,
+        initial=loop.step,
         is_primary=jax.process_index() == 0,
         enabled=None if run.cfg.logging.progress_bar else False,
     )
-    pending: PendingLog | None = None
-
-    def flush():
-        """Write the pending logging step's record; its values are read once it has finished,
-        so tokens/s runs from the previous logged step's end to this one's."""
-        nonlocal pending, skipped, window_start
-        if pending is None:
-            return
-        record, skipped = resolve(pending, source.condition_vocab, source.user_vocab, skipped)
-        now = time.perf_counter()
-        elapsed = max(now - window_start, 1e-9)
-        record["tokens_per_sec"] = pending.tokens / elapsed
-        record["step_time_s"] = elapsed / max(pending.steps, 1)
-        record["model_flops_per_step"] = pending.flops / max(pending.steps, 1)
-        if peak is not None:  # models/flops.py: FLOPs of the padded batches, attention included
-            record["mfu"] = pending.flops / elapsed / (peak * jax.device_count())
-        writer.write(pending.step, record)
-        bar.update(pending.step, record)
-        pending, window_start = None, now
-
-    window_tokens, window_flops, window_start, window_first_step = 0, 0.0, time.perf_counter(), step
-    log.info("stage %s: steps %d..%d, loss %s", stage.name, stage.first_step, stage.last_step, scfg.loss.type)
+    running = _Running(run, writer, checkpointer, stage, started, bar, peak)
+    loop.pending, loop.window = None, Window(first_step=loop.step, start=time.perf_counter())
+    log.info(
+        "stage %s: steps %d..%d, loss %s",
+        stage.name,
+        stage.first_step,
+        stage.last_step,
+        stage.config.loss.type,
+    )
     try:
-        while step < stage.last_step:
-            acc, metrics = None, {}
-            for micro in range(scfg.train.grad_accum):
-                if online:  # sampling from the current policy reads its samples back: a sync by nature
-                    with jax.transfer_guard("allow"):
-                        local = source.next_for(
-                            policy_decoder(params, st.ref_params), step * scfg.train.grad_accum + micro
-                        )
-                    if not everywhere(local is not None):
-                        continue  # an online source found nothing to learn from (all samples tied)
-                else:
-                    local = next(source)
-                window_tokens += int(np.sum(local.segment_ids_BxL > 0)) * jax.process_count()
-                rows, length = local.tokens_BxL.shape
-                window_flops += step_flops(
-                    run.model_cfg, rows * jax.process_count(), length, st.ref_params is not None
-                ).total
-                if tables:
-                    local = tables["data.train"].attach(local)
-                batch = global_batch(local, run.mesh, run.pad_id)
-                args = (params, st.ref_params, batch, loss_state, st.base_rng, counters, st.micro_ids[micro])
-                if acc is None:
-                    acc, loss_state = fns.first(*args)
-                else:
-                    acc, loss_state = fns.accumulate(acc, *args)
-            if acc is None:  # nothing to learn from in this step: no update, counted as skipped
-                counters = fns.skip(counters)
-            else:
-                params, opt_state, counters, metrics = fns.apply(params, opt_state, acc, counters)
-            flush()  # the previous logging step's values, now that this step is dispatched
-            step += 1
-            if st.sync_reference is not None and syncs_after(scfg.loss, stage.first_step, step):
-                # TR-DPO, after the update as TRL's callback: the next steps, this step's eval
-                # and checkpoint see the moved reference. Dispatched only: no wait.
-                st.ref_params = st.sync_reference(st.ref_params, policy_decoder(params, st.ref_params))
-            at_end = step == stage.last_step
-            if step % scfg.train.log_every == 0 or at_end:
-                with jax.transfer_guard("allow"):  # the schedule is a jnp function of the step
-                    lr = float(st.plan.lr_at(step - stage.first_step - 1))
-                host = {"lr": lr, "stage": index, **source.metrics()}
-                pending = PendingLog(
-                    step, metrics, counters, host, window_tokens, step - window_first_step, window_flops
-                )
-                window_tokens, window_flops, window_first_step = 0, 0.0, step
-            evaluating = scfg.train.eval_every and step % scfg.train.eval_every == 0 or at_end
-            stop = stopper.should_stop(step)
-            saving = step % scfg.train.save_every == 0 or at_end or stop
-            if evaluating or saving:  # host work by nature: the transfers are intended
-                with jax.transfer_guard("allow"):
-                    flush()
-                    if evaluating:
-                        _evaluate(run, writer, stage, st, params, loss_state, step)
-                    if saving:
-                        checkpoint(step, int(jax.device_get(counters["skipped"])))
-            if stop:
-                checkpointer.wait()
-                raise Preempted(step)
-        flush()
+        while loop.step < stage.last_step:
+            state = _step(running, state, loop, stopper)
+        _flush(running, loop)
     finally:
         bar.close()
-        source.close()
-    return params, step
+        started.source.close()
+    return state
 
 
-def _evaluate(run: RunSetup, writer, stage: Stage, st: StageStart, params, loss_state, step: int):
-    eval_fn = st.fns.eval
-    metrics = evaluate(
-        run, stage, st.data, eval_fn, params, st.ref_params, loss_state, st.base_rng, st.tables
+def _step(running: _Running, state: TrainState, loop: LoopState, stopper: Stopper) -> TrainState:
+    """One step and what follows it: logging, evaluation, a checkpoint; Preempted on SIGTERM."""
+    stage, train = running.stage, running.stage.config.train
+    acc, state = _micro_batches(running, state, loop)
+    metrics = {}
+    if acc is None:  # nothing to learn from in this step: no update, counted as skipped
+        state = running.started.fns.skip(state)
+    else:
+        state, metrics = running.started.fns.apply(state, acc)
+    _flush(running, loop)  # the previous logging step's values, now that this step is dispatched
+    loop.step += 1
+    state = _sync_reference(running, state, loop.step)
+    at_end = loop.step == stage.last_step
+    if loop.step % train.log_every == 0 or at_end:
+        _hold_log(running, state, loop, metrics)
+    evaluating = train.eval_every and loop.step % train.eval_every == 0 or at_end
+    stop = stopper.should_stop(loop.step)
+    saving = loop.step % train.save_every == 0 or at_end or stop
+    if evaluating or saving:  # host work by nature: the transfers are intended
+        with jax.transfer_guard("allow"):
+            _flush(running, loop)
+            if evaluating:
+                _evaluate(running, state, loop.step)
+            if saving:
+                _checkpoint(running, state, loop)
+    if stop:
+        running.checkpointer.wait()
+        raise Preempted(loop.step)
+    return state
+
+
+def _micro_batches(running: _Running, state: TrainState, loop: LoopState):
+    """(summed gradients and metrics, state) of one step's micro-batches; None when none of
+    them had anything to learn from."""
+    run, started = running.run, running.started
+    grad_accum = running.stage.config.train.grad_accum
+    acc = None
+    for micro in range(grad_accum):
+        local = _next_batch(started.source, state, loop.step * grad_accum + micro)
+        if local is None:
+            continue  # an online source found nothing to learn from (all samples tied)
+        _count(run, loop.window, local, with_reference=state.reference is not None)
+        if started.tables:
+            local = started.tables["data.train"].attach(local)
+        batch = global_batch(local, run.mesh, run.pad_id)
+        if acc is None:
+            acc, state = started.fns.first(state, batch, started.micro_ids[micro])
+        else:
+            acc, state = started.fns.accumulate(acc, state, batch, started.micro_ids[micro])
+    return acc, state
+
+
+def _next_batch(source, state: TrainState, index: int):
+    """The next local batch; None where an online source found nothing to learn from."""
+    if not hasattr(source, "next_for"):
+        return next(source)
+    with jax.transfer_guard("allow"):  # sampling from the current policy reads its samples back
+        local = source.next_for(policy_decoder(state.params, state.reference), index)
+    return local if everywhere(local is not None) else None
+
+
+def _count(run: RunSetup, window: Window, local, with_reference: bool) -> None:
+    """Add a local batch's tokens and model FLOPs (over every process) to the window."""
+    window.tokens += int(np.sum(local.segment_ids_BxL > 0)) * jax.process_count()
+    rows, length = local.tokens_BxL.shape
+    window.flops += step_flops(run.model_cfg, rows * jax.process_count(), length, with_reference).total
+
+
+def _sync_reference(running: _Running, state: TrainState, step: int) -> TrainState:
+    """TR-DPO, after the update as TRL's callback: the next steps, this step's eval and
+    checkpoint see the moved reference. Dispatched only: no wait."""
+    sync, stage = running.started.sync_reference, running.stage
+    if sync is None or not syncs_after(stage.config.loss, stage.first_step, step):
+        return state
+    return state.replace(reference=sync(state.reference, policy_decoder(state.params, state.reference)))
+
+
+def _hold_log(running: _Running, state: TrainState, loop: LoopState, metrics) -> None:
+    """Keep this logging step's values on the device until the next step is dispatched."""
+    stage, window = running.stage, loop.window
+    with jax.transfer_guard("allow"):  # the schedule is a jnp function of the step
+        lr = float(running.started.plan.lr_at(loop.step - stage.first_step - 1))
+    host = {"lr": lr, "stage": loop.stage_index, **running.started.source.metrics()}
+    loop.pending = PendingLog(
+        loop.step, metrics, state.counters, host, window.tokens, loop.step - window.first_step, window.flops
     )
+    loop.window = Window(first_step=loop.step, start=window.start)
+
+
+def _flush(running: _Running, loop: LoopState) -> None:
+    """Write the pending logging step's record; its values are read once it has finished,
+    so tokens/s runs from the previous logged step's end to this one's."""
+    pending, source = loop.pending, running.started.source
+    if pending is None:
+        return
+    record, loop.skipped = resolve(pending, source.condition_vocab, source.user_vocab, loop.skipped)
+    now = time.perf_counter()
+    elapsed = max(now - loop.window.start, 1e-9)
+    record["tokens_per_sec"] = pending.tokens / elapsed
+    record["step_time_s"] = elapsed / max(pending.steps, 1)
+    record["model_flops_per_step"] = pending.flops / max(pending.steps, 1)
+    if running.peak_flops is not None:  # models/flops.py: FLOPs of the padded batches, attention included
+        record["mfu"] = pending.flops / elapsed / (running.peak_flops * jax.device_count())
+    running.writer.write(pending.step, record)
+    running.bar.update(pending.step, record)
+    loop.pending, loop.window.start = None, now
+
+
+def _checkpoint(running: _Running, state: TrainState, loop: LoopState) -> None:
+    loop.data_state = gather_states(running.started.source.get_state())
+    running.checkpointer.save(state, loop, reference_moves=running.started.sync_reference is not None)
+
+
+def _evaluate(running: _Running, state: TrainState, step: int) -> None:
+    started = running.started
+    metrics = evaluate(running.run, running.stage, started.data, started.fns.eval, state, started.tables)
     if metrics:
-        writer.write(step, metrics, prefix="eval/")
+        running.writer.write(step, metrics, prefix="eval/")
         log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
 
@@ -192,31 +235,42 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         is_primary=jax.process_index() == 0,
     )
     checkpointer = ckpt_lib.TrainCheckpointer(
-        cfg.run_dir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing
+        cfg.run_dir,
+        setup.model_meta,
+        tokenizer_dir=setup.tokenizer_dir,
+        keep=cfg.train.keep_checkpoints,
+        async_save=cfg.train.async_checkpointing,
     )
     stopper = Stopper(cfg.train.signal_check_every)
     try:
-        with jax.transfer_guard("allow"):
-            step, params, restored = restore(setup, checkpointer, all_stages)
-        if step:
-            writer.truncate_after(step)
-            log.info("resumed from %s at step %d", checkpointer.root, step)
-        for index, stage in enumerate(all_stages):
-            if step >= stage.last_step:
-                continue
-            inside = (
-                restored
-                if restored and restored["loop"]["stage_index"] == index and step > stage.first_step
-                else None
-            )
-            # The mesh in context: kernels XLA cannot partition (splash) run once per shard of it.
-            with jax.set_mesh(setup.mesh):
-                params, step = _run_stage(
-                    setup, (writer, checkpointer), stage, index, params, step, inside, stopper
-                )
-            restored = None
+        step = _run_stages(setup, (writer, checkpointer), all_stages, stopper)
     finally:
         stopper.restore()
         checkpointer.close()
         writer.close()
+    push_finished_run(cfg)
     return {"step": step}
+
+
+def _run_stages(setup: RunSetup, env, all_stages: list[Stage], stopper: Stopper) -> int:
+    """Every stage not finished yet, resuming inside the one a checkpoint stopped in; the final step."""
+    writer, checkpointer = env
+    with jax.transfer_guard("allow"):
+        resumed = restore(setup, checkpointer, all_stages)
+        params = resumed[0].params if resumed else initial_params(setup)
+    step = resumed[1].step if resumed else 0
+    if step:
+        writer.truncate_after(step)
+        log.info("resumed from %s at step %d", checkpointer.root, step)
+    for index, stage in enumerate(all_stages):
+        if step >= stage.last_step:
+            continue
+        if resumed and resumed[1].stage_index == index and step > stage.first_step:
+            state, loop = resumed
+        else:
+            state, loop = None, LoopState(step=step, stage_index=index, stage_name=stage.name)
+        # The mesh in context: kernels XLA cannot partition (splash) run once per shard of it.
+        with jax.set_mesh(setup.mesh):
+            state = _run_stage(setup, env, stage, params, loop, state, stopper)
+        params, step, resumed = state.params, loop.step, None
+    return step

@@ -28,9 +28,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from alignjax import paths
-from alignjax.errors import MissingDependencyError
-from alignjax.fileio import atomic_write_text
+from alignjax.core import paths
+from alignjax.core.errors import MissingDependencyError
+from alignjax.core.fileio import atomic_write_text
 
 log = logging.getLogger("alignjax.train")
 

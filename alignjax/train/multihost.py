@@ -15,7 +15,7 @@ import json
 import jax
 import numpy as np
 
-from alignjax import sharding
+from alignjax.core import sharding
 
 
 def primary_decides(flag: bool) -> bool:

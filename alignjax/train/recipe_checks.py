@@ -27,7 +27,7 @@ def _builtin_paths(value: Any) -> list[str]:
 def _eval_names(value: Any) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, dict) and "path" not in value:
+    if isinstance(value, dict) and not {"path", "hub"} & set(value):  # named sets, not one source
         return list(value)
     return ["eval"]
 

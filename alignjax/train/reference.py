@@ -14,8 +14,8 @@ import json
 import jax
 import jax.numpy as jnp
 
-from alignjax import paths
-from alignjax.fileio import atomic_write_json
+from alignjax.core import paths
+from alignjax.core.fileio import atomic_write_json
 from alignjax.models.lora import Adapted
 from alignjax.train import checkpoint as ckpt_lib
 from alignjax.train.bootstrap import RunSetup

@@ -36,10 +36,9 @@ def syncs_after(loss, first_step: int, step: int) -> bool:
     return (step - first_step) % loss.ref_model_sync_steps == 0
 
 
-def restore_synced_reference(run, checkpointer, restored, decoder_params):
-    """The moving reference saved with the checkpoint a stage resumes from, placed as the
-    frozen one would be (`model.reference_dtype`, the run's parameter shardings)."""
+def moving_reference_like(run):
+    """What a checkpoint restores a moving reference onto: the frozen one's shapes and
+    placement (`model.reference_dtype`, the run's parameter shardings)."""
     dtype = jnp.dtype(run.cfg.model.effective_reference_dtype)
-    shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), decoder_params)
-    step = restored["loop"]["step"]
-    return checkpointer.restore_reference_item(step, abstract_arrays(shapes, run.param_shardings))
+    shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), run.loaded.params)
+    return abstract_arrays(shapes, run.param_shardings)

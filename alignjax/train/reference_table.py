@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.data.records import split_record_key
-from alignjax.fileio import atomic_open, atomic_write_json
+from alignjax.core.fileio import atomic_open, atomic_write_json
 from alignjax.train.fingerprints import differences, fingerprint
 
 TABLE_DIR = "reference_logps"

@@ -19,8 +19,8 @@ import time
 import jax
 import numpy as np
 
-from alignjax import paths
-from alignjax.fileio import atomic_write_text
+from alignjax.core import paths
+from alignjax.core.fileio import atomic_write_text
 from alignjax.train.multihost import gather_json
 
 MARKER = ".alignjax-shared-check"

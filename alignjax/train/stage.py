@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import optax
 
-from alignjax import paths, sharding
+from alignjax.core import paths, sharding
+from alignjax.core.fileio import atomic_write_json
 from alignjax.data.pipeline import make_pipeline
-from alignjax.fileio import atomic_write_json
 from alignjax.models import decoder
 from alignjax.models.parts import DECODER, LORA
 from alignjax.train.bootstrap import RunSetup
@@ -26,8 +26,9 @@ from alignjax.train.data_check import check_stage_data
 from alignjax.train.datasets import StageData, model_for_rows, stage_data
 from alignjax.train.methods import Method, Objective, method_for
 from alignjax.train.optim import make_optimizer, schedule
-from alignjax.train.reference import frozen_reference, lora_reference, reference_tables
-from alignjax.train.reference_sync import reference_sync, restore_synced_reference
+from alignjax.train.reference import frozen_reference, lora_reference, reference_tables, uses_table
+from alignjax.train.reference_sync import reference_sync
+from alignjax.train.state import LoopState, TrainState
 from alignjax.train.step import StepFns, init_counters, make_step_fns
 
 
@@ -134,98 +135,103 @@ def open_train_source(run: RunSetup, stage: Stage, stage_index: int, data: Stage
     return make_pipeline(data.train, run.tokenizer)
 
 
-def loss_state_to_json(state) -> Any:
-    return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(state))
+def reference_moves(run: RunSetup, stage: Stage, objective: Objective) -> bool:
+    """Whether the stage's reference moves as it trains (TR-DPO: `loss.sync_ref_model`), which
+    makes it training state. A LoRA reference (the frozen base) and precomputed tables do not."""
+    loss = stage.config.loss
+    return bool(
+        loss.sync_ref_model
+        and objective.needs_reference
+        and not uses_table(loss)
+        and not run.model_cfg.lora_rank
+    )
 
 
-def _loss_state_from_json(data, template):
-    leaves = jax.tree.leaves(data)
-    return jax.tree.unflatten(jax.tree.structure(template), [np.asarray(v) for v in leaves])
+def stage_rng(run: RunSetup, index: int) -> jax.Array:
+    """The stage's key: a function of the seed and the stage, so a resume need not save it."""
+    return jax.random.fold_in(jax.random.key(run.cfg.seed), index)
 
 
 @dataclasses.dataclass
-class StageStart:
-    """A started stage: its source open, its state on the mesh, its step compiled lazily."""
+class StageRun:
+    """A started stage: what its steps use besides the state; its step compiled lazily."""
 
     data: StageData
     plan: StagePlan
     source: Any
     tables: dict | None
-    ref_params: Any
-    params: Any
-    opt_state: Any
-    loss_state: Any
-    counters: dict[str, jax.Array]
-    skipped: int
     fns: StepFns
-    base_rng: jax.Array
     micro_ids: list[jax.Array]  # micro-batch indices, on the device once (the RNG folds them in)
-    # TR-DPO (`loss.sync_ref_model`): (reference, policy decoder) -> moved reference; None: frozen.
+    # TR-DPO: the jitted (reference, policy decoder) -> moved reference; None: frozen.
     sync_reference: Any = None
 
 
+def _fresh_state(run: RunSetup, plan: StagePlan, index: int, params, step: int, reference) -> TrainState:
+    """A stage's state at its start: the trained parameters carried in, a new optimizer."""
+    rng = stage_rng(run, index)
+    objective = plan.objective
+    decoder_params = run.frozen_base if run.model_cfg.lora_rank else params[DECODER]
+    extra_rng = jax.random.fold_in(rng, 2**31 - 1)
+    # Parts a previous stage trained carry over when this method has them too.
+    parts = {k: params.get(k, v) for k, v in objective.init_parts(extra_rng, decoder_params).items()}
+    trained = {LORA: params[LORA]} if run.model_cfg.lora_rank else {DECODER: decoder_params}
+    params = jax.device_put({**trained, **parts}, plan.param_shardings)
+    return TrainState(
+        params=params,
+        opt_state=jax.jit(plan.tx.init, out_shardings=plan.opt_shardings)(params),
+        reference=reference,
+        method_state=jax.device_put(objective.init_state(), sharding.replicated(run.mesh)),
+        counters=init_counters(step, 0, run.mesh),
+        rng=rng,
+    )
+
+
+def _lora_reference(run: RunSetup, checkpointer, stage: Stage, index: int, params, resuming: bool):
+    """A LoRA stage's reference (the frozen base, with the adapters the stage started from);
+    None for a full fine-tuning run."""
+    if not run.model_cfg.lora_rank:
+        return None
+    # Fresh adapters (the run's first stage, no from_peft) change nothing, so the reference
+    # is then the base with adapters off.
+    fresh = run.fresh_adapters and index == 0
+    layout = adapter_layout(run.model_cfg, run.mesh)
+    return lora_reference(run, checkpointer, stage, None if fresh else params[LORA], layout, resuming)
+
+
 def start_stage(
-    run: RunSetup, checkpointer, stage: Stage, index: int, params, step: int, restored
-) -> StageStart:
-    """Data, reference, objective and state of a stage, fresh or as `restored` saved them."""
-    resuming = restored is not None
-    lora_run = bool(run.model_cfg.lora_rank)
-    lora_ref = None
-    if lora_run:
-        # The stage's starting adapters are its reference; fresh ones (the run's first stage,
-        # no from_peft) change nothing, so the reference is the base with adapters off.
-        fresh = run.fresh_adapters and index == 0
-        layout = adapter_layout(run.model_cfg, run.mesh)
-        lora_ref = lora_reference(run, checkpointer, stage, None if fresh else params[LORA], layout, resuming)
-        decoder_params = run.frozen_base
-    else:
-        decoder_params = params[DECODER]
+    run: RunSetup, checkpointer, stage: Stage, loop: LoopState, params, resumed: TrainState | None
+) -> tuple[StageRun, TrainState]:
+    """Data, reference, objective and state of a stage at `loop`'s position: fresh from
+    `params`, or `resumed` from a checkpoint (its data source then resumes from `loop`)."""
+    resuming, index, lora_run = resumed is not None, loop.stage_index, bool(run.model_cfg.lora_rank)
+    lora_ref = _lora_reference(run, checkpointer, stage, index, params, resuming)
     data = stage_data(stage, index, run.data_dir, run.cfg.run_dir)
     # Before the data pipeline starts: a missing table is the error a user meets first.
-    tables = reference_tables(run, stage, data, lora_ref if lora_run else decoder_params, resuming)
+    tables = reference_tables(run, stage, data, lora_ref if lora_run else params[DECODER], resuming)
     # Then every record once (cached), so a bad one stops the run now, not when the stream reaches it.
     check_stage_data(run, stage, data)
     source = open_train_source(run, stage, index, data)
     plan = plan_stage_of(run, stage, stage_sizes(run, stage, data, source))
-    objective = plan.objective
-    base_rng = jax.random.fold_in(jax.random.key(run.cfg.seed), index)
-    ref_params = lora_ref  # a LoRA policy needs its base even when the loss needs no reference
-    sync_reference = None
-    if objective.needs_reference and tables is None and not lora_run:
-        sync_reference = reference_sync(stage.config.loss, run.param_shardings)
-        if resuming and sync_reference is not None:  # it has moved since the stage started
-            ref_params = restore_synced_reference(run, checkpointer, restored, decoder_params)
-        else:
-            ref_params = frozen_reference(run, checkpointer, stage, decoder_params, resuming)
+    moves = reference_moves(run, stage, plan.objective)
+    reference = lora_ref  # a LoRA policy needs its base even when the loss needs no reference
+    if resuming and moves:  # it has moved since the stage started: the checkpoint carries it
+        reference = resumed.reference
+    elif plan.objective.needs_reference and tables is None and not lora_run:
+        reference = frozen_reference(run, checkpointer, stage, params[DECODER], resuming)
     if resuming:
-        opt_state = restored["opt_state"]
-        loss_state = _loss_state_from_json(restored["loop"]["loss_state"], objective.init_state())
+        state = resumed.replace(reference=reference)
         # Every process's state: the checkpoint may have been saved by another number of processes.
-        source.resume_from(restored["loop"]["data_state"])
-        skipped = int(restored["loop"].get("skipped_steps", 0))
+        source.resume_from(loop.data_state)
     else:
-        extra_rng = jax.random.fold_in(base_rng, 2**31 - 1)
-        # Parts a previous stage trained carry over when this method has them too.
-        parts = {k: params.get(k, v) for k, v in objective.init_parts(extra_rng, decoder_params).items()}
-        trained = {LORA: params[LORA]} if lora_run else {DECODER: decoder_params}
-        params = jax.device_put({**trained, **parts}, plan.param_shardings)
-        opt_state = jax.jit(plan.tx.init, out_shardings=plan.opt_shardings)(params)
-        loss_state = objective.init_state()
-        skipped = 0
+        state = _fresh_state(run, plan, index, params, loop.step, reference)
     on_mesh = sharding.replicated(run.mesh)
-    return StageStart(
+    started = StageRun(
         data=data,
         plan=plan,
         source=source,
         tables=tables,
-        ref_params=ref_params,
-        params=params,
-        opt_state=opt_state,
-        loss_state=jax.device_put(loss_state, on_mesh),
-        counters=init_counters(step, skipped, run.mesh),
-        skipped=skipped,
-        fns=make_step_fns(objective, plan.tx, plan.param_shardings, plan.opt_shardings),
-        base_rng=base_rng,
+        fns=make_step_fns(plan.objective, plan.tx, plan.param_shardings, plan.opt_shardings),
         micro_ids=[jax.device_put(np.int32(m), on_mesh) for m in range(stage.config.train.grad_accum)],
-        sync_reference=sync_reference,
+        sync_reference=reference_sync(stage.config.loss, run.param_shardings) if moves else None,
     )
+    return started, state

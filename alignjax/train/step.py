@@ -1,4 +1,4 @@
-"""The compiled pieces of a training step, all state kept on the device.
+"""The training step: the state in, the state out, all of it kept on the device.
 
 A step is `first` (forward + backward of the objective on the first micro-batch), one
 `accumulate` per further micro-batch (gradients and metrics summed into donated
@@ -6,6 +6,12 @@ buffers), then `apply` (mean over micro-batches, clipping, optimizer, non-finite
 counters). Nothing here returns to the host: the loop reads a step's metrics only on
 the steps it logs, after the next step is dispatched. The RNG of micro-batch m of step s
 is fold_in(fold_in(base, s), m), computed on the device from the step counter.
+
+Each function takes a `TrainState` and returns the new one; the compiled program under it
+takes only the parts it reads and returns only those it writes. jit copies every output
+(a part passed through would be copied each micro-batch: the whole reference) and donates
+whole arguments (the counters a logging step reads later, and a reference the run shares
+across stages, must not be donated).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from alignjax.train.methods import Objective
+from alignjax.train.state import TrainState
 
 
 def _is_count(name: str) -> bool:
@@ -34,19 +41,17 @@ def init_counters(step: int, skipped: int, mesh) -> dict[str, jax.Array]:
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-    first: Callable[
-        ..., Any
-    ]  # (params, ref, batch, loss_state, base_rng, counters, micro) -> (acc, loss_state)
-    accumulate: Callable[..., Any]  # (acc, params, ref, batch, loss_state, base_rng, counters, micro) -> same
-    apply: Callable[..., Any]  # (params, opt_state, acc, counters) -> (params, opt_state, counters, metrics)
-    skip: Callable[..., Any]  # (counters) -> counters: a step with nothing to learn from
-    eval: Callable[..., Any]  # (params, ref, batch, loss_state, base_rng) -> (metrics, per_pair)
+    first: Callable[..., Any]  # (state, batch, micro) -> (acc, state)
+    accumulate: Callable[..., Any]  # (acc, state, batch, micro) -> (acc, state)
+    apply: Callable[..., Any]  # (state, acc) -> (state, metrics)
+    skip: Callable[..., Any]  # (state) -> state: a step with nothing to learn from
+    eval: Callable[..., Any]  # (state, batch) -> (metrics, per_pair)
     # Counters are not donated: a logging step's are read after the next step is dispatched.
     # Nor is `acc` to `apply`: no output could reuse it; the loop drops it after each step.
 
 
 def _step_functions(objective: Objective, tx: optax.GradientTransformation):
-    """The step's pure functions, before jit."""
+    """The step's pure functions over the state's parts, before jit."""
 
     def micro_grads(params, ref_params, batch, loss_state, base_rng, counters, micro):
         rng = jax.random.fold_in(jax.random.fold_in(base_rng, counters["step"]), micro)
@@ -92,14 +97,37 @@ def _step_functions(objective: Objective, tx: optax.GradientTransformation):
 def make_step_fns(objective: Objective, tx: optax.GradientTransformation, param_shardings, opt_shardings):
     micro_grads, accumulate, apply, skip, eval_fn = _step_functions(objective, tx)
     acc_shardings = {"grads": param_shardings, "metrics": None, "n": None}
+    first_c = jax.jit(micro_grads, out_shardings=(acc_shardings, None))
+    accumulate_c = jax.jit(accumulate, donate_argnums=(0,), out_shardings=(acc_shardings, None))
+    apply_c = jax.jit(
+        apply, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None, None)
+    )
+    skip_c, eval_c = jax.jit(skip), jax.jit(eval_fn)
+
+    def first_step(state: TrainState, batch, micro):
+        acc, method_state = first_c(
+            state.params, state.reference, batch, state.method_state, state.rng, state.counters, micro
+        )
+        return acc, state.replace(method_state=method_state)
+
+    def accumulate_step(acc, state: TrainState, batch, micro):
+        acc, method_state = accumulate_c(
+            acc, state.params, state.reference, batch, state.method_state, state.rng, state.counters, micro
+        )
+        return acc, state.replace(method_state=method_state)
+
+    def apply_step(state: TrainState, acc):
+        params, opt_state, counters, metrics = apply_c(state.params, state.opt_state, acc, state.counters)
+        return state.replace(params=params, opt_state=opt_state, counters=counters), metrics
+
+    def skip_step(state: TrainState):
+        return state.replace(counters=skip_c(state.counters))
+
+    def eval_step(state: TrainState, batch):
+        return eval_c(state.params, state.reference, batch, state.method_state, state.rng)
+
     return StepFns(
-        first=jax.jit(micro_grads, out_shardings=(acc_shardings, None)),
-        accumulate=jax.jit(accumulate, donate_argnums=(0,), out_shardings=(acc_shardings, None)),
-        apply=jax.jit(
-            apply, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None, None)
-        ),
-        skip=jax.jit(skip),
-        eval=jax.jit(eval_fn),
+        first=first_step, accumulate=accumulate_step, apply=apply_step, skip=skip_step, eval=eval_step
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from alignjax import paths
+from alignjax.core import paths
 from alignjax.convert.safetensors_io import INDEX_FILE, iter_tensors
 from gcs_emulator import upload_dir
 from hf_models import build_hf_model

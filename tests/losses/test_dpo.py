@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from alignjax.losses.dpo import LOSSES, DPOConfig, dpo_loss, init_dpo_state
-from alignjax.losses.dpo_family import PairLogps, RunningMean
+from alignjax.losses.dpo_combined import LOSSES, DPOConfig, dpo_loss, init_dpo_state
+from alignjax.losses.dpo_pair_losses import PairLogps, RunningMean
 from alignjax.losses.sequence import sequence_logps
 
 BETA, EPS, TAU = 0.3, 0.1, 0.05

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from alignjax.losses.dpo import DPOConfig, dpo_loss, implicit_rewards
-from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.dpo_combined import DPOConfig, dpo_loss, implicit_rewards
+from alignjax.losses.dpo_pair_losses import PairLogps
 from alignjax.losses.f_divergence import F_DIVERGENCE_LOSSES, f_divergence_scores
 from alignjax.losses.length_desensitised import length_desensitised_sums
 from alignjax.losses.logps import token_log_sum_sq_probs

@@ -49,20 +49,20 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _reference(policy_E, ref_E, kl_policy_E, kl_ref_E, desirable, valid, cfg):
+def _reference(policy_E, ref_E, kl_policy_E, kl_ref_E, desirable, valid, cfg, beta):
     """(loss, metrics) over the valid slots, in float64, following TRL's `_compute_loss`."""
     used = valid > 0
     d, u = used & (desirable > 0), used & (desirable == 0)
     z0 = max((kl_policy_E[used] - kl_ref_E[used]).mean(), 0.0) if cfg.loss_type == "kto" else 0.0
     ratio = policy_E - ref_E
     if cfg.loss_type == "kto":
-        chosen_losses = 1 - _sigmoid(cfg.beta * (ratio[d] - z0))
-        rejected_losses = 1 - _sigmoid(cfg.beta * (z0 - ratio[u]))
+        chosen_losses = 1 - _sigmoid(beta * (ratio[d] - z0))
+        rejected_losses = 1 - _sigmoid(beta * (z0 - ratio[u]))
     else:
-        chosen_losses = 1 - _sigmoid(cfg.beta * ratio[d])
-        rejected_losses = _sigmoid(cfg.beta * ratio[u])
+        chosen_losses = 1 - _sigmoid(beta * ratio[d])
+        rejected_losses = _sigmoid(beta * ratio[u])
     losses = np.concatenate([cfg.desirable_weight * chosen_losses, cfg.undesirable_weight * rejected_losses])
-    rewards = cfg.beta * ratio
+    rewards = beta * ratio
     metrics = {
         "kl": z0,
         "rewards/chosen": rewards[d].mean(),
@@ -75,28 +75,30 @@ def _reference(policy_E, ref_E, kl_policy_E, kl_ref_E, desirable, valid, cfg):
     return losses.mean(), metrics
 
 
-def _jax_terms(inputs, cfg):
+def _jax_terms(inputs, cfg, beta):
     policy, ref, mask, kl_policy, kl_ref, kl_mask, desirable, valid = inputs
 
     def sums(logps, m):
         return sequence_logps(jnp.asarray(logps), jnp.asarray(m))[0]
 
     kl = kl_reference_point(sums(kl_policy, kl_mask), sums(kl_ref, kl_mask), jnp.asarray(valid))
-    return kto_loss(sums(policy, mask), sums(ref, mask), jnp.asarray(desirable), jnp.asarray(valid), kl, cfg)
+    return kto_loss(
+        sums(policy, mask), sums(ref, mask), jnp.asarray(desirable), jnp.asarray(valid), kl, cfg, beta
+    )
 
 
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_and_metrics_match_numpy_in_float64(loss_type, seed):
-    cfg = KTOConfig(loss_type=loss_type, beta=0.7, desirable_weight=1.3, undesirable_weight=0.6)
+    cfg, beta = KTOConfig(loss_type=loss_type, desirable_weight=1.3, undesirable_weight=0.6), 0.7
     inputs = _inputs(seed)
     policy, ref, mask, kl_policy, kl_ref, kl_mask, desirable, valid = inputs
     expected_loss, expected = _reference(
         _sums(policy, mask), _sums(ref, mask), _sums(kl_policy, kl_mask), _sums(kl_ref, kl_mask),
-        desirable, valid, cfg,
+        desirable, valid, cfg, beta,
     )  # fmt: skip
     with jax.enable_x64(True):
-        loss, metrics = _jax_terms(inputs, cfg)
+        loss, metrics = _jax_terms(inputs, cfg, beta)
         assert loss.dtype == jnp.float64
         np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-12)
         assert set(metrics) == set(expected)
@@ -106,7 +108,7 @@ def test_loss_and_metrics_match_numpy_in_float64(loss_type, seed):
 
 def test_reference_point_is_clamped_at_zero_and_used_by_kto():
     policy, ref, mask, kl_policy, _, kl_mask, desirable, valid = _inputs(3)
-    cfg = KTOConfig(beta=0.5)
+    cfg = KTOConfig()
     above = np.where(kl_mask > 0, kl_policy - 0.3, kl_policy)  # the policy above the reference
     below = np.where(kl_mask > 0, kl_policy + 0.3, kl_policy)
     with jax.enable_x64(True):
@@ -125,16 +127,18 @@ def test_reference_point_is_clamped_at_zero_and_used_by_kto():
         assert float(z_neg) == 0.0
         sums = lambda x, m: sequence_logps(jnp.asarray(x), m)[0]  # noqa: E731
         args = (sums(policy, mask), sums(ref, mask), jnp.asarray(desirable), jnp.asarray(valid))
-        with_z, _ = kto_loss(*args, z_pos, cfg)
-        without_z, _ = kto_loss(*args, jnp.float64(0.0), cfg)
+        with_z, _ = kto_loss(*args, z_pos, cfg, 0.5)
+        without_z, _ = kto_loss(*args, jnp.float64(0.0), cfg, 0.5)
         assert abs(float(with_z) - float(without_z)) > 1e-3  # kto reads the reference point
-        apo = KTOConfig(loss_type="apo_zero_unpaired", beta=0.5)
-        assert float(kto_loss(*args, z_pos, apo)[0]) == float(kto_loss(*args, jnp.float64(0.0), apo)[0])
+        apo = KTOConfig(loss_type="apo_zero_unpaired")
+        assert float(kto_loss(*args, z_pos, apo, 0.5)[0]) == float(
+            kto_loss(*args, jnp.float64(0.0), apo, 0.5)[0]
+        )
 
 
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
 def test_gradient_matches_numpy_and_skips_the_reference_point(loss_type):
-    cfg = KTOConfig(loss_type=loss_type, beta=0.9, desirable_weight=2.0, undesirable_weight=0.5)
+    cfg, beta = KTOConfig(loss_type=loss_type, desirable_weight=2.0, undesirable_weight=0.5), 0.9
     rng = np.random.default_rng(4)
     policy_E, ref_E = -rng.uniform(5, 20, E), -rng.uniform(5, 20, E)
     kl_policy_E, kl_ref_E = -rng.uniform(5, 20, E), -rng.uniform(5, 20, E)
@@ -144,17 +148,17 @@ def test_gradient_matches_numpy_and_skips_the_reference_point(loss_type):
 
     def loss_of(p_E, kl_p_E):
         z0 = kl_reference_point(kl_p_E, jnp.asarray(kl_ref_E), jnp.asarray(valid))
-        return kto_loss(p_E, jnp.asarray(ref_E), jnp.asarray(desirable), jnp.asarray(valid), z0, cfg)[0]
+        return kto_loss(p_E, jnp.asarray(ref_E), jnp.asarray(desirable), jnp.asarray(valid), z0, cfg, beta)[0]
 
     with jax.enable_x64(True):
         grad_E, kl_grad_E = jax.grad(loss_of, argnums=(0, 1))(jnp.asarray(policy_E), jnp.asarray(kl_policy_E))
     z0 = 0.8 if loss_type == "kto" else 0.0
-    x = cfg.beta * (policy_E - ref_E - z0)
+    x = beta * (policy_E - ref_E - z0)
     s = _sigmoid(x) * (1 - _sigmoid(x))
     # d/dr of w (1 - sigmoid(beta (r - z0))) and of w (1 - sigmoid(beta (z0 - r))) (kto),
     # w sigmoid(beta r) (apo_zero_unpaired): -w beta s and +w beta s, over the USED examples.
     sign = np.where(desirable > 0, -cfg.desirable_weight, cfg.undesirable_weight)
-    expected_E = np.where(valid > 0, sign * cfg.beta * s / USED, 0.0)
+    expected_E = np.where(valid > 0, sign * beta * s / USED, 0.0)
     np.testing.assert_allclose(grad_E, expected_E, rtol=1e-12, atol=1e-15)
     assert np.all(np.asarray(kl_grad_E) == 0.0)  # the reference point is detached
 

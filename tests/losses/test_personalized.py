@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from alignjax.losses.dpo import DPOConfig, dpo_loss
-from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.dpo_combined import DPOConfig, dpo_loss
+from alignjax.losses.dpo_pair_losses import PairLogps
 from alignjax.losses.personalized import PDPOConfig, PersonalizedLogps, pdpo_loss
 
 NUM_USERS = 4
@@ -51,8 +51,8 @@ def np_pdpo(d, beta, alpha):
 @pytest.mark.parametrize("alpha", [0.5, 0.8])
 def test_pdpo_loss_and_per_user_accuracy_match_numpy(alpha):
     d = random_batch(0)
-    cfg = PDPOConfig(num_users=NUM_USERS, beta=0.2, alpha=alpha)
-    loss, metrics = jax.jit(lambda b: pdpo_loss(b, cfg))(to_jax(d))
+    cfg = PDPOConfig(alpha=alpha)
+    loss, metrics = jax.jit(lambda b: pdpo_loss(b, cfg, num_users=NUM_USERS, beta=0.2))(to_jax(d))
     want, ids = np_pdpo(d, 0.2, alpha)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
 
@@ -69,7 +69,7 @@ def test_pdpo_loss_and_per_user_accuracy_match_numpy(alpha):
 
 def test_alpha_zero_is_generic_dpo():
     d = random_batch(1)
-    loss, _ = pdpo_loss(to_jax(d), PDPOConfig(num_users=NUM_USERS, alpha=0.0))
+    loss, _ = pdpo_loss(to_jax(d), PDPOConfig(alpha=0.0), num_users=NUM_USERS, beta=0.1)
     generic = PairLogps(
         *(jnp.float32(d[k]) for k in ("gen_w", "gen_l")),
         jnp.ones(8),
@@ -83,7 +83,7 @@ def test_alpha_zero_is_generic_dpo():
 
 def test_batch_of_only_generic_users_has_no_personal_term():
     d = random_batch(2, ids=(0, 0, 5))
-    loss, metrics = pdpo_loss(to_jax(d), PDPOConfig(num_users=NUM_USERS, alpha=0.5))
+    loss, metrics = pdpo_loss(to_jax(d), PDPOConfig(alpha=0.5), num_users=NUM_USERS, beta=0.1)
     want, _ = np_pdpo(d, 0.1, 0.5)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     assert float(metrics["loss/user"]) == 0.0
@@ -91,14 +91,13 @@ def test_batch_of_only_generic_users_has_no_personal_term():
 
 def test_pdpo_gradients_float64():
     d = random_batch(3)
-    cfg = PDPOConfig(num_users=NUM_USERS, beta=0.05, alpha=0.5)
+    cfg = PDPOConfig(alpha=0.5)
     with jax.enable_x64(True):
         base = to_jax(d, jnp.float64)
 
         def f(user_w, gen_l):
-            return pdpo_loss(base._replace(user_chosen_logps_B=user_w, generic_rejected_logps_B=gen_l), cfg)[
-                0
-            ]
+            pairs = base._replace(user_chosen_logps_B=user_w, generic_rejected_logps_B=gen_l)
+            return pdpo_loss(pairs, cfg, num_users=NUM_USERS, beta=0.05)[0]
 
         check_grads(
             jax.jit(f),

@@ -7,8 +7,8 @@ import pytest
 from jax.test_util import check_grads
 
 from alignjax.losses.activation_masks import activation_mask
-from alignjax.losses.dpo import DPOConfig, dpo_loss
-from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.dpo_combined import DPOConfig, dpo_loss
+from alignjax.losses.dpo_pair_losses import PairLogps
 from alignjax.losses.sequence import sequence_logps
 from alignjax.losses.token_weighted import (
     SparsePOConfig,
@@ -71,9 +71,9 @@ def to_jax(a, dtype=jnp.float32, with_kl=True):
 @pytest.mark.parametrize("with_kl", [True, False])
 def test_sparsepo_matches_numpy(with_kl):
     a = random_inputs(0)
-    cfg = SparsePOConfig(beta=0.2, lam_u=0.01, lam_d=0.003)
+    cfg = SparsePOConfig(lam_u=0.01, lam_d=0.003)
     tokens, weights = to_jax(a, with_kl=with_kl)
-    loss, metrics = jax.jit(lambda t, w: sparsepo_loss(t, w, cfg))(tokens, weights)
+    loss, metrics = jax.jit(lambda t, w: sparsepo_loss(t, w, cfg, beta=0.2))(tokens, weights)
     want, rw, rl = np_sparsepo(a, 0.2, 0.01, 0.003, with_kl)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     np.testing.assert_allclose(metrics["rewards/chosen"], rw.mean(), rtol=1e-5)
@@ -93,7 +93,7 @@ def test_sparsepo_matches_numpy(with_kl):
 def test_all_ones_weights_without_kl_is_sigmoid_dpo():
     a = random_inputs(1)
     tokens, _ = to_jax(a, with_kl=False)
-    loss, metrics = sparsepo_loss(tokens, None, SparsePOConfig(beta=0.1))
+    loss, metrics = sparsepo_loss(tokens, None, beta=0.1)
     # Independent path: sum per sequence, then the DPO registry's sigmoid loss.
     lw, nw = sequence_logps(tokens.chosen_logps_BxL, tokens.chosen_mask_BxL)
     ll, nl = sequence_logps(tokens.rejected_logps_BxL, tokens.rejected_mask_BxL)
@@ -112,20 +112,20 @@ def test_tdpo_is_ln2_at_initialisation_with_zero_kl():
         a[side]["ref"] = a[side]["pol"].copy()
         a[side]["kl"] = np.zeros((B, L))
     tokens, _ = to_jax(a)
-    loss, _ = sparsepo_loss(tokens, None)
+    loss, _ = sparsepo_loss(tokens, None, beta=0.1)
     np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-7)
 
 
 def test_sparsepo_gradients_into_logps_and_weights_float64():
     a = random_inputs(3)
-    cfg = SparsePOConfig(beta=0.3, lam_u=0.02, lam_d=0.01)
+    cfg = SparsePOConfig(lam_u=0.02, lam_d=0.01)
     with jax.enable_x64(True):
         tokens, weights = to_jax(a, jnp.float64)
 
         def f(chosen_logps, chosen_kl, m_u_w, m_d_l):
             t = tokens._replace(chosen_logps_BxL=chosen_logps, chosen_kl_BxL=chosen_kl)
             w = weights._replace(reward_chosen_BxL=m_u_w + 0.5, kl_rejected_BxL=m_d_l)
-            return sparsepo_loss(t, w, cfg)[0]
+            return sparsepo_loss(t, w, cfg, beta=0.3)[0]
 
         check_grads(
             jax.jit(f),
@@ -148,7 +148,9 @@ def test_shared_weights_use_one_mask_for_reward_and_kl():
     for side in ("chosen", "rejected"):
         a[side]["m_d"] = a[side]["m_u"]
     tokens, weights = to_jax(a)
-    loss, _ = sparsepo_loss(tokens, shared_weights(weights.reward_chosen_BxL, weights.reward_rejected_BxL))
+    loss, _ = sparsepo_loss(
+        tokens, shared_weights(weights.reward_chosen_BxL, weights.reward_rejected_BxL), beta=0.1
+    )
     np.testing.assert_allclose(loss, np_sparsepo(a, 0.1, 0.0, 0.0)[0], rtol=1e-5)
 
 

@@ -143,7 +143,7 @@ import json, re, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, sys.argv[1])
 from hf_models import FAMILY_CONFIGS
-from alignjax import sharding
+from alignjax.core import sharding
 from alignjax.models import decoder
 from alignjax.models.families import model_config_from_hf
 

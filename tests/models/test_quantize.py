@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from hf_models import FAMILY_CONFIGS
 
-from alignjax import sharding
+from alignjax.core import sharding
 from alignjax.models import decoder, lora, quantize
 from alignjax.models.families import model_config_from_hf
+from alignjax.models.layers import Projection
 
 NF4 = np.array(
     [
@@ -167,7 +168,7 @@ def test_adapter_dropout_masks_the_adapter_input_only_in_training():
     share of the output is dropout(x) itself: zeros and x / (1 - p)."""
     rate = 0.25
     cfg = _cfg(scan=False, lora_rank=64, lora_targets=("gate",), lora_scale=1.0, lora_dropout=rate)
-    gate = decoder.Projection(cfg, (64,), (64,), ("embed",), ("mlp",), name="gate")
+    gate = Projection(cfg, (64,), (64,), ("embed",), ("mlp",), name="gate")
     x = jax.random.normal(jax.random.key(3), (4, 8, 64)) + 3.0  # no exact zeros in x
     variables = jax.tree.map(nn_unbox, gate.init(jax.random.key(0), x), is_leaf=_boxed)
     variables["lora"] = {"a": jnp.eye(64), "b": jnp.eye(64)}
@@ -181,7 +182,7 @@ def test_adapter_dropout_masks_the_adapter_input_only_in_training():
     assert np.all(kept | zeroed)
     assert abs(zeroed.mean() - rate) < 0.03, zeroed.mean()
     # Off at rate 0 even with a key.
-    gate0 = decoder.Projection(dataclasses.replace(cfg, lora_dropout=0.0), (64,), (64,), ("embed",), ("mlp",))
+    gate0 = Projection(dataclasses.replace(cfg, lora_dropout=0.0), (64,), (64,), ("embed",), ("mlp",))
     np.testing.assert_array_equal(
         gate0.apply(variables, x, rngs={lora.DROPOUT_RNG: jax.random.key(4)}), gate0.apply(variables, x)
     )

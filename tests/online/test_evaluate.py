@@ -8,8 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from alignjax.online import eval_grid, evaluate
-from alignjax.online.steer_stats import average_ranks, pareto_mask, spearman
+from alignjax.commands import eval as eval_cmd
+from alignjax.evaluation import grid as eval_grid
+from alignjax.evaluation.steerability import average_ranks, pareto_mask, spearman
 from test_generate_cli import byte_model  # noqa: F401  (the session fixture)
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -84,7 +85,7 @@ def _write_inputs(tmp_path):
 def test_condition_sweep_table_agrees_with_saved_responses(byte_model, tmp_path):  # noqa: F811
     prompts, spec = _write_inputs(tmp_path)
     out = tmp_path / "eval"
-    code = evaluate.main(
+    code = eval_cmd.main(
         [
             byte_model["ckpt"],
             "--config",
@@ -145,7 +146,7 @@ def test_condition_sweep_table_agrees_with_saved_responses(byte_model, tmp_path)
 def test_weights_sweep_renders_weights(byte_model, tmp_path):  # noqa: F811
     prompts, _ = _write_inputs(tmp_path)
     out = tmp_path / "eval"
-    code = evaluate.main(
+    code = eval_cmd.main(
         [
             byte_model["ckpt"],
             "--config",
@@ -194,7 +195,7 @@ def test_weights_sweep_renders_weights(byte_model, tmp_path):  # noqa: F811
     ],
 )
 def test_reward_errors_are_explained(tmp_path, capsys, flags, message):
-    code = evaluate.main(["unused", "--out", str(tmp_path), "--weights-grid", "a,b", *flags])
+    code = eval_cmd.main(["unused", "--out", str(tmp_path), "--weights-grid", "a,b", *flags])
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -212,16 +213,16 @@ def test_sweep_errors_are_explained(byte_model, tmp_path, capsys):  # noqa: F811
         "--out",
         str(tmp_path / "o"),
     ]
-    assert evaluate.main(base + ["--conditions", "terse,loud", "--condition-spec", spec]) == 2
+    assert eval_cmd.main(base + ["--conditions", "terse,loud", "--condition-spec", spec]) == 2
     assert "['loud'] not in" in capsys.readouterr().err
-    assert evaluate.main(base + ["--weights-grid", "a,b", "--condition-spec", spec]) == 2
+    assert eval_cmd.main(base + ["--weights-grid", "a,b", "--condition-spec", spec]) == 2
     assert "choose one sweep" in capsys.readouterr().err
 
 
 PDPO_CONFIG = """\
 model: {preset: tiny}
-data: {train: data/train.jsonl, n_user_tokens: 2, max_length: 96, max_prompt_length: 48}
-loss: {type: pdpo, beta: 0.5}
+data: {train: data/train.jsonl, max_length: 96, max_prompt_length: 48}
+loss: {type: pdpo, beta: 0.5, pdpo: {n_user_tokens: 2}}
 stages: [{name: pdpo}]
 """
 PAIRS = [
@@ -268,12 +269,12 @@ def test_pdpo_user_accuracy_matches_hand_computed_margins(byte_model, tmp_path, 
     import jax.numpy as jnp
 
     from alignjax.models import decoder, head
-    from alignjax.online.soft_prompt import soft_tokens_BxTxD
+    from alignjax.generation.soft_prompt import soft_tokens_BxTxD
     from test_generate_cli import BOS_ID, EOS_ID, PAD_ID
 
     run, cfg, params, users = _pdpo_run(byte_model, tmp_path)
     monkeypatch.chdir(run)  # the config's data.train is relative to the run
-    code = evaluate.main(
+    code = eval_cmd.main(
         [str(run), "--pdpo-eval", str(run / "data" / "train.jsonl"), "--out", str(tmp_path / "o")]
     )
     assert code == 0

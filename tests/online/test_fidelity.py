@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from alignjax.online import fidelity
-from alignjax.online.fidelity import cut, metaalign
-from alignjax.online.personalized_eval import accuracy_table
+from alignjax.commands import eval as eval_cmd
+from alignjax.evaluation import fidelity
+from alignjax.evaluation.fidelity import cut, metaalign
+from alignjax.evaluation.personalized import accuracy_table
 from alignjax.tasks import BUILTIN_TASKS, judged_facts, user_length
 from alignjax.tasks.conditioned_style import _answer, split_topics
 
@@ -105,7 +106,7 @@ def test_span_scores_by_hand():
 
 def test_every_reproduction_is_a_subcommand(capsys):
     with pytest.raises(SystemExit):
-        fidelity.main(["--help"])
+        eval_cmd.fidelity_main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in fidelity.REPRODUCTIONS)
     for module in fidelity.REPRODUCTIONS.values():

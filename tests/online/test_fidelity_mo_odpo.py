@@ -4,11 +4,11 @@ fronts, the static-weight and unconditioned options of loss.mo_odpo, and their c
 import numpy as np
 import pytest
 
-from alignjax import configlib
-from alignjax.online.fidelity import mo_odpo as fidelity_mo_odpo
+from alignjax.core import configlib
+from alignjax.evaluation.fidelity import mo_odpo as fidelity_mo_odpo
 from alignjax.online.mo_odpo import MOODPOSection
-from alignjax.online.rewards import build_reward
-from alignjax.online.steer_stats import dominates, dominators, hypervolume_2d
+from alignjax.rewards.functions import build_reward
+from alignjax.evaluation.steerability import dominates, dominators, hypervolume_2d
 from alignjax.train.config import load_config, stages
 from mo_odpo_source import REWARDS, make_source, pair_texts, prompt_text, tiny_model, write_prompts
 

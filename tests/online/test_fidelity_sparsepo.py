@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from alignjax.online import fidelity
-from alignjax.online.fidelity import generation_kl, sparsepo
+from alignjax.commands import eval as eval_cmd
+from alignjax.evaluation import fidelity
+from alignjax.evaluation.fidelity import generation_kl, sparsepo
 from alignjax.tasks import BUILTIN_TASKS, sentiment_words
 from alignjax.train.config import LossSection
 from alignjax.train.methods.sparsepo import SparsePOSection
@@ -146,7 +147,7 @@ def test_method_of_reads_the_run_config():
 
 def test_registered():
     assert fidelity.REPRODUCTIONS["sparsepo"] is sparsepo
-    args = fidelity.build_parser().parse_args(["sparsepo", "a", "b", "--out", "o"])
+    args = eval_cmd.fidelity_parser().parse_args(["sparsepo", "a", "b", "--out", "o"])
     assert (args.run_dirs, args.num_samples) == (["a", "b"], 32)
 
 

@@ -10,9 +10,10 @@ import pytest
 
 from alignjax.data.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, make_byte_tokenizer
 from alignjax.models import decoder, head
-from alignjax.online import generate_cli, sampler, soft_prompt
-from alignjax.online.logit_filters import SamplingConfig
-from alignjax.online.policy import load_policy
+from alignjax.commands import generate as generate_cmd
+from alignjax.generation import responses, sampler, soft_prompt
+from alignjax.generation.logit_filters import SamplingConfig
+from alignjax.generation.policy import load_policy
 from hf_models import FAMILY_CONFIGS
 
 SYSTEM_ID, USER_ID, ASSISTANT_ID, END_ID = 259, 260, 261, 262  # byte_tokenizer.SPECIAL_TOKENS order
@@ -78,7 +79,7 @@ def test_greedy_cli_matches_sampler_on_hand_rendered_prompt(byte_model, capsys):
     policy = load_policy(byte_model["ckpt"])
     ids = hand_rendered("[Be brief.]", "I like cats / Tell me about the kettle.")
     expected = _reference_text(policy, ids, 24)
-    code = generate_cli.main(
+    code = generate_cmd.main(
         [
             byte_model["ckpt"],
             "--config",
@@ -104,13 +105,13 @@ def test_generate_texts_weights_and_hf_directory(byte_model):
     """MO-ODPO weights go into the system message; an HF directory loads like the checkpoint."""
     ids = hand_rendered("Be 30% helpful and 70% harmless.", "Hi there")
     sampling = SamplingConfig(max_new_tokens=16, temperature=0.0, eos_ids=(EOS_ID,), pad_id=PAD_ID)
-    record = {"prompt": "Hi there", "weights": generate_cli.parse_weights("helpful=0.3,harmless=0.7")}
-    args = generate_cli.build_parser().parse_args(["x", "--prompt", "p", "--config", byte_model["config"]])
+    record = {"prompt": "Hi there", "weights": responses.parse_weights("helpful=0.3,harmless=0.7")}
+    args = generate_cmd.build_parser().parse_args(["x", "--prompt", "p", "--config", byte_model["config"]])
     for source in ("ckpt", "hf"):
         policy = load_policy(byte_model[source])
-        renderer = generate_cli.renderer_for(policy, args)
+        renderer = generate_cmd.renderer_for(policy, args)
         assert renderer.render(record).ids.tolist() == ids
-        texts = generate_cli.generate_texts(
+        texts = responses.generate_texts(
             policy, renderer, [record, record], sampling, num_samples=2, batch_size=3
         )
         assert texts == [[_reference_text(policy, ids, 16)] * 2] * 2
@@ -118,14 +119,14 @@ def test_generate_texts_weights_and_hf_directory(byte_model):
 
 @pytest.mark.parametrize("text", ["helpful", "helpful=x", "helpful=-1", "=0.5", "a=0.5,b"])
 def test_bad_weights_string_is_explained(byte_model, capsys, text):
-    code = generate_cli.main([byte_model["ckpt"], "--prompt", "hi", "--weights", text])
+    code = generate_cmd.main([byte_model["ckpt"], "--prompt", "hi", "--weights", text])
     err = capsys.readouterr().err
     assert code == 2
     assert f"--weights {text!r}" in err and "helpful=0.3,harmless=0.7" in err
 
 
 def test_missing_model_directory_is_explained(tmp_path, capsys):
-    assert generate_cli.main([str(tmp_path / "nope"), "--prompt", "hi"]) == 2
+    assert generate_cmd.main([str(tmp_path / "nope"), "--prompt", "hi"]) == 2
     assert "no such run, checkpoint or Hugging Face directory" in capsys.readouterr().err
 
 

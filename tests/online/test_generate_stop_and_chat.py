@@ -12,7 +12,7 @@ import yaml
 
 from alignjax import cli
 from alignjax.data.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, make_byte_tokenizer
-from alignjax.online.stop_ids import stop_ids
+from alignjax.generation.stop_ids import stop_ids
 from hf_models import build_hf_model
 
 END_ID = 262  # the byte tokenizer's <|end|>: its end of turn, as <end_of_turn> is Gemma 3's
@@ -116,7 +116,7 @@ def test_generate_stops_at_generation_config_ids(gemma_dir, tmp_path, capsys):
 
 def test_converted_checkpoint_keeps_the_generation_config_stop_ids(gemma_dir, tmp_path):
     from alignjax.convert.api import hf_to_orbax
-    from alignjax.online.policy import load_policy
+    from alignjax.generation.policy import load_policy
 
     stop_dir = _with_stop_ids(gemma_dir, str(tmp_path / "stop"), [EOS_ID, END_ID])
     ckpt = hf_to_orbax(stop_dir, str(tmp_path / "ckpt"))
@@ -146,10 +146,11 @@ def test_raw_refuses_conditioning_that_needs_chat_messages(gemma_dir, capsys):
 
 
 def test_generate_is_greedy_by_default_and_eval_samples():
-    from alignjax.online import evaluate, generate_cli
+    from alignjax.commands import eval as eval_cmd
+    from alignjax.commands import generate as generate_cmd
 
-    assert generate_cli.build_parser().parse_args(["m", "--prompt", "p"]).temperature == 0.0
-    assert evaluate.build_parser().parse_args(["m", "--out", "o"]).temperature == 1.0
+    assert generate_cmd.build_parser().parse_args(["m", "--prompt", "p"]).temperature == 0.0
+    assert eval_cmd.build_parser().parse_args(["m", "--out", "o"]).temperature == 1.0
 
 
 def _ids(tokenizer_eos, model_eos, generation_config):
@@ -225,7 +226,6 @@ def _online_config(tmp_path, hf_dir: str, loss: dict) -> str:
     ids=["mo_odpo", "online_cut"],
 )
 def test_online_samplers_stop_at_generation_config_ids(gemma_dir, tmp_path, loss):
-    import alignjax.online  # noqa: F401  (registers the online methods)
     from alignjax.train.bootstrap import bootstrap
     from alignjax.train.config import load_config, stages
     from alignjax.train.datasets import stage_data

@@ -88,3 +88,24 @@ def test_cache_too_small_is_an_actionable_error(tiny_family):
     tokens = jnp.ones((2, 6), jnp.int32)
     with pytest.raises(ValueError, match="init_cache"):
         decoder.apply_with_cache(params, cfg, tokens, tokens, tokens, decoder.init_cache(cfg, 2, 4))
+
+
+def test_cache_rows_split_over_the_batch_axes_and_heads_over_tensor():
+    from jax.sharding import AbstractMesh
+
+    from alignjax.core import sharding
+    from alignjax.generation import kv_cache
+
+    mesh = AbstractMesh((2, 2, 1, 2), sharding.MESH_AXES)
+    axes = kv_cache.cache_logical_axes()
+
+    def spec(kv_heads):
+        shape = (2, 8, 24, kv_heads, 16)
+        return sharding.logical_to_spec(axes.k_NxBxSxKxDh, shape, mesh)
+
+    assert spec(2) == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    # Heads the tensor axis does not divide stay whole on every chip.
+    assert spec(1) == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, None, None)
+    assert sharding.logical_to_spec(axes.positions_BxS, (8, 24), mesh) == jax.sharding.PartitionSpec(
+        ("data", "fsdp"), None
+    )

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignjax.online.logit_filters import SamplingConfig, top_k_filter, top_p_filter
+from alignjax.generation.logit_filters import SamplingConfig, top_k_filter, top_p_filter
 
 
 def _reference_nucleus(logits_V, p):

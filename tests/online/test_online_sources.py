@@ -6,10 +6,10 @@ import pytest
 from alignjax.data.byte_tokenizer import make_byte_tokenizer
 from alignjax.data.config import DataConfig
 from alignjax.data.pipeline import make_pipeline
-from alignjax.online.judges import build_judge
+from alignjax.rewards.judges import build_judge
 from alignjax.online.mo_odpo import draw_weights
 from alignjax.online.online_cut import OnlineCutSource, OnlineSampling
-from alignjax.online.rewards import build_reward
+from alignjax.rewards.functions import build_reward
 from mo_odpo_source import (
     REWARDS,
     make_source,
@@ -142,8 +142,8 @@ def test_per_objective_winners_pair_each_objective_with_its_weight(model, prompt
 
 
 def test_dpo_pair_weights_give_the_weighted_mean():
-    from alignjax.losses.dpo import DPOConfig, dpo_loss
-    from alignjax.losses.dpo_family import PairLogps
+    from alignjax.losses.dpo_combined import DPOConfig, dpo_loss
+    from alignjax.losses.dpo_pair_losses import PairLogps
 
     rng = np.random.default_rng(0)
     c, r, rc, rr = (rng.normal(size=6) * 5 for _ in range(4))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from alignjax.data.byte_tokenizer import PAD_ID
-from alignjax.online import reward_model as rm
-from alignjax.online.rewards import build_reward
+from alignjax.rewards import reward_model as rm
+from alignjax.rewards.functions import build_reward
 
 TOL = 1e-4
 LENGTHS = (11, 4, 7, 1)

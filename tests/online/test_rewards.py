@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alignjax.online.rewards import REWARDS, build_reward
+from alignjax.rewards.functions import REWARDS, build_reward
 
 PROMPTS = ["q1", "q2", "q3"]
 RESPONSES = ["Hello world", "The answer is <answer>42</answer>", "cats, Cats and CATS; dog"]

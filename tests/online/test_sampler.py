@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from alignjax.online import sampler
-from alignjax.online.logit_filters import SamplingConfig
+from alignjax.generation import sampler
+from alignjax.generation.logit_filters import SamplingConfig
 from hf_models import FAMILY_CONFIGS
 
 T = 8
@@ -35,6 +35,16 @@ def _hf_greedy(hf_model, prompt, eos_id):
     return out[0, len(prompt) :].tolist()
 
 
+def _sample(params, cfg, settings, tokens_BxLp, lengths_B, keys_P):
+    """Prefill then decode, as one jitted function of host arrays."""
+
+    def fn(params, tokens_BxLp, lengths_B, keys_P):
+        state = sampler.prefill(params, cfg, settings, tokens_BxLp, lengths_B, keys_P)
+        return sampler.decode(params, cfg, settings, state, keys_P)
+
+    return jax.jit(fn)(params, tokens_BxLp, lengths_B, keys_P)
+
+
 def _scan(name):
     # Scanning the deeper models keeps compile time down and covers scanned decode.
     return FAMILY_CONFIGS[name]["num_hidden_layers"] > 2
@@ -58,7 +68,7 @@ def test_rows_stop_at_their_own_eos(tiny_family):
     stop_at = free_run[0].index(eos)
     settings = SamplingConfig(max_new_tokens=T, temperature=0.0, eos_ids=(eos, 95), pad_id=0)
     tokens_BxLp, lengths_B = sampler.left_pad(prompts, pad_id=0)
-    out = sampler.make_sampler(cfg, settings)(params, tokens_BxLp, lengths_B, jax.random.key(0))
+    out = _sample(params, cfg, settings, tokens_BxLp, lengths_B, jax.random.key(0)[None])
     tokens, lengths, hit_eos = (np.asarray(x) for x in out)
     assert lengths[0] == stop_at + 1 and hit_eos[0]
     assert (tokens[0, stop_at + 1 :] == 0).all()
@@ -113,9 +123,34 @@ def test_prompt_lengths_share_power_of_two_buckets(tiny_family):
 
     _, _, cfg, params = tiny_family("llama2")
     settings = SamplingConfig(max_new_tokens=2, temperature=0.0, pad_id=0)
-    fn = sampler.make_sampler(cfg, settings)
+    built = sampler.sampling_program.cache_info().misses
     for lengths_of_call in [(3, 9), (13, 2), (16, 1)]:
         sampler.generate(params, cfg, settings, _prompts(0, lengths_of_call), jax.random.key(0))
-    assert sampler.make_sampler(cfg, settings) is fn
-    # All three calls ran one compiled program (a private counter, but the direct evidence).
-    assert fn._cache_size() == 1
+    assert sampler.sampling_program.cache_info().misses == built + 1
+    mesh = sampler.params_mesh(params)
+    program = sampler.sampling_program(
+        cfg, settings, mesh, sampler.params_layout(params, mesh), 2, 16, "threefry2x32"
+    )
+    # All three calls ran one compiled prefill and decode (a private counter, but the direct evidence).
+    assert program.prefill._cache_size() == 1 and program.decode._cache_size() == 1
+
+
+def test_key_blocks_draw_what_their_rows_draw_alone(tiny_family):
+    """Rows [0, 3) draw with key 0 and rows [3, 6) with key 1, as each block alone would; an
+    empty prompt (a block filled up to the agreed rows) is done before it starts."""
+    _, _, cfg, params = tiny_family("llama2")
+    settings = SamplingConfig(max_new_tokens=T, temperature=1.0, top_p=0.9, eos_ids=(EOS,), pad_id=0)
+    first, second = _prompts(seed=9, lengths=(3, 9, 13)), _prompts(seed=10, lengths=(5, 2))
+    keys_P = jax.random.split(jax.random.key(4), 2)
+    tokens_BxLp, lengths_B = sampler.left_pad(first + second + [[1]], pad_id=0)
+    lengths_B[-1] = 0
+    tokens_BxLp[-1] = 0
+    both = _sample(params, cfg, settings, tokens_BxLp, lengths_B, keys_P)
+    tokens_BxT, lengths = np.asarray(both.tokens_BxT), np.asarray(both.lengths_B)
+    rows = [tokens_BxT[b, : lengths[b]].tolist() for b in range(6)]
+    assert rows[:3] == sampler.generate(params, cfg, settings, first, keys_P[0])
+    assert rows[3:5] == sampler.generate(params, cfg, settings, second, keys_P[1])
+    assert lengths[5] == 0 and (tokens_BxT[5] == 0).all() and not np.asarray(both.hit_eos_B)[5]
+    # The keys matter: swapped, the blocks draw other tokens.
+    swapped = _sample(params, cfg, settings, tokens_BxLp, lengths_B, keys_P[::-1])
+    assert not np.array_equal(np.asarray(swapped.tokens_BxT)[:5], tokens_BxT[:5])

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "train"))
 import train_helpers as th  # noqa: E402
 
 from alignjax import cli  # noqa: E402
-from alignjax.online.rewards import build_reward  # noqa: E402
+from alignjax.rewards.functions import build_reward  # noqa: E402
 
 TOL = 1e-5
 

@@ -23,21 +23,22 @@ import numpy as np
 import optax
 from hf_models import FAMILY_CONFIGS
 
-from alignjax import sharding
+from alignjax.core import sharding
 from alignjax.data.byte_tokenizer import VOCAB_SIZE, make_byte_tokenizer
 from alignjax.data.config import DataConfig
 from alignjax.data.load_tokenizer import tokenizer_pad_id
 from alignjax.data.pipeline import make_pipeline
-from alignjax.models import decoder
+from alignjax.models import blockwise, decoder
 from alignjax.models import sequence_parallel as sp
 from alignjax.models import splash
 from alignjax.models.families import model_config_from_hf
 from alignjax.models.parts import DECODER
-from alignjax.sharding import MeshSection, make_mesh
+from alignjax.core.sharding import MeshSection, make_mesh
 from alignjax.train.config import LossSection
 from alignjax.train.methods import method_for
-from alignjax.train.precompute import compute_table
+from alignjax.commands.precompute_ref import compute_table
 from alignjax.train.stage import opt_state_shardings
+from alignjax.train.state import TrainState
 from alignjax.train.step import init_counters, make_step_fns
 
 STEPS = 10
@@ -129,7 +130,8 @@ def objective_for(cfg, method: str):
         section = dataclasses.replace(LossSection().section("sparsepo"), kl=True, weights="activations")
         loss = LossSection(type="sparsepo", beta=0.1, token_chunk=32, sections={"sparsepo": section})
     elif method == "pdpo":
-        loss = LossSection(type="pdpo", beta=0.1, token_chunk=32)
+        section = dataclasses.replace(LossSection().section("pdpo"), n_user_tokens=USER_TOKENS)
+        loss = LossSection(type="pdpo", beta=0.1, token_chunk=32, sections={"pdpo": section})
     else:
         loss = LossSection(type="cut" if method == "cut" else "sigmoid", beta=0.1, token_chunk=32)
     sizes = dict(SIZES, num_users=len(USERS) + 1, n_user_tokens=USER_TOKENS) if method == "pdpo" else SIZES
@@ -151,16 +153,21 @@ def train(cfg, params, ref, data, mesh, first_grads: bool, method: str = "dpo"):
         tree = jax.device_put(tree, param_sh)
         ref = jax.device_put(ref, param_sh[DECODER])
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(tree)
-        counters = init_counters(0, 0, mesh)
-        state = objective.init_state()
-        rng = jax.random.key(2)
+        state = TrainState(
+            params=tree,
+            opt_state=opt_state,
+            reference=ref,
+            method_state=objective.init_state(),
+            counters=init_counters(0, 0, mesh),
+            rng=jax.random.key(2),
+        )
         losses, grads = [], None
         for step in range(STEPS):
             batch = sharding.global_batch(data[step % len(data)], mesh)
-            acc, state = fns.first(tree, ref, batch, state, rng, counters, jnp.int32(0))
+            acc, state = fns.first(state, batch, jnp.int32(0))
             if step == 0 and first_grads:
                 grads = jax.tree.map(np.asarray, acc["grads"])
-            tree, opt_state, counters, metrics = fns.apply(tree, opt_state, acc, counters)
+            state, metrics = fns.apply(state, acc)
             losses.append(float(metrics["loss"]))
     return losses, grads
 
@@ -196,7 +203,7 @@ def reference_table(cfg, ref, tmp_dir: str, mesh):
 def main():
     variants, out_path = json.loads(sys.argv[1]), sys.argv[2]
     # Two query and two key tiles per shard: the tile loops and their skips run.
-    sp.DEFAULT_TILE = 8
+    blockwise.DEFAULT_TILE = 8
     results, unsharded = [], {}
     devices = jax.devices()
     with tempfile.TemporaryDirectory() as tmp:

@@ -275,7 +275,6 @@ def test_data_check_false_reads_nothing(tmp_path, monkeypatch):
 
 
 def test_an_online_stage_checks_its_training_data_as_prompts(tmp_path):
-    import alignjax.online  # noqa: F401  (registers mo_odpo)
 
     path = str(tmp_path / "prompts.jsonl")
     with open(path, "w") as f:

@@ -6,7 +6,9 @@ import math
 import pytest
 import yaml
 
-from alignjax import cli, configlib
+from alignjax import cli
+
+from alignjax.core import configlib
 from alignjax.train import config as train_config
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import train_helpers as th
-from alignjax import paths
+from alignjax.core import paths
 from gcs_emulator import upload_dir
 
 

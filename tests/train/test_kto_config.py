@@ -2,7 +2,7 @@
 
 import pytest
 
-from alignjax import configlib
+from alignjax.core import configlib
 from alignjax.train.config import LossSection
 
 

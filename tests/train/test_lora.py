@@ -181,12 +181,12 @@ def test_online_and_personalised_methods_and_precomputed_references_train_adapte
     assert set(params) == {"lora", "user_model"}
     # `alignjax eval --pdpo-eval` rebuilds the reference of a LoRA stage (the SFT adapters
     # on the base) and measures what the trainer's end-of-stage eval measured.
-    from alignjax.online import evaluate
+    from alignjax.commands import eval as eval_cmd
 
     run = tmp_path / "pdpo"
     out = tmp_path / "pdpo_eval"
     assert (
-        evaluate.main([str(run), "--pdpo-eval", str(run / "data" / "pdpo_eval.jsonl"), "--out", str(out)])
+        eval_cmd.main([str(run), "--pdpo-eval", str(run / "data" / "pdpo_eval.jsonl"), "--out", str(out)])
         == 0
     )
     table = json.loads((out / "table.json").read_text())["pdpo_accuracy"]
@@ -225,7 +225,7 @@ def test_a_lora_checkpoint_on_a_preset_base_loads_for_generation(uninterrupted):
     from alignjax.convert.loading import ModelSection, load_model
     from alignjax.data.byte_tokenizer import VOCAB_SIZE
     from alignjax.models.lora import Adapted
-    from alignjax.online.policy import load_policy
+    from alignjax.generation.policy import load_policy
 
     policy = load_policy(os.path.join(uninterrupted, "checkpoints"))
     assert isinstance(policy.params, Adapted)

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import train_helpers as th
-from alignjax import sharding
+from alignjax.core import sharding
 
 
 @pytest.mark.slow

@@ -24,9 +24,10 @@ from alignjax.data.pipeline import make_pipeline
 from alignjax.losses.cut import CUTConfig, cut_loss
 from alignjax.models import decoder, head
 from alignjax.models.parts import DECODER
-from alignjax.sharding import MeshSection, make_mesh
+from alignjax.core.sharding import MeshSection, make_mesh
 from alignjax.train.config import LossSection
 from alignjax.train.methods import method_for
+from alignjax.train.state import TrainState
 from alignjax.train.step import init_counters, make_step_fns
 
 SIZES = {"num_conditions": 0, "num_users": 1, "n_user_tokens": 0}
@@ -167,7 +168,7 @@ def test_pdpo_rpo_alpha_adds_the_token_mean_nll_of_the_chosen_with_user_tokens(m
     sizes = {"num_conditions": 0, "num_users": 3, "n_user_tokens": 2}
     values = {}
     for alpha in (0.0, 0.7):
-        pdpo = dataclasses.replace(LossSection().section("pdpo"), rpo_alpha=alpha)
+        pdpo = dataclasses.replace(LossSection().section("pdpo"), n_user_tokens=2, rpo_alpha=alpha)
         loss = LossSection(type="pdpo", sections={"pdpo": pdpo})
         objective = method_for(loss).build(cfg, loss, sizes)
         user_model = objective.init_parts(jax.random.key(5), params)
@@ -184,7 +185,7 @@ def test_pdpo_rpo_alpha_adds_the_token_mean_nll_of_the_chosen_with_user_tokens(m
 def test_pdpo_user_lr_scale_scales_only_the_user_model(scale):
     from alignjax.models.user_model import USER_MODEL_KEY
 
-    pdpo = dataclasses.replace(LossSection().section("pdpo"), user_lr_scale=scale)
+    pdpo = dataclasses.replace(LossSection().section("pdpo"), n_user_tokens=2, user_lr_scale=scale)
     loss = LossSection(type="pdpo", sections={"pdpo": pdpo})
     objective = method_for(loss).build(None, loss, {"num_users": 3, "n_user_tokens": 2})
     lr = 1e-3
@@ -207,7 +208,6 @@ def test_pdpo_user_lr_scale_must_be_positive():
 
 
 def test_mo_odpo_trains_sigmoid_dpo(model, tokenizer, tmp_path):
-    import alignjax.online  # noqa: F401  (registers MO-ODPO)
 
     cfg, params, ref = model
     batch = _batch(tmp_path, tokenizer, "preference", _pairs(3), 3)
@@ -260,13 +260,12 @@ def test_cut_wires_views_and_judgments(model, tokenizer, tmp_path):
     mask = _response_mask(batch)
     satisfactory = np.asarray(batch.is_satisfactory_E, np.float64)
     np.testing.assert_array_equal(satisfactory, [0, 1, 0, 1])
-    section = loss.section("cut")
     expected, _ = cut_loss(
         jnp.asarray(logps[:e]),
         jnp.asarray(logps[e:]),
         jnp.asarray(mask[:e]),
         jnp.asarray(1 - satisfactory),
-        CUTConfig(lam=section.lam, a=section.a, g=section.g, detection=section.detection, form=section.form),
+        CUTConfig(),  # loss.cut's defaults
     )
     np.testing.assert_allclose(value, float(expected), rtol=2e-5)
 
@@ -278,6 +277,13 @@ def _step_fns(objective, params, tx):
     opt_state = tx.init(params)
     fns = make_step_fns(objective, tx, shardings, jax.tree.map(lambda _: replicated, opt_state))
     return fns, opt_state, mesh
+
+
+def _state(tree, opt_state, ref, method_state, rng, mesh, step=0, skipped=0):
+    counters = init_counters(step, skipped, mesh)
+    return TrainState(
+        params=tree, opt_state=opt_state, reference=ref, method_state=method_state, counters=counters, rng=rng
+    )
 
 
 def test_accumulated_micro_batches_update_as_their_whole_batch(model, tokenizer, tmp_path):
@@ -294,21 +300,25 @@ def test_accumulated_micro_batches_update_as_their_whole_batch(model, tokenizer,
     rng, micro = jax.random.key(5), [jnp.int32(0), jnp.int32(1)]
 
     fns, opt_state, mesh = _step_fns(objective, tree, tx)
-    state = jax.device_put(objective.init_state())
-    acc, state = fns.first(tree, ref, first, state, rng, init_counters(0, 0, mesh), micro[0])
-    acc, state = fns.accumulate(acc, tree, ref, second, state, rng, init_counters(0, 0, mesh), micro[1])
-    by_micro, _, counters, metrics = fns.apply(tree, opt_state, acc, init_counters(0, 0, mesh))
+    state = _state(tree, opt_state, ref, jax.device_put(objective.init_state()), rng, mesh)
+    acc, state = fns.first(state, first, micro[0])
+    acc, state = fns.accumulate(acc, state, second, micro[1])
+    by_micro, metrics = fns.apply(state, acc)
 
     fns, opt_state, mesh = _step_fns(objective, tree, tx)
-    acc, _ = fns.first(tree, ref, whole, objective.init_state(), rng, init_counters(0, 0, mesh), micro[0])
-    by_whole, _, _, whole_metrics = fns.apply(tree, opt_state, acc, init_counters(0, 0, mesh))
+    state = _state(tree, opt_state, ref, objective.init_state(), rng, mesh)
+    acc, state = fns.first(state, whole, micro[0])
+    by_whole, whole_metrics = fns.apply(state, acc)
 
     # Mean over pairs = mean of the two halves' means: the same gradient, the same update.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), by_micro, by_whole)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), by_micro.params, by_whole.params
+    )
     np.testing.assert_allclose(float(metrics["loss"]), float(whole_metrics["loss"]), rtol=1e-5)
-    assert int(counters["step"]) == 1 and int(counters["skipped"]) == 0
+    assert int(by_micro.counters["step"]) == 1 and int(by_micro.counters["skipped"]) == 0
     moved = max(
-        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(by_whole), jax.tree.leaves(tree))
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(by_whole.params), jax.tree.leaves(tree), strict=True)
     )
     assert moved > 1e-4  # the step did update
 
@@ -337,7 +347,7 @@ def test_reference_equal_to_the_policy_gives_exact_zero_margins_in_the_compiled_
     fns, _, mesh = _step_fns(objective, tree, optax.sgd(0.1))
     copy = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
     run = lambda r: fns.first(  # noqa: E731
-        tree, r, batch, objective.init_state(), jax.random.key(0), init_counters(0, 0, mesh), jnp.int32(0)
+        _state(tree, None, r, objective.init_state(), jax.random.key(0), mesh), batch, jnp.int32(0)
     )[0]["metrics"]
     same = run(copy)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
@@ -356,13 +366,12 @@ def test_non_finite_step_changes_nothing_and_is_counted(model, tokenizer, tmp_pa
     tx = optax.adam(1e-2)
     fns, opt_state, mesh = _step_fns(objective, tree, tx)
     before = jax.tree.map(np.asarray, (tree, opt_state))
-    acc, _ = fns.first(
-        tree, ref, batch, objective.init_state(), jax.random.key(0), init_counters(7, 2, mesh), jnp.int32(0)
-    )
-    new_tree, new_opt, counters, _ = fns.apply(tree, opt_state, acc, init_counters(7, 2, mesh))
-    after = jax.tree.map(np.asarray, (new_tree, new_opt))
+    state = _state(tree, opt_state, ref, objective.init_state(), jax.random.key(0), mesh, step=7, skipped=2)
+    acc, state = fns.first(state, batch, jnp.int32(0))
+    new, _ = fns.apply(state, acc)
+    after = jax.tree.map(np.asarray, (new.params, new.opt_state))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), before, after)
-    assert (int(counters["step"]), int(counters["skipped"])) == (8, 3)
+    assert (int(new.counters["step"]), int(new.counters["skipped"])) == (8, 3)
 
 
 def test_unknown_loss_type_names_the_registered_methods():
@@ -373,7 +382,7 @@ def test_unknown_loss_type_names_the_registered_methods():
 
 
 def test_method_sections_are_config_keys_with_suggestions():
-    from alignjax import configlib
+    from alignjax.core import configlib
 
     loss = configlib.from_dict(LossSection, {"type": "sparsepo", "sparsepo": {"weights": "given"}}, "loss")
     assert loss.section("sparsepo").weights == "given"

@@ -10,7 +10,7 @@ import portpicker
 import pytest
 
 import train_helpers as th
-from alignjax import paths, sharding
+from alignjax.core import paths, sharding
 from alignjax.data.config import DataConfig, SourceConfig, TemplateConfig
 from alignjax.data.pipeline import make_pipeline
 

@@ -11,11 +11,11 @@ import train_helpers as th
 SCRIPT = r"""
 import jax, optax
 from jax.sharding import PartitionSpec as P
-from alignjax import sharding
+from alignjax.core import sharding
 from alignjax.convert.loading import ModelSection, load_model
 from alignjax.models import decoder
 from alignjax.models.mask_head import mask_head_optimizer
-from alignjax.sharding import MeshSection
+from alignjax.core.sharding import MeshSection
 from alignjax.train.stage import opt_state_shardings
 
 section = ModelSection(preset="tiny", preset_overrides={"num_hidden_layers": 2, "hidden_size": 64,

@@ -63,7 +63,7 @@ def _precompute(config: str, cache: str, log_path: str, expect_rc: int = 0) -> s
     # The module's own entry point: the same `main` that `alignjax precompute-ref` calls.
     with open(log_path, "w") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "alignjax.train.precompute", config],
+            [sys.executable, "-m", "alignjax.commands.precompute_ref", config],
             cwd=th.REPO,
             env=th.train_env(1, cache),
             stdout=log,
@@ -272,7 +272,7 @@ def test_changed_max_length_is_a_stale_table_error(tmp_path, request, where):
 
 
 def test_a_pair_missing_from_the_table_is_an_error_naming_its_record():
-    from alignjax.data.batch import PairBatch
+    from alignjax.data.record_types.preference import PairBatch
     from alignjax.data.records import record_key
 
     table = ReferenceTable(

@@ -51,7 +51,7 @@ def test_qlora_checkpoint_names_its_quantized_base_and_loads_and_exports(uninter
     from alignjax.convert import model_checkpoint as mc
     from alignjax.models import quantize
     from alignjax.models.lora import Adapted
-    from alignjax.online.policy import load_policy
+    from alignjax.generation.policy import load_policy
 
     step, params = th.final_params(uninterrupted)
     assert set(params) == {"lora"}

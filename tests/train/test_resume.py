@@ -192,18 +192,28 @@ def test_checkpoint_with_ungrouped_parameters_says_how_to_carry_on(tmp_path, log
     """Checkpoints written before parameters were grouped as {"decoder", <parts>} (the decoder's
     keys at the top level) do not resume; the run stops and says to export and restart."""
     import jax
+    import jax.numpy as jnp
     import optax
 
     from alignjax.convert.loading import ModelSection, load_model
     from alignjax.data.byte_tokenizer import VOCAB_SIZE
+    from alignjax.train.state import LoopState, TrainState
 
     run_dir = str(tmp_path / "ungrouped")
     config = th.write_config(str(tmp_path / "ungrouped.yaml"), run_dir)
     tree = th.tiny_config(run_dir)["model"]
     loaded = load_model(ModelSection(**tree), jax.random.key(0), vocab_size=VOCAB_SIZE)
-    checkpointer = ckpt_lib.TrainCheckpointer(run_dir, async_save=False)
-    loop_state = {"step": 4, "stage": "sft", "stage_index": 0, "data_state": [{}], "loss_state": {}}
-    checkpointer.save(4, loaded.params, optax.adam(1e-3).init(loaded.params), loop_state, loaded.meta)
+    checkpointer = ckpt_lib.TrainCheckpointer(run_dir, loaded.meta, async_save=False)
+    state = TrainState(
+        params=loaded.params,
+        opt_state=optax.adam(1e-3).init(loaded.params),
+        reference=None,
+        method_state={},
+        counters={"step": jnp.int32(4), "skipped": jnp.int32(0)},
+        rng=jax.random.key(0),
+    )
+    loop = LoopState(step=4, stage_index=0, stage_name="sft", data_state=[{}])
+    checkpointer.save(state, loop, reference_moves=False)
     checkpointer.close()
 
     out = th.run(config, cache_dir=compile_cache, log_path=log_path("ungrouped"), expect_rc=2)

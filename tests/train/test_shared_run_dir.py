@@ -78,7 +78,7 @@ def test_train_with_a_run_dir_per_process_stops_every_process_before_step_1(tmp_
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    from alignjax import sharding
+    from alignjax.core import sharding
     sharding.maybe_initialize_distributed()
     import jax
     from alignjax.train.shared_dir import check_shared_run_dir
@@ -134,7 +134,7 @@ def test_processes_sharing_a_bucket_run_dir_pass_and_leave_no_marker(gcs):
         {"process": 0, "error": None},
         {"process": 1, "error": None},
     ]
-    from alignjax import paths
+    from alignjax.core import paths
 
     assert not paths.exists(paths.join(run_dir, MARKER))
 

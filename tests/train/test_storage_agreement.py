@@ -21,7 +21,7 @@ from alignjax.train import checkpoint as ckpt_lib
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    from alignjax import sharding
+    from alignjax.core import sharding
     sharding.maybe_initialize_distributed()
     import jax
     import jax.numpy as jnp

@@ -47,9 +47,11 @@ def both_runs(request, tmp_path_factory):
         root / "alignjax",
         model_dir,
         data_path,
-        {"type": "reward", "reward": {"center_rewards_coefficient": CENTER}},
         # TRL reads a `margin` column whenever the data has one; alignjax when told to.
-        data={"margin_field": "margin" if margins else None},
+        {
+            "type": "reward",
+            "reward": {"center_rewards_coefficient": CENTER, "margin_field": "margin" if margins else None},
+        },
     )
     return h.run_both(trl.RewardTrainer, args, model, rows, config, model_dir=model_dir)
 

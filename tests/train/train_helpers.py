@@ -154,7 +154,7 @@ def run(
 def finalized_steps(run_dir: str) -> list[int]:
     """Steps whose checkpoint Orbax has committed: locally, the temporary directory was renamed;
     in a bucket (no rename), the step's commit marker was written last."""
-    from alignjax import paths
+    from alignjax.core import paths
 
     root = paths.join(run_dir, "checkpoints")
     if not paths.isdir(root):
@@ -187,7 +187,7 @@ def kill(proc, sig=signal.SIGKILL) -> None:
 
 
 def metrics(run_dir: str) -> list[dict]:
-    from alignjax import paths
+    from alignjax.core import paths
 
     with paths.open(paths.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -213,7 +213,7 @@ def eval_metrics(run_dir: str) -> dict[str, float]:
 
 def final_params(run_dir: str, step: int | None = None):
     """Parameters of the newest (or the given) checkpoint, as NumPy."""
-    from alignjax import paths
+    from alignjax.core import paths
     from alignjax.convert import model_checkpoint as mc
 
     root = paths.join(run_dir, "checkpoints")

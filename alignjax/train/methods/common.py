@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from alignjax.data import ops as data_ops
 from alignjax.losses import token_logps
-from alignjax.losses.dpo_family import PairLogps
+from alignjax.losses.dpo_pair_losses import PairLogps
 from alignjax.losses.length_desensitised import length_desensitised_sums
 from alignjax.losses.logps import token_log_sum_sq_probs
 from alignjax.models import decoder, head
@@ -31,6 +31,7 @@ __all__ = [
     "policy_decoder",
     "reference_or_own",
     "reference_pair_logps",
+    "require_positive_beta",
     "require_unpacked",
     "scored_at_next",
 ]
@@ -217,3 +218,9 @@ def require_unpacked(batch, kind: str):
         raise ValueError(
             f"loss.type={kind} compares chosen and rejected token by token: set data.packing: false"
         )
+
+
+def require_positive_beta(loss) -> None:
+    """The methods that take the DPO family's temperature (`loss.beta`) need it positive."""
+    if not loss.beta > 0:
+        raise ValueError(f"loss.beta={loss.beta} must be > 0")

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from alignjax.data import ops as data_ops
-from alignjax.losses.dpo import LOSSES, DPOConfig, dpo_loss, implicit_rewards, init_dpo_state
+from alignjax.losses.dpo_combined import LOSSES, DPOConfig, dpo_loss, implicit_rewards, init_dpo_state
 from alignjax.models import decoder
 from alignjax.train.methods.common import (
     log_sum_sq_from_hidden,
@@ -20,21 +20,9 @@ from alignjax.train.methods.registry import Method, Objective
 
 
 def dpo_config(loss) -> DPOConfig:
-    return DPOConfig(
-        loss_type=loss.names,
-        loss_weights=tuple(loss.weights) if loss.weights else None,
-        beta=loss.beta,
-        label_smoothing=loss.label_smoothing,
-        discopop_tau=loss.discopop_tau,
-        simpo_beta=loss.simpo_beta,
-        simpo_gamma=loss.simpo_gamma,
-        orpo_lambda=loss.orpo_lambda,
-        f_divergence_type=loss.f_divergence_type,
-        f_alpha_divergence_coef=loss.f_alpha_divergence_coef,
-        ld_alpha=loss.ld_alpha,
-        use_weighting=loss.use_weighting,
-        reference_free=loss.reference_free,
-    )
+    """The loss types of `loss:` under its DPO options (the section is a `DPOOptions`)."""
+    weights = tuple(loss.weights) if loss.weights else None
+    return DPOConfig.with_options(loss, loss.names, weights)
 
 
 # DPOConfig fields whose `loss:` key is spelt differently; the others share TRL's name.

@@ -1,5 +1,6 @@
 """KTO (TRL's KTOTrainer): unpaired desirable / undesirable completions (`data.record_type:
-unpaired`), `loss.type: kto` with `loss.kto.loss_type` kto or apo_zero_unpaired.
+unpaired`), `loss.type: kto` with `loss.kto` (`KTOConfig`: TRL's KTOConfig names; its
+`beta` is `loss.beta`, shared with DPO): `loss_type` kto or apo_zero_unpaired.
 
 The reference is the DPO family's (frozen starting model, or a LoRA policy's base). The
 KL reference point comes from each batch's mismatched rows (`UnpairedBatch`), which the
@@ -13,38 +14,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from alignjax.data.batch import UnpairedBatch
+from alignjax.data.record_types.unpaired import UnpairedBatch
 from alignjax.losses.kto import KTOConfig, kl_reference_point, kto_loss
 from alignjax.losses.sequence import sequence_logps
-from alignjax.train.methods.common import forward_logps, policy_decoder, reference_or_own
+from alignjax.train.methods.common import (
+    forward_logps,
+    policy_decoder,
+    reference_or_own,
+    require_positive_beta,
+)
 from alignjax.train.methods.registry import Method, Objective
-
-
-@dataclasses.dataclass(frozen=True)
-class KTOSection:
-    """`loss.kto`: TRL's KTOConfig names (its `beta` is `loss.beta`, shared with DPO)."""
-
-    loss_type: str = "kto"  # or apo_zero_unpaired
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-
-
-def kto_config(loss) -> KTOConfig:
-    section = loss.section("kto")
-    return KTOConfig(
-        loss_type=section.loss_type,
-        beta=loss.beta,
-        desirable_weight=section.desirable_weight,
-        undesirable_weight=section.undesirable_weight,
-    )
-
-
-def check(loss) -> None:
-    try:
-        kto_config(loss)
-    except ValueError as e:
-        message = str(e).replace("KTOConfig.beta", "loss.beta")
-        raise ValueError(message.replace("KTOConfig.", "loss.kto.")) from None
 
 
 def _rows(batch: UnpairedBatch, start: int, stop: int) -> UnpairedBatch:
@@ -66,7 +45,7 @@ def _completion_sums(decoder_params, cfg, loss, rows: UnpairedBatch) -> jax.Arra
 
 
 def build(cfg, loss, sizes) -> Objective:
-    kto = kto_config(loss)
+    kto = loss.section("kto")
 
     def fn(params, ref_params, batch, state, rng):
         if not isinstance(batch, UnpairedBatch):
@@ -93,7 +72,9 @@ def build(cfg, loss, sizes) -> Objective:
         if kto.uses_kl:
             kl_logps_E, ref_kl_logps_E = scored(_rows(batch, e, 2 * e))
             kl = kl_reference_point(jax.lax.stop_gradient(kl_logps_E), ref_kl_logps_E, batch.example_valid_E)
-        value, metrics = kto_loss(logps_E, ref_logps_E, batch.desirable_E, batch.example_valid_E, kl, kto)
+        value, metrics = kto_loss(
+            logps_E, ref_logps_E, batch.desirable_E, batch.example_valid_E, kl, kto, loss.beta
+        )
         return value, (metrics, state, {})
 
     return Objective(fn, needs_reference=True)
@@ -103,7 +84,7 @@ METHOD = Method(
     name="kto",
     accepts=lambda loss: loss.names == ("kto",),
     build=build,
-    section=KTOSection,
+    section=KTOConfig,
     no_precomputed_reference="the KL reference point needs the reference on each batch's mismatched pairs",
-    check=check,
+    check=require_positive_beta,
 )

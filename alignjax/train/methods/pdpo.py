@@ -17,16 +17,20 @@ from alignjax.train.methods.common import (
     pair_logps,
     pair_outputs,
     policy_decoder,
+    require_positive_beta,
     require_unpacked,
 )
 from alignjax.train.methods.registry import Method, Objective
 
 
 @dataclasses.dataclass(frozen=True)
-class PDPOSection:
-    """`loss.pdpo`; the user-token count is data.n_user_tokens."""
+class PDPOSection(PDPOConfig):
+    """`loss.pdpo`: the loss's mix of user and generic terms (`PDPOConfig.alpha`), the user
+    model, and the user-token slots its records carry."""
 
-    alpha: float = 0.5
+    # User soft-token slots right after BOS in every sequence (the data pipeline reserves
+    # them), filled by the user model.
+    n_user_tokens: int = 0
     user_form: str = "individual"  # individual (e_0 + o_i), direct (o_i) or cluster
     num_clusters: int = 5
     # TRL's rpo_alpha: adds this weight times the token-mean NLL of the chosen responses
@@ -38,8 +42,23 @@ class PDPOSection:
     user_lr_scale: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
+        if self.n_user_tokens < 0:
+            raise ValueError(f"loss.pdpo.n_user_tokens={self.n_user_tokens}: must be >= 0")
         if self.user_lr_scale <= 0:
             raise ValueError(f"loss.pdpo.user_lr_scale={self.user_lr_scale}: must be positive")
+
+
+def data_options(loss) -> dict[str, int]:
+    return {"n_user_tokens": loss.section("pdpo").n_user_tokens}
+
+
+def check(loss) -> None:
+    require_positive_beta(loss)
+    if not 0.0 <= loss.label_smoothing < 0.5:
+        raise ValueError(f"loss.label_smoothing={loss.label_smoothing} must be in [0, 0.5)")
+    if loss.section("pdpo").n_user_tokens <= 0:
+        raise ValueError("loss.type=pdpo needs loss.pdpo.n_user_tokens > 0 (the soft-token slots after BOS)")
 
 
 def _embed_scale(cfg):
@@ -54,12 +73,7 @@ def _normal(key, shape, dtype=jnp.float32):
 def build(cfg, loss, sizes) -> Objective:
     section = loss.section("pdpo")
     num_users = sizes["num_users"]
-    n_tokens = sizes["n_user_tokens"]
-    if n_tokens <= 0:
-        raise ValueError("loss.type=pdpo needs data.n_user_tokens > 0 (the soft-token slots after BOS)")
-    config = PDPOConfig(
-        num_users=num_users, beta=loss.beta, alpha=section.alpha, label_smoothing=loss.label_smoothing
-    )
+    n_tokens = sizes["n_user_tokens"]  # loss.pdpo.n_user_tokens, as the stage's data was built
 
     def user_module(decoder_for_init=None):
         init = (
@@ -99,7 +113,10 @@ def build(cfg, loss, sizes) -> Objective:
             PersonalizedLogps(
                 users_P, user_c, user_r, gen_c, gen_r, ref.chosen_logps_B, ref.rejected_logps_B
             ),
-            config,
+            section,
+            num_users=num_users,
+            beta=loss.beta,
+            label_smoothing=loss.label_smoothing,
         )
         if section.rpo_alpha:
             # Padding slots and invalid pairs have no response tokens: they add nothing.
@@ -131,4 +148,6 @@ METHOD = Method(
     build=build,
     section=PDPOSection,
     no_precomputed_reference="its reference sees rows without the user's soft-token slots, computed in the step",
+    check=check,
+    data_options=data_options,
 )

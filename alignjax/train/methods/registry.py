@@ -1,10 +1,11 @@
 """The objective registry: every training method is one module that declares itself here.
 
 A `Method` says when it applies (`accepts(loss)`), its config section (`loss.<name>`),
-its batch source (None: the stage's data pipeline), whether it can read precomputed
-reference log-probs, and how to build its `Objective` (loss function, reference needs,
-extra trainable parts) from typed sizes. The trainer looks methods up; it never switches
-on a method's name. Adding a method is one module plus one `register` line.
+what its records need from the data pipeline, its batch source (None: the stage's data
+pipeline), whether it can read precomputed reference log-probs, and how to build its
+`Objective` (loss function, reference needs, extra trainable parts) from typed sizes.
+The trainer looks methods up; it never switches on a method's name. Adding a method is
+one module plus one `register` line (in `alignjax/train/methods/__init__.py`).
 
 Methods registered later are asked first, so a specialisation (online CUT: `cut` with a
 judge) registers after the method it specialises.
@@ -40,10 +41,15 @@ class Method:
     name: str
     accepts: Callable[[Any], bool]  # (LossSection) -> whether this method trains it
     build: Callable[[Any, Any, dict[str, int]], Objective]  # (ModelConfig, LossSection, sizes)
-    section: type | None = None  # the dataclass of `loss.<name>`
+    # The dataclass of `loss.<name>`: the keys the method reads, and (where the method's
+    # loss has options of its own) the config its loss function takes.
+    section: type | None = None
     # (RunSetup, Stage, stage index, train DataConfig) -> a source with `next_for(params, step)`;
     # None: the stage's data pipeline.
     batch_source: Callable[..., Any] | None = None
+    # (LossSection) -> how that source samples from the policy (`alignjax.online.rollout.
+    # RolloutPlan`), which compile-check compiles the sampling programs for; None: it does not.
+    rollout: Callable[[Any], Any] | None = None
     # The record type of the batches its source yields when not `data.record_type` (an online
     # source reads prompts and yields pairs or CUT views): what sizes a compiled step.
     batch_record_type: str | None = None
@@ -55,6 +61,10 @@ class Method:
     # (LossSection) -> None: raises ValueError naming the `loss.` key of a value it cannot
     # train with; runs when the config loads, before any model or data is read.
     check: Callable[[Any], None] = lambda loss: None
+    # (LossSection) -> the DataConfig values its records need, from its section (P-DPO's
+    # user-token slots, SparsePO's given token weights): the data pipeline tokenises with
+    # them, and a method that declares none gets DataConfig's defaults.
+    data_options: Callable[[Any], dict[str, Any]] = lambda loss: {}
 
 
 _METHODS: list[Method] = []

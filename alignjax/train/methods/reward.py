@@ -29,6 +29,9 @@ class RewardSection:
 
     # Adds coef * mean((r_chosen + r_rejected)^2); null: off (TRL's default).
     center_rewards_coefficient: float | None = None
+    # The preference records' field holding each pair's margin (RewardTrainer's `margin`
+    # column: the loss wants r_chosen - r_rejected above it); null: no margins.
+    margin_field: str | None = None
     # The std of a new score head (when the model is not a sequence classifier already):
     # config.json's initializer_range, 0.02 in every family here.
     initializer_range: float = 0.02
@@ -91,7 +94,7 @@ def build(cfg, loss, sizes) -> Objective:
             chosen_P,
             rejected_P,
             batch.pair_valid_P,
-            margin_P=batch.margin_P,  # data.margin_field; None: no margins
+            margin_P=batch.margin_P,  # loss.reward.margin_field; None: no margins
             center_rewards_coefficient=section.center_rewards_coefficient,
         )
         per_pair = pair_outputs(metrics, chosen_P - rejected_P, batch, sizes["num_conditions"])
@@ -107,6 +110,10 @@ def build(cfg, loss, sizes) -> Objective:
     return Objective(fn, needs_reference=False, init_parts=init_parts)
 
 
+def data_options(loss) -> dict[str, str | None]:
+    return {"margin_field": loss.section("reward").margin_field}
+
+
 def check(loss) -> None:
     coef = loss.section("reward").center_rewards_coefficient
     if coef is not None and coef < 0:
@@ -120,4 +127,5 @@ METHOD = Method(
     section=RewardSection,
     no_precomputed_reference="a reward model has no reference model",
     check=check,
+    data_options=data_options,
 )

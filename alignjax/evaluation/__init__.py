@@ -1,0 +1,2 @@
+"""Evaluating trained policies: weight and condition grids, steerability statistics, Pareto
+fronts and plots, P-DPO accuracy, and the fidelity reproductions."""

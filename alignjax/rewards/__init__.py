@@ -1,0 +1,1 @@
+"""What scores a sampled answer: programmatic reward functions, reward models and judges."""

@@ -1,0 +1,127 @@
+"""Datasets by Hub name (`data.train: hf:ORG/NAME`), against the Hub server on 127.0.0.1."""
+
+import json
+import os
+import pickle
+import signal
+
+import numpy as np
+import pytest
+import yaml
+from hub_helpers import losses, run_config, train, upload
+
+from alignjax.data.config import SourceConfig
+from alignjax.data.formats import decode
+from alignjax.data.records import DataError
+from alignjax.data.sources import open_sources
+
+
+@pytest.fixture
+def prefs(hub, tmp_path):
+    """org/prefs: 12 pairs as train.jsonl and 5 as test.jsonl, the local file beside it."""
+    from trl_harness import random_pairs
+
+    folder = tmp_path / "prefs"
+    (folder / "data").mkdir(parents=True)
+    rows = random_pairs(17, seed=3)
+    for split, part in (("train", rows[:12]), ("test", rows[12:])):
+        with open(folder / "data" / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    commit = upload(str(folder), "org/prefs", repo_type="dataset")
+    return str(folder / "data" / "train.jsonl"), rows, commit
+
+
+def test_a_hub_dataset_reads_as_its_local_file_with_names_in_errors(prefs, tmp_path):
+    _, rows, commit = prefs
+    (source,) = open_sources(SourceConfig(path="hf:org/prefs"), "data.train[0]")
+    assert len(source) == 12 and source.commit == commit
+    assert [decode(source[i]) for i in range(12)] == rows[:12]
+    assert str(source[3].origin) == "hf:org/prefs[train]:3"
+    copy = pickle.loads(pickle.dumps(source))  # a worker process's copy reads the same rows
+    assert decode(copy[11]) == rows[11]
+
+    (test,) = open_sources(SourceConfig(hub="org/prefs", split="test"), "data.eval[0]")
+    assert [decode(test[i]) for i in range(len(test))] == rows[12:]
+
+    with pytest.raises(DataError) as e:
+        open_sources(SourceConfig(path="hf:org/prefs", split="validation"), "data.train[0]")
+    assert str(e.value).startswith("data.train[0].split: hf:org/prefs[validation]: Unknown split")
+    assert "train" in str(e.value) and "test" in str(e.value)
+
+    with pytest.raises(ValueError) as e:
+        open_sources(SourceConfig(path="hf:org/no-such-set"), "data.train[0]")
+    assert str(e.value).startswith("data.train[0].path: dataset org/no-such-set: the Hub")
+
+
+def test_columns_map_other_names_onto_the_record_keys(hub, prefs, tmp_path):
+    local, rows, _ = prefs
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    with open(folder / "train.jsonl", "w") as f:
+        f.writelines(
+            json.dumps({"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]}) + "\n"
+            for r in rows[:12]
+        )
+    upload(str(folder), "org/renamed", repo_type="dataset")
+    columns = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+
+    (source,) = open_sources(SourceConfig(hub="org/renamed", columns=columns), "data.train[0]")
+    assert [decode(source[i]) for i in range(12)] == rows[:12]
+    with pytest.raises(DataError) as e:
+        open_sources(SourceConfig(hub="org/renamed", columns={"chosen": "better"}), "data.train[0]")
+    assert str(e.value).startswith("data.train[0].columns: hf:org/renamed[train] has no column 'better'")
+
+    model = {"hf_path": _tiny(tmp_path)}
+    assert train(run_config(tmp_path / "local", model, local, data={"eval": local})) == 0
+    source = {"hub": "org/renamed", "columns": columns}  # data.eval: one mapping, one set
+    assert train(run_config(tmp_path / "hub", model, [source], data={"eval": source})) == 0
+    expected = losses(tmp_path / "local")
+    assert sorted(expected) == [1, 2]
+    np.testing.assert_allclose(
+        list(losses(tmp_path / "hub").values()), list(expected.values()), rtol=0, atol=1e-6
+    )
+    evals = [_final_eval(tmp_path / name) for name in ("local", "hub")]
+    assert "eval/loss" in evals[0] and evals[1] == pytest.approx(evals[0], abs=1e-6)
+
+
+def _final_eval(run_dir) -> dict:
+    with open(run_dir / "metrics.jsonl") as f:
+        return [r for r in map(json.loads, f) if "eval/loss" in r][-1]
+
+
+def _tiny(tmp_path) -> str:
+    from trl_harness import word_model
+
+    return word_model(tmp_path / "tiny")
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_resumes_exactly_after_sigkill(hub, prefs, tmp_path):
+    import train_helpers as th
+
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    model = {"hf_path": _tiny(tmp_path)}
+
+    def config(name):
+        tree = run_config(tmp_path / name, model, "hf:org/prefs", steps=24)
+        tree["train"].update(save_every=4, batch_size=2)
+        tree["data"]["shuffle"] = True
+        path = str(tmp_path / f"{name}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(tree, f)
+        return path
+
+    th.run(config("straight"), cache_dir=cache, log_path=str(tmp_path / "straight.log"))
+    proc = th.start(config("killed"), cache_dir=cache, log_path=str(tmp_path / "killed.log"))
+    th.wait_for_checkpoint(proc, str(tmp_path / "killed"), 4, timeout=240)
+    assert proc.poll() is None, f"run ended before it could be killed:\n{th.log_text(proc)[-3000:]}"
+    th.kill(proc, signal.SIGKILL)
+    killed_at = max(th.finalized_steps(str(tmp_path / "killed")))
+    assert 4 <= killed_at < 24
+    text = th.run(config("killed"), cache_dir=cache, log_path=str(tmp_path / "resumed.log"))
+    assert f"at step {killed_at}" in text, text[-3000:]
+    expected = th.losses(str(tmp_path / "straight"))
+    assert sorted(expected) == list(range(1, 25))
+    th.assert_losses_match(
+        th.losses(str(tmp_path / "killed")), expected, range(1, 25), 1e-6, "Hub dataset, killed and resumed"
+    )
