@@ -45,6 +45,7 @@ def pytest_configure(config):
 LONGEST_FIRST = (
     "train/test_sequence_parallel_training.py",
     "online/test_fidelity_reproduction.py",
+    "train/test_online_multiprocess.py",
     "train/test_lora.py",
     "train/test_methods.py",
     "train/test_resume_resize.py",
@@ -54,6 +55,7 @@ LONGEST_FIRST = (
     "train/test_gcs_storage.py",
     "train/test_multiprocess.py",
     "train/test_compile_check.py",
+    "models/test_decode_attention.py",
     "train/test_qlora.py",
     "models/test_quantize.py",
 )

@@ -2,7 +2,8 @@
 
 logps     compiled memory of naive vs chunked log-probs (value and gradient)
 data      Grain pipeline throughput (examples/s, tokens/s) on synthetic pairs
-generate  sampler throughput (prefill and decode tokens/s) on a tiny model
+generate  sampler throughput (prefill and decode tokens/s) on a tiny model; --mixed: rows of
+          mixed lengths against transformers' generate
 train     training-step throughput of a config (tokens/s, step time, MFU where known)
 trl       step time of alignjax and of TRL's DPOTrainer on the same ~100M model and data
 quantize  logits error of an NF4 / int8 base (QLoRA) against the full-precision base
@@ -40,6 +41,12 @@ def _data(args) -> dict:
 
 
 def _generate(args) -> dict:
+    if args.mixed:
+        from alignjax.generation.bench_mixed import run_mixed_generate_benchmark
+
+        return run_mixed_generate_benchmark(
+            batch_size=args.batch_size, short=args.short, long=args.long, seed=args.seed
+        )
     from alignjax.generation.bench import run_generate_benchmark
 
     return run_generate_benchmark()
@@ -140,6 +147,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.set_defaults(fn=_data)
     p = sub.add_parser("generate", help="sampler tokens/s")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="half the rows stop after --short tokens, half run to --long, against transformers' "
+        "generate on the same model and batch (needs the test extra)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--short", type=int, default=8)
+    p.add_argument("--long", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_generate)
     p = sub.add_parser("train", help="training tokens/s of a config")
     p.add_argument("config")

@@ -45,7 +45,7 @@ from alignjax.generation.policy import Policy, load_policy
 from alignjax.generation.prompting import PromptRenderer
 from alignjax.generation.responses import sampling_config
 from alignjax.train.config import load_config, stages
-from alignjax.train.run_config import find_run_config
+from alignjax.train.run_config import find_run_config, policy_stage
 
 
 def _points(args: argparse.Namespace, user_vocab) -> tuple[str, list[GridPoint]]:
@@ -121,7 +121,7 @@ def _pdpo_accuracy(policy: Policy, args, renderer: PromptRenderer, user_vocab) -
     if config is None or policy.run_dir is None or user_vocab is None:
         raise ValueError("--pdpo-eval needs a P-DPO training run directory and its --config")
     all_stages = stages(load_config(config))
-    stage_name = args.stage or policy.stage or all_stages[-1].name
+    stage_name = args.stage or policy_stage(policy) or all_stages[-1].name
     stage = next((s for s in all_stages if s.name == stage_name), None)
     if stage is None:
         raise ValueError(f"{config}: no stage {stage_name!r}; pass --stage naming the P-DPO stage")
@@ -173,7 +173,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     renderer = renderer_for(policy, args)
     user_vocab = renderer.user_vocab
     os.makedirs(args.out, exist_ok=True)
-    table: dict[str, Any] = {"model": policy.source, "step": policy.step, "stage": policy.stage}
+    table: dict[str, Any] = {"model": policy.source, "step": policy.step, "stage": policy_stage(policy)}
     if args.pdpo_eval:
         table["pdpo_accuracy"] = _pdpo_accuracy(policy, args, renderer, user_vocab)
     if objectives:

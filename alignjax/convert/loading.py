@@ -107,6 +107,8 @@ class ModelSection:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_backend: str = "xla"
+    # Generation's attention over the KV cache: auto | xla | paged | paged_interpret.
+    decode_attention: str = "auto"
     # Attention across `mesh.sequence` shards: all_gather | ring; zig-zag rows to balance them.
     sequence_parallel: str = "all_gather"
     sequence_load_balance: bool = True
@@ -126,6 +128,7 @@ class ModelSection:
             scan_layers=self.scan_layers,
             remat_policy=self.remat_policy,
             attention_backend=self.attention_backend,
+            decode_attention=self.decode_attention,
             sequence_parallel=self.sequence_parallel,
             sequence_load_balance=self.sequence_load_balance,
             **(self.lora.execution() if self.lora is not None else {}),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import Any
 
 from alignjax.core import hub, paths
@@ -36,7 +35,7 @@ class Policy:
     source: str  # the path the user gave
     step: int | None  # checkpoint step; None for a Hugging Face directory
     run_dir: str | None  # the training run this came from, when it is one
-    stage: str | None  # the training stage that wrote the step (from its loop state)
+    checkpoint_root: str | None  # the checkpoint root holding `step`; None for an HF directory
     generation_config: dict[str, Any] | None  # generation_config.json; None when the model has none
 
     @property
@@ -60,15 +59,6 @@ def _checkpoint_dir(path: str) -> str | None:
 def _run_dir_of(root: str) -> str | None:
     """A training run's directory: the parent of `checkpoints/`."""
     return paths.dirname(root) if paths.basename(root) == "checkpoints" else None
-
-
-def _stage_of(root: str, step: int) -> str | None:
-    """The stage name a training checkpoint recorded in its loop state (JSON)."""
-    path = paths.join(root, str(step), "loop", "metadata")
-    if not paths.exists(path):
-        return None
-    with paths.open(path) as f:
-        return json.load(f).get("stage")
 
 
 def _tokenizer(root: str, run_dir: str | None):
@@ -132,6 +122,6 @@ def load_policy(path: str, revision: str | None = None, **execution: Any) -> Pol
         path,
         step,
         run_dir,
-        _stage_of(root, step),
+        root,
         meta["generation_config"],
     )

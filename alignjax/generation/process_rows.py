@@ -17,10 +17,10 @@ from jax.sharding import NamedSharding
 from alignjax.core.sharding import BATCH_AXES
 
 
-def batch_shards_per_process(mesh: jax.sharding.Mesh) -> int:
-    """How many distinct row blocks each process's devices hold."""
+def batch_shards_per_process(mesh: jax.sharding.Mesh, count: int | None = None) -> int:
+    """How many distinct row blocks each of `count` processes (default: this run's) holds."""
     shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-    count = jax.process_count()
+    count = jax.process_count() if count is None else count
     if shards % count:
         raise ValueError(
             f"mesh: data x fsdp = {shards} row shards cannot give each of the {count} processes rows of "
@@ -39,6 +39,15 @@ def agree_block(rows: int, length: int, mesh: jax.sharding.Mesh) -> tuple[int, i
         mine = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2).max(axis=0)
     shards = batch_shards_per_process(mesh)
     return -(-int(mine[0]) // shards) * shards, int(mine[1])
+
+
+def every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a host exchange; the flag itself on one process)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.array([int(flag)]))))
 
 
 def to_global(block, rows: NamedSharding) -> jax.Array:

@@ -7,7 +7,7 @@ their own positions (counted from their first real token), so a row's tokens are
 what it would get alone.
 
 On a mesh the rows are split over the batch axes and the cache over rows and key/value
-heads (`kv_cache.py`); the parameters stay as the caller holds them. Each process's
+heads (`cache_sharding.py`); the parameters stay as the caller holds them. Each process's
 prompts are its block of the global batch (`process_rows.py`), and block j draws with its
 own key: a process's rows draw what they would draw alone, whatever the process count.
 The decode loop ends when every row of every block is done, decided inside the program.
@@ -30,9 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alignjax.core import sharding
-from alignjax.generation import kv_cache, process_rows
+from alignjax.generation import cache_sharding, process_rows
 from alignjax.generation.logit_filters import SamplingConfig, choose_tokens
-from alignjax.models import decoder, head
+from alignjax.models import decode_attention, decoder, head
 from alignjax.models.config import ModelConfig
 
 
@@ -52,7 +52,7 @@ class DecodeState(NamedTuple):
     lengths_B: jax.Array
     done_B: jax.Array
     hit_eos_B: jax.Array
-    cache: decoder.KVCache
+    cache: decoder.KVCache | decoder.PagedKVCache
 
 
 def bucket_length(n: int, min_bucket: int = 16) -> int:
@@ -125,7 +125,7 @@ def _fresh_state(cfg: ModelConfig, sampling: SamplingConfig, prompt_lengths_B, l
         lengths_B=jnp.zeros((b,), jnp.int32),
         done_B=prompt_lengths_B == 0,
         hit_eos_B=jnp.zeros((b,), bool),
-        cache=kv_cache.constrain_cache(cache),
+        cache=cache_sharding.constrain_cache(cache),
     )
 
 
@@ -143,7 +143,7 @@ def prefill(
         params, cfg, prompt_tokens_BxLp, positions_BxLp, segment_ids_BxLp, state.cache
     )
     logits_BxV = head.logits_BxLxV(params, cfg, hidden_BxLpxD[:, -1:])[:, 0]
-    state = state._replace(cache=kv_cache.constrain_cache(cache))
+    state = state._replace(cache=cache_sharding.constrain_cache(cache))
     return _advance(state, logits_BxV, sampling, _fold_in(keys_P, 0))
 
 
@@ -169,7 +169,7 @@ def decode_state(
         )
         logits_BxV = head.logits_BxLxV(params, cfg, hidden_Bx1xD)[:, 0]
         state = state._replace(
-            cache=kv_cache.constrain_cache(cache), next_position_B=state.next_position_B + 1
+            cache=cache_sharding.constrain_cache(cache), next_position_B=state.next_position_B + 1
         )
         return _advance(state, logits_BxV, sampling, _fold_in(keys_P, state.step))
 
@@ -185,9 +185,9 @@ def decode(params, cfg: ModelConfig, sampling: SamplingConfig, state: DecodeStat
     return Generation(state.tokens_BxT, state.lengths_B, state.hit_eos_B)
 
 
-def state_logical_axes() -> DecodeState:
-    one, two = kv_cache.rows_axes(1), kv_cache.rows_axes(2)
-    return DecodeState(P(), one, one, two, one, one, one, kv_cache.cache_logical_axes())
+def state_logical_axes(cache_layout: type = decoder.KVCache) -> DecodeState:
+    one, two = cache_sharding.rows_axes(1), cache_sharding.rows_axes(2)
+    return DecodeState(P(), one, one, two, one, one, one, cache_sharding.cache_logical_axes(cache_layout))
 
 
 class ParamsLayout(NamedTuple):
@@ -213,7 +213,6 @@ class SamplingProgram:
     # (params, DecodeState, key_data_P) -> the final DecodeState: the state is donated and
     # returned, so the loop updates the one cache in place instead of a copy of it.
     decode: Any
-    params: Any  # the parameters' shardings
     prompt_tokens: NamedSharding
     prompt_lengths: NamedSharding
     keys: NamedSharding
@@ -232,13 +231,17 @@ def sampling_program(
     key_impl: str,
 ) -> SamplingProgram:
     """Prefill and decode for `rows` global rows of `prompt_len` prompt tokens, jitted with
-    explicit shardings (the batch axes' rows must divide `rows`, see `process_rows`)."""
+    explicit shardings (the batch axes' rows must divide `rows`, see `process_rows`). The
+    decode attention, and so the cache's layout, is settled for the mesh's platform."""
+    cfg = decode_attention.for_target(cfg, mesh.devices.flat[0].platform)
     state_shapes = jax.eval_shape(
         lambda n: _fresh_state(cfg, sampling, n, prompt_len), jax.ShapeDtypeStruct((rows,), jnp.int32)
     )
-    state = sharding.tree_shardings(state_logical_axes(), state_shapes, mesh)
+    state = sharding.tree_shardings(state_logical_axes(type(state_shapes.cache)), state_shapes, mesh)
     params = jax.tree.unflatten(layout.treedef, layout.shardings)
-    tokens = NamedSharding(mesh, sharding.logical_to_spec(kv_cache.rows_axes(2), (rows, prompt_len), mesh))
+    tokens = NamedSharding(
+        mesh, sharding.logical_to_spec(cache_sharding.rows_axes(2), (rows, prompt_len), mesh)
+    )
     keys = NamedSharding(mesh, P())
 
     def prefill_fn(params, prompt_tokens_BxLp, prompt_lengths_B, key_data_P):
@@ -254,7 +257,6 @@ def sampling_program(
             prefill_fn, in_shardings=(params, tokens, state.lengths_B, keys), out_shardings=state
         ),
         decode=jax.jit(decode_fn, in_shardings=(params, state, keys), out_shardings=state, donate_argnums=1),
-        params=params,
         prompt_tokens=tokens,
         prompt_lengths=state.lengths_B,
         keys=keys,
@@ -275,16 +277,22 @@ def sample_rows(
     """This process's prompts in, its generated token lists out (a final EOS included).
 
     Every process of the run calls it at once (the program is collective), each with its
-    own prompts and every process's key: `process_keys[q]` draws process q's rows.
+    own prompts (none: it only takes part) and every process's key: `process_keys[q]` draws
+    process q's rows.
     """
     count = jax.process_count()
     if process_keys.shape != (count,):
         raise ValueError(
             f"sampling needs one key per process ({count}), got keys of shape {process_keys.shape}"
         )
-    tokens_NxL, lengths_N = left_pad(prompts, sampling.pad_id, min_bucket)
+    if prompts:
+        tokens_NxL, lengths_N = left_pad(prompts, sampling.pad_id, min_bucket)
+    else:  # this process joins the others' program with padding rows only
+        tokens_NxL, lengths_N = np.zeros((0, 1), np.int32), np.zeros(0, np.int32)
     n, length = tokens_NxL.shape
     rows, lp = process_rows.agree_block(n, length, mesh)
+    if rows == 0:
+        return []
     tokens_RxLp = np.pad(tokens_NxL, ((0, rows - n), (lp - length, 0)), constant_values=sampling.pad_id)
     lengths_R = np.pad(lengths_N, (0, rows - n))
     layout = params_layout(params, mesh)

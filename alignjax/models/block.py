@@ -16,10 +16,12 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from alignjax.core.sharding import constrain
+from alignjax.models import decode_attention
 from alignjax.models import rope as rope_lib
 from alignjax.models.attention import attention
 from alignjax.models.config import FULL, SLIDING, ModelConfig
 from alignjax.models.layers import ACT_ROWS, Projection, RMSNorm
+from alignjax.models.paged_cache import PagedLayerCache
 from alignjax.models.sequence_order import balance_shards
 
 
@@ -126,6 +128,10 @@ class Block(nn.Module):
     def _attend(self, q, kk, v, is_sliding, positions_BxL, segment_ids_BxL, cache):
         """(attention output [B, L, H, Dh], the cache's updated (k, v) stacks or None)."""
         cfg = self.cfg
+        if isinstance(cache, PagedLayerCache):
+            # A paged cache exists only for models without sliding layers (decode_attention.unsupported).
+            attn, kv_stacks = decode_attention.attend(cfg, cache, q, kk, v, positions_BxL, segment_ids_BxL)
+            return checkpoint_name(attn, "context"), kv_stacks
         if cache is None:
             keys, values, k_positions, k_segment_ids = kk, v, positions_BxL, segment_ids_BxL
             backend = cfg.attention_backend

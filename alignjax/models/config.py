@@ -16,6 +16,9 @@ SLIDING = "sliding_attention"
 
 # splash_interpret runs the TPU kernel through the Pallas interpreter: for tests on CPU.
 ATTENTION_BACKENDS = ("xla", "dot_product", "cudnn", "splash", "splash_interpret")
+# How generation's new tokens attend to the KV cache (`decode_attention.py`); auto picks the
+# paged TPU kernel on TPU where the model meets its rules, the XLA einsum elsewhere.
+DECODE_ATTENTION = ("auto", "xla", "paged", "paged_interpret")
 SEQUENCE_PARALLEL = ("all_gather", "ring")
 REMAT_POLICIES = (
     "none",
@@ -82,6 +85,7 @@ class ModelConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_backend: str = "xla"
+    decode_attention: str = "auto"
     # The most sequences one row holds (packed rows); set by the trainer from the data.
     max_segments_per_row: int = 1
     # When the mesh splits rows over its `sequence` axis: how attention crosses the shards
@@ -100,6 +104,10 @@ class ModelConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"model.attention_backend={self.attention_backend!r} is not one of {ATTENTION_BACKENDS}"
+            )
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(
+                f"model.decode_attention={self.decode_attention!r} is not one of {DECODE_ATTENTION}"
             )
         if self.sequence_parallel not in SEQUENCE_PARALLEL:
             raise ValueError(

@@ -14,6 +14,8 @@ This module is the decoder's public entry; the pieces live beside it:
   block.py           one transformer layer
   stack.py           the Flax module over the layers; parameter init and logical axes
   kv_cache.py        the cache and the forward pass against it
+  paged_cache.py     the cache laid out as pages, for the TPU decode kernel
+  decode_attention.py  the new tokens' attention over the cache, by target platform
   sequence_order.py  the zig-zag order that balances sequence-parallel attention
 """
 
@@ -29,6 +31,7 @@ from alignjax.models import lora
 from alignjax.models.config import ModelConfig
 from alignjax.models.kv_cache import KVCache, apply_with_cache, init_cache
 from alignjax.models.layers import ACT_ROWS
+from alignjax.models.paged_cache import PagedKVCache
 from alignjax.models.sequence_order import balance_shards, balanced_index, load_balance_order, natural_order
 from alignjax.models.stack import (
     Decoder,
@@ -44,6 +47,7 @@ __all__ = [
     "Decoder",
     "ExtraEmbeddings",
     "KVCache",
+    "PagedKVCache",
     "Params",
     "adapter_logical_axes",
     "apply",

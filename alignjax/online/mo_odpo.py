@@ -29,9 +29,17 @@ import numpy as np
 from alignjax.data.examples import ExampleProcessor
 from alignjax.data.record_types import make_builder
 from alignjax.data.records import Skipped
+from alignjax.generation import process_rows
 from alignjax.generation.logit_filters import SamplingConfig
 from alignjax.generation.stop_ids import stop_ids
-from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
+from alignjax.online.rollout import (
+    OnlineSource,
+    Roller,
+    RolloutPlan,
+    batch_prompts,
+    plain_prompt_text,
+    raw_record,
+)
 from alignjax.rewards.functions import build_reward
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,18 @@ class MOODPOSection:
                 f"loss.mo_odpo.fixed_weights has {len(w)} entries for the {len(self.rewards)} "
                 "objectives of loss.mo_odpo.rewards"
             )
+
+
+def rollout_plan(section: MOODPOSection) -> RolloutPlan:
+    return RolloutPlan(
+        section.num_samples,
+        SamplingConfig(
+            max_new_tokens=section.max_new_tokens,
+            temperature=section.temperature,
+            top_k=section.top_k,
+            top_p=section.top_p,
+        ),
+    )
 
 
 def draw_weights(rng: np.random.Generator, n: int, k: int, alpha: float, grid: int | None) -> np.ndarray:
@@ -139,11 +159,8 @@ class OnlinePairSource(OnlineSource):
         self.pairs = ExampleProcessor(pair_cfg, tokenizer)
         pairs_per_prompt = len(objectives) if section.per_objective_winners else 1
         self.builder = make_builder(pair_cfg, per_host_batch * pairs_per_prompt, pad_id)
-        sampling = SamplingConfig(
-            max_new_tokens=section.max_new_tokens,
-            temperature=section.temperature,
-            top_k=section.top_k,
-            top_p=section.top_p,
+        sampling = dataclasses.replace(
+            rollout_plan(section).sampling,
             eos_ids=stop_ids(tokenizer, model_cfg, generation_config),
             pad_id=pad_id,
         )
@@ -152,14 +169,24 @@ class OnlinePairSource(OnlineSource):
     def next_for(self, params, step: int, max_attempts: int = 8):
         """A batch with at least one pair, or None when `max_attempts` prompt batches in a row
         gave none (every prompt's samples tied: the trainer then skips the update). Passed-over
-        prompts are counted in online/prompts_without_pair."""
-        passed_over = 0
+        prompts are counted in online/prompts_without_pair.
+
+        Sampling is one program over every process, so the processes draw in step: one that has
+        its batch joins the others' further draws with no rows until every process has one."""
+        batch, passed_over = None, 0
         for attempt in range(max_attempts):
-            batch = self._try(params, step * max_attempts + attempt)
+            draw = step * max_attempts + attempt
             if batch is not None:
-                self.last_metrics["online/prompts_without_pair"] += passed_over
-                return batch
-            passed_over += self.last_metrics["online/prompts_without_pair"]
+                self.roller.sample(params, [], self.section.num_samples, draw)
+            else:
+                batch = self._try(params, draw)
+                if batch is None:
+                    passed_over += self.last_metrics["online/prompts_without_pair"]
+            if process_rows.every_process(batch is not None):
+                break
+        if batch is not None:
+            self.last_metrics["online/prompts_without_pair"] += passed_over
+            return batch
         log.warning(
             "MO-ODPO step %d: in %d prompt batches every prompt's samples scored the same; the policy "
             "has stopped exploring (raise loss.mo_odpo.temperature or num_samples to keep it learning)",

@@ -18,7 +18,14 @@ from alignjax.data.record_types import make_builder
 from alignjax.data.records import Skipped
 from alignjax.generation.logit_filters import SamplingConfig
 from alignjax.generation.stop_ids import stop_ids
-from alignjax.online.rollout import OnlineSource, Roller, batch_prompts, plain_prompt_text, raw_record
+from alignjax.online.rollout import (
+    OnlineSource,
+    Roller,
+    RolloutPlan,
+    batch_prompts,
+    plain_prompt_text,
+    raw_record,
+)
 from alignjax.rewards.judges import build_judge
 
 
@@ -30,6 +37,19 @@ class OnlineSampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+
+
+def rollout_plan(sampling: OnlineSampling) -> RolloutPlan:
+    """One response per prompt."""
+    return RolloutPlan(
+        1,
+        SamplingConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+        ),
+    )
 
 
 class OnlineCutSource(OnlineSource):
@@ -54,21 +74,12 @@ class OnlineCutSource(OnlineSource):
         cut_cfg = dataclasses.replace(cut_cfg, record_type="cut", on_bad_record="skip")
         self.examples = ExampleProcessor(cut_cfg, tokenizer)
         self.builder = make_builder(cut_cfg, per_host_batch, pad_id)
-        self.roller = Roller(
-            cut_cfg,
-            tokenizer,
-            model_cfg,
-            SamplingConfig(
-                max_new_tokens=sampling.max_new_tokens,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                eos_ids=stop_ids(tokenizer, model_cfg, generation_config),
-                pad_id=pad_id,
-            ),
-            seed,
-            mesh,
+        settings = dataclasses.replace(
+            rollout_plan(sampling).sampling,
+            eos_ids=stop_ids(tokenizer, model_cfg, generation_config),
+            pad_id=pad_id,
         )
+        self.roller = Roller(cut_cfg, tokenizer, model_cfg, settings, seed, mesh)
 
     def next_for(self, params, step: int):
         prompts = batch_prompts(next(self.prompt_pipeline))

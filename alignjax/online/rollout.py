@@ -19,6 +19,7 @@ import numpy as np
 
 from alignjax.data.examples import ExampleProcessor
 from alignjax.data.records import Origin, RawRecord, Skipped
+from alignjax.generation.logit_filters import SamplingConfig
 from alignjax.generation.sampler import params_mesh, sample_rows
 
 
@@ -37,6 +38,15 @@ def plain_prompt_text(prompt: Any) -> str:
 def batch_prompts(prompt_batch) -> list[Any]:
     """The valid records' prompts (str or messages) of a PromptBatch."""
     return [json.loads(p) for p, valid in zip(prompt_batch.prompts, prompt_batch.example_valid_B) if valid]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutPlan:
+    """How an online source samples: `num_samples` rows per prompt, decoded with `sampling`
+    (whose stop and pad ids the tokenizer fills in)."""
+
+    num_samples: int
+    sampling: SamplingConfig
 
 
 @dataclasses.dataclass

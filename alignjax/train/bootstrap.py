@@ -103,6 +103,7 @@ def bootstrap(cfg: TrainConfig) -> RunSetup:
     check_shared_run_dir(cfg.run_dir)  # before anything is written there
     mesh = sharding.make_mesh(cfg.mesh)
     data_dir = prepare_builtin_data(cfg)
+    hub_revisions.open_hub_datasets(cfg)
     section = hub_revisions.pinned_model(cfg.run_dir, cfg.model)
     loaded = load_model(section, jax.random.key(cfg.seed), vocab_size=VOCAB_SIZE if section.preset else None)
     hub_revisions.record(cfg.run_dir, section, loaded)

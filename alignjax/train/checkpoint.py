@@ -11,6 +11,7 @@ newest step that restores cleanly and warns about any newer one that does not.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -176,6 +177,16 @@ class TrainCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def recorded_stage(root: str, step: int) -> str | None:
+    """The stage that wrote training checkpoint `step` under `root` (None for a model
+    checkpoint without loop state, such as one `alignjax convert` wrote)."""
+    path = paths.join(root, str(step), LOOP_ITEM, "metadata")
+    if not paths.exists(path):
+        return None
+    with paths.open(path) as f:
+        return json.load(f).get("stage")
 
 
 def save_reference(root: str, params: Any, model_meta: dict[str, Any]) -> None:

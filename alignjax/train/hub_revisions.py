@@ -1,4 +1,6 @@
-"""The Hub commits a run's model settings resolved to, kept in its run directory.
+"""A run's inputs from the Hub, settled when it starts: its Hub datasets opened (so a
+missing repository, revision or split stops it before anything compiles), and the commits
+its model settings resolved to, kept in its run directory.
 
 `model.hf_path` (and `model.lora.from_peft`) may name a Hub repository at a branch or tag
 that moves. The first start records the commit SHA each one resolved to in
@@ -19,6 +21,9 @@ import jax
 from alignjax.convert.loading import LoadedModel, ModelSection
 from alignjax.core import hub, paths
 from alignjax.core.fileio import atomic_write_json
+from alignjax.data.hub_source import is_hub_source
+from alignjax.data.sources import open_sources
+from alignjax.train.config import sources_from, stages
 
 FILE_NAME = "hub_revisions.json"
 
@@ -97,3 +102,22 @@ def record(run_dir: str, section: ModelSection, loaded: LoadedModel) -> None:
             entries[key] = old
     if entries != recorded:
         atomic_write_json(paths.join(run_dir, FILE_NAME), entries, indent=2)
+
+
+def open_hub_datasets(cfg) -> None:
+    """Fetches and opens every Hub dataset the run's stages read (`data.train`, `data.eval`),
+    so their errors come first; the later opening reads them from the cache."""
+    for stage in stages(cfg):
+        data = stage.config.data
+        evals = (
+            data.eval
+            if isinstance(data.eval, dict) and not {"path", "hub"} & set(data.eval)
+            else {"": data.eval}
+        )
+        named = [("data.train", data.train)] + [
+            (f"data.eval.{name}" if name else "data.eval", value) for name, value in evals.items()
+        ]
+        for key, value in named:
+            for i, source in enumerate(sources_from(value, key)):
+                if is_hub_source(source):
+                    open_sources(source, f"{key}[{i}]")

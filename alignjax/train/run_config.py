@@ -13,6 +13,7 @@ from alignjax.data.sources import open_sources
 from alignjax.data.vocab import Vocab
 from alignjax.generation.policy import Policy
 from alignjax.generation.prompting import PromptRenderer
+from alignjax.train.checkpoint import recorded_stage
 from alignjax.train.config import data_config, load_config, sources_from, stages
 
 RUN_CONFIG_NAME = "config.yaml"  # where a run directory keeps its resolved config
@@ -79,9 +80,16 @@ def prompt_renderer(
     and `stage` (default the stage that wrote the checkpoint); P-DPO user ids map through
     `user_vocab_path`, else the run's user vocabulary."""
     config = config or find_run_config(policy.run_dir)
-    stage = stage or policy.stage
+    stage = stage or policy_stage(policy)
     if user_vocab_path:
         user_vocab = Vocab.load(user_vocab_path)
     else:
         user_vocab = run_user_vocab(config, stage, policy.run_dir)
     return PromptRenderer(run_data_config(config, stage), policy.tokenizer, user_vocab)
+
+
+def policy_stage(policy: Policy) -> str | None:
+    """The training stage that wrote a policy's checkpoint step, from its loop state."""
+    if policy.checkpoint_root is None or policy.step is None:
+        return None
+    return recorded_stage(policy.checkpoint_root, policy.step)

@@ -53,6 +53,16 @@ def test_a_hub_dataset_reads_as_its_local_file_with_names_in_errors(prefs, tmp_p
     assert str(e.value).startswith("data.train[0].path: dataset org/no-such-set: the Hub")
 
 
+def test_a_missing_split_stops_a_run_before_its_model_loads(prefs, tmp_path, capsys):
+    tree = run_config(tmp_path / "run", {"hf_path": "org/no-such-model"}, "hf:org/prefs")
+    tree["data"]["eval"] = {"named": {"hub": "org/prefs", "split": "validation"}}
+    assert train(tree) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        "alignjax train: error: data.eval.named[0].split: hf:org/prefs[validation]: Unknown split"
+    )
+
+
 def test_columns_map_other_names_onto_the_record_keys(hub, prefs, tmp_path):
     local, rows, _ = prefs
     folder = tmp_path / "renamed"

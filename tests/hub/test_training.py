@@ -49,6 +49,12 @@ def test_a_hub_model_and_dataset_train_as_their_local_copies_online_and_offline(
     assert train(run_config(tmp_path / "no-cache", by_name, "hf:org/prefs")) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(
+        "alignjax train: error: data.train[0].path: dataset org/prefs: HF_HUB_OFFLINE is set and "
+        "the files are not in the cache"
+    ), error
+    assert train(run_config(tmp_path / "no-cache", by_name, pairs)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
         "alignjax train: error: model.hf_path: model org/tiny at revision dev: HF_HUB_OFFLINE is set and "
         "the files are not in the cache"
     ), error

@@ -94,10 +94,10 @@ def test_cache_rows_split_over_the_batch_axes_and_heads_over_tensor():
     from jax.sharding import AbstractMesh
 
     from alignjax.core import sharding
-    from alignjax.generation import kv_cache
+    from alignjax.generation import cache_sharding
 
     mesh = AbstractMesh((2, 2, 1, 2), sharding.MESH_AXES)
-    axes = kv_cache.cache_logical_axes()
+    axes = cache_sharding.cache_logical_axes()
 
     def spec(kv_heads):
         shape = (2, 8, 24, kv_heads, 16)

@@ -8,7 +8,8 @@ of devices from each process. Every process builds the same random tiny model on
 the mesh (sharded as training shards it), samples its own prompts (a different number of
 rows and a different prompt bucket on each process) greedily and at temperature 1 with
 the keys of `alignjax.online.rollout`, then samples the same prompts with its own key on
-one local device from a host copy of the parameters. It writes both to
+one local device from a host copy of the parameters; then samples again with process 0
+holding no prompts (it takes part with padding rows only). It writes all of them to
 OUT_DIR/process<i>_<mesh>.json; the test compares them.
 """
 
@@ -81,6 +82,11 @@ def sample(cfg, name: str, out_dir: str) -> None:
         keys_P = jnp.stack([jax.random.fold_in(jax.random.key(5), 3 * count + q) for q in range(count)])
         out[kind] = sampler.sample_rows(params, cfg, settings, mesh, prompts, keys_P)
         out[f"{kind}_one_device"] = _one_device(one_device, cfg, settings, prompts, keys_P[me])
+    # Process 0 has no prompts this time: it only takes part in the others' program.
+    keys_P = jnp.stack([jax.random.fold_in(jax.random.key(5), 3 * count + q) for q in range(count)])
+    out["joined"] = sampler.sample_rows(
+        params, cfg, SETTINGS["sampled"], mesh, [] if me == 0 else prompts, keys_P
+    )
     # The program those calls ran, looked up again: its KV cache layout.
     rows, lp = process_rows.agree_block(len(prompts), sampler.left_pad(prompts, 0)[0].shape[1], mesh)
     layout = sampler.params_layout(params, mesh)

@@ -99,7 +99,8 @@ def test_each_process_samples_what_one_device_samples_for_its_rows(
 ):
     """Each process's rows (a different number of prompts and prompt bucket per process)
     sampled in one program over the mesh equal what one device samples for them from a
-    host copy of the parameters with that process's key, greedily and at temperature 1."""
+    host copy of the parameters with that process's key, greedily and at temperature 1;
+    also when another process has no prompts and only takes part."""
     runs = _sampling_run(meshes, processes, devices, str(tmp_path), compile_cache)
     for process, by_mesh in enumerate(runs):
         for mesh, out in by_mesh.items():
@@ -116,6 +117,7 @@ def test_each_process_samples_what_one_device_samples_for_its_rows(
                 f"{what}: KV cache laid out as {out['cache_spec']}"
             )
             assert out["rows"] % (data * fsdp // processes) == 0
+            assert out["joined"] == ([] if process == 0 else out["sampled_one_device"]), what
     if processes == 2:
         assert runs[0][meshes[0]]["greedy"] != runs[1][meshes[0]]["greedy"]
 

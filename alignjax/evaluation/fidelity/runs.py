@@ -23,7 +23,7 @@ from alignjax.generation.responses import sampling_config
 from alignjax.models import decoder
 from alignjax.train.config import LossSection, Stage, load_config, stages
 from alignjax.train.methods.common import logps_from_hidden
-from alignjax.train.run_config import find_run_config, run_data_config, run_user_vocab
+from alignjax.train.run_config import find_run_config, policy_stage, run_data_config, run_user_vocab
 
 
 @dataclasses.dataclass
@@ -47,7 +47,7 @@ def load_run(run_dir: str) -> Run:
     if config is None:
         raise FileNotFoundError(f"{run_dir}: no config.yaml; pass the directory of an `alignjax train` run")
     all_stages = stages(load_config(config))
-    stage = next((s for s in all_stages if s.name == policy.stage), all_stages[-1])
+    stage = next((s for s in all_stages if s.name == policy_stage(policy)), all_stages[-1])
     user_vocab = run_user_vocab(config, stage.name, policy.run_dir)
     renderer = PromptRenderer(run_data_config(config, stage.name), policy.tokenizer, user_vocab)
     return Run(policy, stage, renderer, policy.run_dir)

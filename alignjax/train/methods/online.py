@@ -11,6 +11,7 @@ import dataclasses
 import jax
 
 from alignjax.data.pipeline import make_pipeline
+from alignjax.online import mo_odpo, online_cut
 from alignjax.online.mo_odpo import MOODPOSection, OnlinePairSource
 from alignjax.online.online_cut import OnlineCutSource
 from alignjax.train.methods import cut, dpo
@@ -67,6 +68,7 @@ MO_ODPO = Method(
     build=_build_mo_odpo,
     section=MOODPOSection,
     batch_source=_mo_odpo_source,
+    rollout=lambda loss: mo_odpo.rollout_plan(loss.section("mo_odpo")),
     batch_record_type="preference",
     no_precomputed_reference="its pairs are sampled online, so there is nothing to precompute",
 )
@@ -76,5 +78,6 @@ ONLINE_CUT = Method(
     build=cut.build,
     data_options=cut.data_options,
     batch_source=_online_cut_source,
+    rollout=lambda loss: online_cut.rollout_plan(loss.section("cut").sampling),
     batch_record_type="cut",
 )
