@@ -3,6 +3,7 @@
 records is a key of its section, which the method hands to the data pipeline."""
 
 import dataclasses
+import logging
 
 import pytest
 import yaml
@@ -18,6 +19,13 @@ from alignjax.losses.token_weighted import SparsePOConfig
 from alignjax.train import config as train_config
 from alignjax.train.config import LossSection, TrainConfig, data_config
 from alignjax.train.methods.dpo import dpo_config
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch):
+    # `alignjax train` reconfigures the root logger (force=True): in-process, its handler would
+    # outlive the test and write later tests' log lines into their captured stderr.
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
 
 
 def _write(tmp_path, data=None, stages=None):
