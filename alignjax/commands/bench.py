@@ -4,18 +4,19 @@ logps     compiled memory of naive vs chunked log-probs (value and gradient)
 data      Grain pipeline throughput (examples/s, tokens/s) on synthetic pairs
 generate  sampler throughput (prefill and decode tokens/s) on a tiny model; --mixed: rows of
           mixed lengths against transformers' generate
-train     training-step throughput of a config (tokens/s, step time, MFU where known)
-trl       step time of alignjax and of TRL's DPOTrainer on the same ~100M model and data
-quantize  logits error of an NF4 / int8 base (QLoRA) against the full-precision base
+train     training-step throughput of a config (tokens/s, step time, model FLOPs by term, MFU
+          where the chip's peak is known or given)
+trl       step time and tokens/s of alignjax and of TRL's DPOTrainer on the same ~100M model
+          and data; --lengths ragged: sequences of mixed lengths
+quantize  logits error of an NF4 / int8 base (QLoRA) against the full-precision base, on
+          English text, then on random token ids
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from alignjax.core.configlib import apply_override
 from alignjax.core.errors import run_command
 
 
@@ -53,83 +54,21 @@ def _generate(args) -> dict:
 
 
 def _train(args) -> dict:
-    """Time `args.steps` steps of a config after as many warm-up steps (compilation excluded)."""
-    import tempfile
+    from alignjax.commands.bench_train import run_train_benchmark
 
-    from alignjax.models.flops import FORMULA
-    from alignjax.train.config import load_config
-    from alignjax.train.loop import run
-
-    with tempfile.TemporaryDirectory() as run_dir:
-        overrides = [
-            *args.overrides,
-            f"run_dir={run_dir}",
-            "logging.progress_bar=false",
-            "logging.tensorboard=false",
-            "train.save_every=1000000",
-            "data.eval=null",
-            # Two windows of `steps` steps: the first includes compilation, the second is timed.
-            f"train.log_every={args.steps}",
-            f"train.steps={2 * args.steps}",
-            "stages=null",
-        ]
-        cfg = load_config(args.config, overrides)
-        start = time.perf_counter()
-        run(cfg)
-        total = time.perf_counter() - start
-        with open(f"{run_dir}/metrics.jsonl") as f:
-            records = [json.loads(line) for line in f]
-    last = records[-1]
-    out = {
-        "config": args.config,
-        "steps": args.steps,
-        "wall_s_including_compile": total,
-        "tokens_per_sec": last.get("tokens_per_sec"),
-        "step_time_s": last.get("step_time_s"),
-        "mfu": last.get("mfu"),
-        "model_flops_per_step": last.get("model_flops_per_step"),
-        "flops_formula": FORMULA,
-        "device": __import__("jax").devices()[0].device_kind,
-        "loss": last.get("loss"),
-    }
-    return out
+    return run_train_benchmark(args.config, args.overrides, args.steps, args.peak_tflops)
 
 
 def _trl(args) -> dict:
     from alignjax.train.bench_trl import bench_vs_trl
 
-    return bench_vs_trl(args.batch_size, args.max_length, args.steps)
+    return bench_vs_trl(args.batch_size, args.max_length, args.steps, args.lengths)
 
 
 def _quantize(args) -> dict:
-    """A Hugging Face model directory, or a preset initialised as `model.preset` runs are."""
-    import jax
-    import numpy as np
+    from alignjax.commands.bench_quantize import quantize_report
 
-    from alignjax.convert.loading import ModelSection, load_model
-    from alignjax.core import hub
-    from alignjax.models.quantize_error import logits_error
-
-    overrides: dict = {}
-    for kv in args.override:  # config.json keys, parsed as config overrides are
-        apply_override(overrides, kv)
-    resolved = None
-    if args.hf_path:
-        resolved = hub.resolve(
-            args.hf_path, revision=args.revision, key="--hf-path", revision_key="--revision"
-        )
-        section = ModelSection(hf_path=resolved.local_dir if resolved else args.hf_path)
-    else:
-        section = ModelSection(preset=args.preset, preset_overrides=overrides)
-    loaded = load_model(section, jax.random.key(args.seed))
-    vocab = loaded.cfg.vocab_size
-    tokens = np.random.default_rng(args.seed).integers(0, vocab, size=(args.batch, args.length))
-    model = {"hf_path": args.hf_path} if args.hf_path else {"preset": args.preset, "overrides": overrides}
-    if resolved is not None:
-        model["revision"] = resolved.commit
-    report = {"model": model, "token_source": "uniformly random token ids", "seed": args.seed}
-    report["results"] = [logits_error(loaded.params, loaded.cfg, tokens, kind) for kind in args.kinds]
-    return report
+    return quantize_report(args)
 
 
 def main(argv: list[str]) -> int:
@@ -162,6 +101,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="dense bf16 peak per chip in TFLOP/s, for MFU (default: the device table; none on CPU)",
+    )
+    _json_flag(p)
     p.set_defaults(fn=_train)
     p = sub.add_parser(
         "trl", help="step time of alignjax vs TRL's DPOTrainer on one ~100M model (needs the test extra)"
@@ -169,6 +114,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument(
+        "--lengths",
+        choices=["full", "ragged"],
+        default="full",
+        help="full: every sequence max_length - 2 tokens; ragged: each drawn uniformly from 25%% to 100%% "
+        "of it (seed 0), alignjax packing rows, TRL padding each batch to its longest",
+    )
+    _json_flag(p)
     p.set_defaults(fn=_trl)
     p = sub.add_parser("quantize", help="logits error of an NF4 / int8 base against the full-precision one")
     src = p.add_mutually_exclusive_group(required=True)
@@ -177,14 +130,31 @@ def main(argv: list[str]) -> int:
     src.add_argument("--preset", help="a preset, initialised as model.preset runs are")
     p.add_argument("--override", action="append", default=[], help="KEY=VALUE of the preset's config.json")
     p.add_argument("--kinds", nargs="+", default=["nf4", "int8"], choices=["nf4", "int8"])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--length", type=int, default=128)
+    p.add_argument(
+        "--text-file",
+        help="UTF-8 text to measure on (default: a built-in English paragraph), tokenized with the "
+        "model's tokenizer",
+    )
+    p.add_argument("--batch", type=int, default=4, help="rows of random token ids")
+    p.add_argument(
+        "--length", type=int, default=256, help="tokens: the text's first LENGTH, and each random row"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_quantize)
     args = parser.parse_args(argv)
     return run_command("bench", _print_report, args)
 
 
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", help="also write the result, one JSON object, to PATH")
+
+
 def _print_report(args: argparse.Namespace) -> int:
-    print(json.dumps(args.fn(args), indent=2, default=str))
+    text = json.dumps(args.fn(args), indent=2, default=str)
+    print(text)
+    if getattr(args, "json", None):
+        from alignjax.core import paths
+
+        with paths.open(args.json, "w") as f:
+            f.write(text + "\n")
     return 0

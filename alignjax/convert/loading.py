@@ -109,6 +109,8 @@ class ModelSection:
     attention_backend: str = "xla"
     # Generation's attention over the KV cache: auto | xla | paged | paged_interpret.
     decode_attention: str = "auto"
+    # What scores the labels' per-token log-probs: auto | chunked | tokamax | tokamax_interpret.
+    logps_kernel: str = "auto"
     # Attention across `mesh.sequence` shards: all_gather | ring; zig-zag rows to balance them.
     sequence_parallel: str = "all_gather"
     sequence_load_balance: bool = True
@@ -129,6 +131,7 @@ class ModelSection:
             remat_policy=self.remat_policy,
             attention_backend=self.attention_backend,
             decode_attention=self.decode_attention,
+            logps_kernel=self.logps_kernel,
             sequence_parallel=self.sequence_parallel,
             sequence_load_balance=self.sequence_load_balance,
             **(self.lora.execution() if self.lora is not None else {}),

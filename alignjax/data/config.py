@@ -12,6 +12,7 @@ from typing import Any
 from alignjax.data.record_types import record_type_named, registered
 
 SOURCE_FORMATS = ("auto", "jsonl", "parquet", "hf", "array_record", "tfds")
+OVER_LENGTH_CHOICES = ("auto", "truncate", "drop")
 
 
 @dataclasses.dataclass
@@ -31,13 +32,23 @@ class SourceConfig:
     split: str = "train"  # for a saved DatasetDict, TFDS and a Hub dataset
     data_dir: str | None = None  # TFDS data_dir
     # A Hub dataset (`alignjax.data.hub_source`): its repository, its config `name`, the
-    # `revision` (branch, tag or commit), `data_files` (datasets.load_dataset's), and
-    # `columns` naming the dataset's column for each record key ({chosen: better, ...}).
+    # `revision` (branch, tag or commit) and `data_files` (datasets.load_dataset's).
     hub: str | None = None
     name: str | None = None
     revision: str | None = None
     data_files: Any = None
+    # The column that holds each record key ({chosen: better, ...}; `alignjax.data.columns`),
+    # over data.columns key by key.
     columns: dict[str, str] | None = None
+    # A Hub dataset read as a stream (`alignjax.data.hub_stream`): never whole on disk, in
+    # the stream's order, shuffled within consecutive windows of `shuffle_window` records
+    # (default 10000) when data.shuffle is on; the data check reads its first
+    # `check_records` records (default 10000).
+    streaming: bool = False
+    shuffle_window: int | None = None
+    check_records: int | None = None
+    # data.columns, handed to every source by DataConfig; not a key of the source mapping.
+    data_columns: dict[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.hub is not None:
@@ -79,6 +90,9 @@ class DataConfig:
     """The data pipeline's configuration (YAML: the `data:` section)."""
 
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    # The column that holds each record key ({prompt: question, chosen: good, ...}) in every
+    # source; a source's own `columns` overrides it key by key (`alignjax.data.columns`).
+    columns: dict[str, str] | None = None
     # A registered record type (data/record_types/): preference (prompt/chosen/rejected),
     # sft (prompt/response|completion or messages), prompt (prompt only: online methods),
     # cut (prompt/response/judgment), unpaired (prompt/completion/label: KTO).
@@ -88,6 +102,11 @@ class DataConfig:
     max_prompt_length: int | None = 512
     # Which end of an over-long prompt survives; responses always keep their start.
     truncation_mode: str = "keep_end"
+    # A record with a sequence over max_length (or a prompt over max_prompt_length):
+    # truncate cuts it (TRL's DPOTrainer), drop leaves it out, counted as a length drop
+    # (TRL's RewardTrainer); auto: the training method's choice (drop for loss.type reward,
+    # truncate otherwise), truncate outside training.
+    over_length: str = "auto"
     packing: bool = False
     # Packed row length; default 2 * max_length for pairs, max_length otherwise.
     pack_length: int | None = None
@@ -138,6 +157,7 @@ class DataConfig:
 
     def __post_init__(self):
         self.sources = [s if isinstance(s, SourceConfig) else _source_from(s) for s in self.sources]
+        self.sources = [_with_data_columns(s, self.columns) for s in self.sources]
         if isinstance(self.templates, dict):
             self.templates = TemplateConfig(**self.templates)
 
@@ -154,6 +174,11 @@ class DataConfig:
         if self.pack_length is not None:
             return self.pack_length
         return max(record_type_named(self.record_type).packs, 1) * self.max_length
+
+    @property
+    def drops_over_length(self) -> bool:
+        """Whether a record that max_length or max_prompt_length would cut is dropped instead."""
+        return self.over_length == "drop"
 
     @property
     def effective_buckets(self) -> list[int]:
@@ -173,11 +198,14 @@ class DataConfig:
 
         if not self.sources:
             bad("sources", "no sources given; add at least one {path: ...}")
+        _check_columns("columns", self.columns, bad)
         for i, s in enumerate(self.sources):
             if s.format not in SOURCE_FORMATS:
                 bad(f"sources[{i}].format", f"{s.format!r} is not one of {SOURCE_FORMATS}")
             if not s.weight > 0:
                 bad(f"sources[{i}].weight", f"must be > 0, got {s.weight}")
+            _check_columns(f"sources[{i}].columns", s.columns, bad)
+        _check_streaming(self, bad)
         record_type = record_type_named(self.record_type)
         if self.margin_field is not None and self.record_type != "preference":
             bad(
@@ -186,6 +214,8 @@ class DataConfig:
             )
         if self.truncation_mode not in ("keep_end", "keep_start"):
             bad("truncation_mode", f"{self.truncation_mode!r}: use keep_end or keep_start")
+        if self.over_length not in OVER_LENGTH_CHOICES:
+            bad("over_length", f"{self.over_length!r}: use {', '.join(OVER_LENGTH_CHOICES)}")
         if self.on_bad_record not in ("error", "skip"):
             bad("on_bad_record", f"{self.on_bad_record!r}: use error or skip")
         if not isinstance(self.check, bool):
@@ -223,6 +253,48 @@ class DataConfig:
             bad("num_epochs", "must be >= 1, or null to repeat forever")
         if self.worker_count < 0:
             bad("worker_count", "must be >= 0")
+
+
+def _check_columns(key: str, columns: Any, bad) -> None:
+    if columns is not None and not (
+        isinstance(columns, dict) and all(isinstance(v, str) for v in [*columns, *columns.values()])
+    ):
+        bad(key, f"{columns!r}: use a mapping of record key to column name ({{chosen: better, ...}})")
+
+
+def _check_streaming(cfg: DataConfig, bad) -> None:
+    """What a streaming source cannot do: it has no length and no random access."""
+    for i, s in enumerate(cfg.sources):
+        for name in ("shuffle_window", "check_records"):
+            value = getattr(s, name)
+            if value is not None and not s.streaming:
+                bad(f"sources[{i}].{name}", "applies to a streaming source only (streaming: true)")
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                bad(f"sources[{i}].{name}", f"must be a whole number >= 1, got {value!r}")
+        if not s.streaming:
+            continue
+        if not s.path.startswith("hf:") or s.format == "tfds":
+            bad(f"sources[{i}].streaming", f"{s.path!r}: only a Hub dataset (hub: ORG/NAME) streams")
+        if len(cfg.sources) > 1:
+            bad(
+                f"sources[{i}].streaming",
+                "a streaming source must be the only source of its data set: weights mix sources "
+                "per epoch, and a stream's length is unknown until it is read; merge the sources "
+                "into one dataset, or set streaming: false",
+            )
+        if s.weight != 1.0:
+            bad(f"sources[{i}].weight", "a streaming source is read once per epoch; leave weight at 1")
+        # Both build a vocabulary from every record before the first batch.
+        if cfg.n_user_tokens:
+            bad(f"sources[{i}].streaming", "P-DPO (loss.pdpo.n_user_tokens) reads every user id up front")
+        if cfg.condition_field:
+            bad("condition_field", f"reads every record up front; data.sources[{i}] streams")
+
+
+def _with_data_columns(source: SourceConfig, columns: dict[str, str] | None) -> SourceConfig:
+    out = dataclasses.replace(source)
+    out.data_columns = columns
+    return out
 
 
 def _source_from(s: Any) -> SourceConfig:

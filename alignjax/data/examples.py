@@ -46,6 +46,7 @@ class ExampleProcessor:
             max_length=cfg.max_length,
             max_prompt_length=cfg.max_prompt_length,
             truncation_mode=cfg.truncation_mode,
+            drop_over_length=cfg.drops_over_length,
             n_user_tokens=cfg.n_user_tokens,
             user_slot_token_id=cfg.user_slot_token_id,
             default_token_weight=cfg.default_token_weight,

@@ -9,14 +9,13 @@ process or a resumed run loads the same rows without asking the Hub again, and t
 data fingerprint covers the files' contents.
 
 Records are named `hf:ORG/NAME[split]:ROW` (0-based) in errors. `columns` renames the
-dataset's columns to the record keys (`{chosen: better_response}`: the dataset's
-`better_response` is the record's `chosen`).
+dataset's columns to the record keys (`alignjax.data.columns`). A dataset larger than the
+disk is read as a stream instead (`streaming: true`, `alignjax.data.hub_stream`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from alignjax.core import hub
 from alignjax.data.config import SourceConfig
@@ -28,43 +27,32 @@ def is_hub_source(cfg: SourceConfig) -> bool:
 
 
 class HubSource:
-    """Rows of one split of a Hub dataset, keys renamed by `columns`."""
+    """Rows of one split of a Hub dataset."""
 
     def __init__(self, cfg: SourceConfig, key: str):
         repo_id = hub.repo_id_of(cfg.path, f"{key}.path")
-        self.repo_id, self.split, self.config_name = repo_id, cfg.split, cfg.name
-        self.data_files, self.columns = cfg.data_files, dict(cfg.columns or {})
+        self.split, self.config_name, self.data_files = cfg.split, cfg.name, cfg.data_files
         self.name = f"{cfg.path}[{cfg.split}]"
         # The snapshot directory: what `fingerprints` hashes, and what workers reload from.
         self.path = hub.download(
-            repo_id, revision=cfg.revision, key=f"{key}.path", revision_key=f"{key}.revision", repo_type="dataset"
+            repo_id,
+            revision=cfg.revision,
+            key=f"{key}.path",
+            revision_key=f"{key}.revision",
+            repo_type="dataset",
         )
         self.commit = os.path.basename(os.path.normpath(self.path))
         self._ds = self._load(key)
         self._len = len(self._ds)
-        missing = sorted(set(self.columns.values()) - set(self._ds.column_names))
-        if missing:
-            raise DataError(
-                f"{key}.columns: {self.name} has no column {', '.join(map(repr, missing))}; "
-                f"its columns are {self._ds.column_names}"
-            )
 
     def _load(self, key: str = "data source"):
-        import datasets
+        return load_split(self.path, self.config_name, self.split, self.data_files, key, self.name)
 
-        try:
-            return datasets.load_dataset(
-                self.path, name=self.config_name, split=self.split, data_files=self.data_files
-            )
-        except ValueError as e:  # datasets' own words name what exists
-            text = str(e).splitlines()[0]
-            if "split" in text.lower():
-                what = f"{key}.split: {self.name}: {text}"
-            elif "config" in text.lower():
-                what = f"{key}.name={self.config_name}: hf:{self.repo_id}: {text}"
-            else:
-                raise
-            raise DataError(what) from None
+    @property
+    def column_names(self) -> list[str]:
+        if self._ds is None:
+            self._ds = self._load()
+        return self._ds.column_names
 
     def __len__(self) -> int:
         return self._len
@@ -72,10 +60,7 @@ class HubSource:
     def __getitem__(self, i: int) -> RawRecord:
         if self._ds is None:  # a worker process: the snapshot and Arrow cache are local
             self._ds = self._load()
-        row: dict[str, Any] = self._ds[i]
-        for record_key, column in self.columns.items():
-            row[record_key] = row.pop(column)
-        return RawRecord(Origin(self.name, i, "index"), row)
+        return RawRecord(Origin(self.name, i, "index"), self._ds[i])
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_ds"}
@@ -85,3 +70,21 @@ class HubSource:
 
     def __repr__(self):
         return f"HubSource({self.name!r} at {self.commit[:12]}, {len(self)} rows)"
+
+
+def load_split(target: str, config_name, split: str, data_files, key: str, name: str, **options):
+    """`datasets.load_dataset(target, ...)`; a split or config it does not have is a DataError
+    naming `key`.split or `key`.name. `options`: load_dataset's (streaming, revision)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(target, name=config_name, split=split, data_files=data_files, **options)
+    except ValueError as e:  # datasets' own words name what exists
+        text = str(e).splitlines()[0]
+        if "split" in text.lower():
+            what = f"{key}.split: {name}: {text}"
+        elif "config" in text.lower():
+            what = f"{key}.name={config_name}: {name.split('[')[0]}: {text}"
+        else:
+            raise
+        raise DataError(what) from None

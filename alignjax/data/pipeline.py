@@ -9,6 +9,10 @@ The Grain graph, per process:
     -> to_iter_dataset(read threads) -> BatchIterDataset (pad to bucket / pack)
     -> mp_prefetch(worker_count)  (worker w batches records w, w + W, ... of the lane)
 
+A streaming Hub source (`streaming: true`) replaces everything up to the lane with
+`stream_order.StreamOrder`: the stream's own order, window-shuffled, each process keeping
+its lane of positions, with no read threads (one reader per process or data worker).
+
 Everything up to the batcher is index-based, so the batches are a pure function of
 (seed, epoch, process_index, process_count, worker_count): two runs with the same
 config see the same batches, and `get_state()` / `set_state()` resume exactly.
@@ -35,6 +39,7 @@ from alignjax.data.positions import LaneProgress, Positioned, consumed_beyond, c
 from alignjax.data.record_types import make_builder
 from alignjax.data.records import BadRecord
 from alignjax.data.sources import open_sources
+from alignjax.data.stream_order import open_stream_order
 from alignjax.data.vocab import Vocab
 from alignjax.core.fileio import atomic_write_json
 
@@ -59,7 +64,7 @@ class Pipeline:
         cfg: DataConfig,
         user_vocab,
         condition_vocab,
-        records_per_epoch: int,
+        records_per_epoch: int | None,  # None: a stream, whose length is unknown ahead
         process_index: int,
         process_count: int,
     ):
@@ -237,7 +242,8 @@ class Pipeline:
             self._tokens += state["tokens"]
             self._slots += state["slots"]
             self._batches += state["batches"]
-        here = self._lane.start // self.records_per_epoch  # the epoch the lane starts in
+        # The epoch the lane starts in; a stream's length is not known ahead (counted from 0).
+        here = self._lane.start // self.records_per_epoch if self.records_per_epoch else 0
         self._epoch = max((s["epoch"] for s in states), default=here)
         self._reported_through = min((s["reported_through"] for s in states), default=here)
 
@@ -276,6 +282,45 @@ def make_pipeline(
         raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
     cfg.validate(process_count)
 
+    if any(s.streaming for s in cfg.sources):  # then the only source (DataConfig.validate)
+        stream = open_stream_order(cfg)
+        records_per_epoch, user_vocab, condition_vocab = None, None, None  # a stream's length is unknown
+
+        def lane_order(lane: LaneProgress) -> grain.IterDataset:
+            return stream.lane(lane.start + lane.offset, lane.stride)
+    else:
+        order, records_per_epoch, user_vocab, condition_vocab = _mixture_order(cfg, process_index)
+
+        def lane_order(lane: LaneProgress) -> grain.MapDataset:
+            return order[lane.start + lane.offset :: lane.stride]
+
+    processor = ExampleProcessor(cfg, tokenizer, user_vocab, condition_vocab)
+    builder = make_builder(cfg, cfg.batch_size // process_count, tokenizer_pad_id(tokenizer))
+
+    def build(lane: LaneProgress) -> grain.IterDataset:
+        ds = lane_order(lane).map(_ProcessAtPosition(processor, lane.excluded))
+        # A stream is read in order, by one reader per process or data worker.
+        it_ds = (
+            ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads))
+            if isinstance(ds, grain.MapDataset)
+            else ds
+        )
+        it_ds = BatchIterDataset(it_ds, builder)
+        if cfg.worker_count > 0:
+            _ensure_absl_flags_parsed()
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+                )
+            )
+        return it_ds
+
+    return Pipeline(build, cfg, user_vocab, condition_vocab, records_per_epoch, process_index, process_count)
+
+
+def _mixture_order(cfg: DataConfig, process_index: int):
+    """(the global order of (position, record), records per epoch, user vocab, condition vocab)
+    of random-access sources: the shuffled, repeated mixture."""
     sources, weights = [], []
     for i, s in enumerate(cfg.sources):
         opened = open_sources(s, f"data.sources[{i}]")
@@ -296,24 +341,7 @@ def make_pipeline(
     if cfg.shuffle:
         order = order.shuffle(seed=cfg.seed)
     order = order.repeat(cfg.num_epochs).map_with_index(_at_position)
-    processor = ExampleProcessor(cfg, tokenizer, user_vocab, condition_vocab)
-    builder = make_builder(cfg, cfg.batch_size // process_count, tokenizer_pad_id(tokenizer))
-
-    def build(lane: LaneProgress) -> grain.IterDataset:
-        ds = order[lane.start + lane.offset :: lane.stride]
-        ds = ds.map(_ProcessAtPosition(processor, lane.excluded))
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads))
-        it_ds = BatchIterDataset(it_ds, builder)
-        if cfg.worker_count > 0:
-            _ensure_absl_flags_parsed()
-            it_ds = it_ds.mp_prefetch(
-                grain.MultiprocessingOptions(
-                    num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
-                )
-            )
-        return it_ds
-
-    return Pipeline(build, cfg, user_vocab, condition_vocab, len(mixture), process_index, process_count)
+    return order, len(mixture), user_vocab, condition_vocab
 
 
 def _at_position(position: int, record):

@@ -31,6 +31,8 @@ BAD_RECORD_REASONS = {
 LENGTH_DROP_REASONS = {
     "response_truncated": "max_length leaves no response tokens after the prompt",
     "identical_after_truncation": "chosen and rejected are identical once truncated",
+    "over_length": "a sequence is longer than max_length (or its prompt than max_prompt_length) "
+    "and data.over_length drops such records",
 }
 ALL_REASONS = {**BAD_RECORD_REASONS, **LENGTH_DROP_REASONS}
 

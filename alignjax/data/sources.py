@@ -22,7 +22,9 @@ import numpy as np
 
 from alignjax.core import paths
 from alignjax.data.config import SourceConfig
+from alignjax.data.columns import ColumnMap, ColumnsSource
 from alignjax.data.hub_source import HubSource, is_hub_source
+from alignjax.data.hub_stream import HubStream, StreamPrefix
 from alignjax.data.records import DataError, Origin, RawRecord
 
 _EXTENSIONS = {
@@ -97,7 +99,9 @@ class ParquetSource:
         import pyarrow.parquet as pq  # the `parquet` dependency, only when used
 
         self.path, self.name = path, name or path
-        self._len = pq.ParquetFile(path).metadata.num_rows
+        metadata = pq.ParquetFile(path).metadata
+        self._len = metadata.num_rows
+        self.column_names = metadata.schema.to_arrow_schema().names
         self._table = None
         self._lock = threading.Lock()
 
@@ -115,7 +119,7 @@ class ParquetSource:
         return RawRecord(Origin(self.name, i, "row"), row)
 
     def __getstate__(self):
-        return {"path": self.path, "name": self.name, "_len": self._len}
+        return {"path": self.path, "name": self.name, "_len": self._len, "column_names": self.column_names}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _table=None, _lock=threading.Lock())
@@ -261,12 +265,22 @@ def write_array_record(path: str, records: Iterable[dict]) -> int:
 
 
 def open_sources(cfg: SourceConfig, key: str) -> list:
-    """All sources one `SourceConfig` names (a glob or directory can name several).
+    """All sources one `SourceConfig` names (a glob or directory can name several), their
+    records' keys renamed by its columns (`columns.py`). A streaming source is read by index
+    as its prefix (`hub_stream.StreamPrefix`); the pipeline streams it (`stream_order.py`).
 
     `key` is the config key (e.g. "data.sources[0]") for error messages.
     """
+    column_map = ColumnMap.of(cfg, key)
+    opened = _open_sources(cfg, key)
+    return opened if column_map is None else [ColumnsSource(s, column_map) for s in opened]
+
+
+def _open_sources(cfg: SourceConfig, key: str) -> list:
     if cfg.format == "tfds":
         return [TfdsSource(cfg.path, cfg.split, cfg.data_dir)]
+    if is_hub_source(cfg) and cfg.streaming:
+        return [StreamPrefix(HubStream(cfg, key))]
     if is_hub_source(cfg):
         return [HubSource(cfg, key)]
     matches = paths.glob(cfg.path) if any(c in cfg.path for c in "*?[") else [cfg.path]

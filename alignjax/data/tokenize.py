@@ -16,6 +16,8 @@ Rules (what a row looks like, whatever the tokenizer and chat template):
 - Truncation: the prompt to `max_prompt_length` (keep_end: its end, keep_start:
   its start; BOS and user slots always stay), then the response to
   `max_length - len(prompt)` (its start). A response cut to nothing is dropped.
+  With `drop_over_length`, nothing is cut: a sequence that either limit would cut
+  drops its record (TRL's RewardTrainer's filter).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class SequenceTokenizer:
         max_length: int,
         max_prompt_length: int | None,
         truncation_mode: str = "keep_end",
+        drop_over_length: bool = False,
         n_user_tokens: int = 0,
         user_slot_token_id: int | None = None,
         default_token_weight: float = 1.0,
@@ -95,6 +98,7 @@ class SequenceTokenizer:
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.truncation_mode = truncation_mode
+        self.drop_over_length = drop_over_length
         self.n_user_tokens = n_user_tokens
         if user_slot_token_id is None:
             user_slot_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -219,6 +223,11 @@ class SequenceTokenizer:
         limit = self.max_prompt_length
         if limit is None or len(prompt_ids) <= limit:
             return prompt_ids
+        if self.drop_over_length:
+            raise BadRecord(
+                "over_length",
+                f"the prompt has {len(prompt_ids)} tokens, above max_prompt_length={limit}",
+            )
         fixed = n_bos + self.n_user_tokens
         if self.truncation_mode == "keep_end":
             return np.concatenate([prompt_ids[:fixed], prompt_ids[len(prompt_ids) - (limit - fixed) :]])
@@ -232,6 +241,12 @@ class SequenceTokenizer:
     ) -> TokenizedSequence:
         """Assemble one sequence, cutting the response to `budget` tokens (keep start)."""
         budget = self.response_budget(prompt_ids) if budget is None else budget
+        if self.drop_over_length and len(response_ids) > budget:
+            raise BadRecord(
+                "over_length",
+                f"prompt + response are {len(prompt_ids)} + {len(response_ids)} tokens; "
+                f"max_length={self.max_length} leaves {max(budget, 0)} for the response",
+            )
         if budget <= 0:
             raise BadRecord(
                 "response_truncated",

@@ -2,8 +2,10 @@
 
 Prompts are rendered by the data pipeline with the run's templates and chat template
 (`prompting.PromptRenderer`); P-DPO checkpoints get the user's soft tokens. Decoding
-stops at every EOS id the model's files name (`stop_ids`). `alignjax generate`,
-`alignjax eval` and the fidelity reproductions all sample through `generate_texts`.
+stops at every EOS id the model's files name (`stop_ids`); the text keeps a stop id that
+is an ordinary token, as transformers' does (`stop_ids.response_text`). `alignjax
+generate`, `alignjax eval` and the fidelity reproductions all sample through
+`generate_texts`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from alignjax.generation import sampler, soft_prompt
 from alignjax.generation.logit_filters import SamplingConfig
 from alignjax.generation.policy import USER_MODEL_KEY, Policy
 from alignjax.generation.prompting import PromptRenderer, RenderedPrompt
+from alignjax.generation.stop_ids import response_text
 
 
 def sampling_config(
@@ -33,11 +36,8 @@ def sampling_config(
 
 
 def decode_response(policy: Policy, ids: Sequence[int]) -> str:
-    """Text of generated ids, without the final EOS and other special tokens."""
-    ids = list(ids)
-    if ids and ids[-1] in policy.eos_ids:
-        ids = ids[:-1]
-    return policy.tokenizer.decode(ids, skip_special_tokens=True)
+    """Text of generated ids without special tokens; an ordinary final stop token stays."""
+    return response_text(policy.tokenizer, ids)
 
 
 def _generate_ids(

@@ -4,11 +4,16 @@ transformers' `generate` stops at each id of generation_config.json's `eos_token
 int or a list: Gemma 3 lists <eos> and <end_of_turn>, Llama 3 Instruct three ids), while
 config.json and the tokenizer name one EOS each, and not always the same one. A sampler
 that knew only the tokenizer's EOS would run on past an instruct model's end of turn.
+
+A generation config may also list an ordinary token (a full stop, a newline) as a stop id.
+transformers' `generate` + `decode(skip_special_tokens=True)` and vLLM keep such a token in
+the returned text and drop only special tokens; `response_text` does the same, so rewards
+and users see the answer those tools would return.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from alignjax.models.config import ModelConfig
 
@@ -35,3 +40,9 @@ def stop_ids(tokenizer, model_cfg: ModelConfig, generation_config: dict[str, Any
                 raise ValueError(f"{where} is {value!r}; it must be a token id or a list of token ids")
             ids.append(v)
     return tuple(dict.fromkeys(ids))
+
+
+def response_text(tokenizer, ids: Sequence[int]) -> str:
+    """The text of generated ids, a final stop id included, as transformers returns it: a
+    special stop token goes with the other special tokens, an ordinary one stays."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -20,6 +20,10 @@ ATTENTION_BACKENDS = ("xla", "dot_product", "cudnn", "splash", "splash_interpret
 # paged TPU kernel on TPU where the model meets its rules, the XLA einsum elsewhere.
 DECODE_ATTENTION = ("auto", "xla", "paged", "paged_interpret")
 SEQUENCE_PARALLEL = ("all_gather", "ring")
+# What scores each token's label log-prob from the final hidden states (`losses/logps_kernel.py`):
+# the vocabulary-chunked XLA code, or Tokamax's fused linear cross-entropy (its Mosaic TPU
+# kernel; tokamax_interpret runs that kernel through the Pallas TPU interpreter, for tests).
+LOGPS_KERNELS = ("auto", "chunked", "tokamax", "tokamax_interpret")
 REMAT_POLICIES = (
     "none",
     "minimal",
@@ -86,6 +90,7 @@ class ModelConfig:
     remat_policy: str = "none"
     attention_backend: str = "xla"
     decode_attention: str = "auto"
+    logps_kernel: str = "auto"
     # The most sequences one row holds (packed rows); set by the trainer from the data.
     max_segments_per_row: int = 1
     # When the mesh splits rows over its `sequence` axis: how attention crosses the shards
@@ -109,6 +114,8 @@ class ModelConfig:
             raise ValueError(
                 f"model.decode_attention={self.decode_attention!r} is not one of {DECODE_ATTENTION}"
             )
+        if self.logps_kernel not in LOGPS_KERNELS:
+            raise ValueError(f"model.logps_kernel={self.logps_kernel!r} is not one of {LOGPS_KERNELS}")
         if self.sequence_parallel not in SEQUENCE_PARALLEL:
             raise ValueError(
                 f"model.sequence_parallel={self.sequence_parallel!r} is not one of {SEQUENCE_PARALLEL}"

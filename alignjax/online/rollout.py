@@ -21,6 +21,7 @@ from alignjax.data.examples import ExampleProcessor
 from alignjax.data.records import Origin, RawRecord, Skipped
 from alignjax.generation.logit_filters import SamplingConfig
 from alignjax.generation.sampler import params_mesh, sample_rows
+from alignjax.generation.stop_ids import response_text
 
 
 def raw_record(value: dict, index: int) -> RawRecord:
@@ -89,9 +90,9 @@ class Roller:
         # Every stop id the sampler stops at (generation config, config.json, tokenizer).
         stops = set(self.sampling.eos_ids)
         hit_eos = np.array([bool(t) and t[-1] in stops for t in samples])
-        texts = [
-            self.tokenizer.decode([t for t in s if t not in stops], skip_special_tokens=True) for s in samples
-        ]
+        # Rewards and judges score the text transformers would return: an ordinary stop token
+        # (a generation config's ".") stays in it, special ones do not.
+        texts = [response_text(self.tokenizer, s) for s in samples]
         return Rollout(texts, hit_eos)
 
 

@@ -1,11 +1,16 @@
-"""`alignjax bench trl`: training-step time of alignjax and of TRL's DPOTrainer on the same
-Hugging Face model, data and settings (sigmoid DPO, AdamW, float32, the same batches).
+"""`alignjax bench trl`: training-step time and tokens/s of alignjax and of TRL's DPOTrainer
+on the same Hugging Face model, data and settings (sigmoid DPO, AdamW, float32).
 
 Needs PyTorch, transformers and TRL (the test extra). The model is a random Llama of
 about 100M parameters built here and saved as a Hugging Face checkpoint with the byte
 tokenizer, so both trainers read the same files and see the same token ids. Each side
 runs `warmup` steps, then `steps` timed ones; compilation (alignjax) and the first
-steps' allocations (PyTorch) are left out.
+steps' allocations (PyTorch) are left out. Tokens/s counts the tokens of the sequences,
+padding left out, on both sides.
+
+Ragged lengths (`lengths="ragged"`) compare each trainer's way past padding: alignjax packs
+sequences into rows, TRL's DPOTrainer pads each batch to its longest sequence (its
+`padding_free` option warns and falls back to that padding in TRL 1.16).
 """
 
 from __future__ import annotations
@@ -48,9 +53,40 @@ def _build_model(out_dir: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _write_pairs(path: str, n: int, max_length: int) -> None:
-    """Plain-text pairs whose prompt + response fill `max_length` tokens (the byte tokenizer: a
-    token a byte), so alignjax's length bucket and TRL's pad-to-longest hold the same tokens."""
+def pair_lengths(n: int, max_length: int, lengths: str, seed: int = 0) -> list[tuple[int, int, int]]:
+    """(prompt, chosen response, rejected response) characters of `n` pairs; with the byte
+    tokenizer (a token a byte) each sequence is BOS + prompt + response + EOS.
+
+    full: every sequence max_length - 2 tokens (2 spare), so alignjax's length bucket and
+    TRL's pad-to-longest hold the same tokens. ragged: each sequence's length drawn
+    uniformly from 25% to 100% of max_length, independently for chosen and rejected, the
+    prompt an eighth of the shorter.
+    """
+    if lengths == "full":
+        prompt = max_length // 8
+        return [(prompt, max_length - prompt - 4, max_length - prompt - 4)] * n
+    rng = random.Random(seed)
+    low = -(-max_length // 4)
+    out = []
+    for _ in range(n):
+        chosen, rejected = rng.randint(low, max_length - 2), rng.randint(low, max_length - 2)
+        prompt = min(chosen, rejected) // 8
+        out.append((prompt, chosen - 2 - prompt, rejected - 2 - prompt))
+    return out
+
+
+def trl_padding_fraction(sizes: list[tuple[int, int, int]], batch_size: int) -> float:
+    """The share of padding in TRL's batches of these pairs, taken in order: its collator
+    pads each batch's chosen and rejected sequences to the batch's longest."""
+    real = slots = 0
+    for i in range(0, len(sizes), batch_size):
+        tokens = [2 + prompt + r for prompt, c, rj in sizes[i : i + batch_size] for r in (c, rj)]
+        real, slots = real + sum(tokens), slots + len(tokens) * max(tokens)
+    return 1 - real / slots
+
+
+def write_pairs(path: str, sizes: list[tuple[int, int, int]]) -> None:
+    """Plain-text pairs of the given (prompt, chosen, rejected) characters."""
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "theta"]
 
@@ -60,24 +96,24 @@ def _write_pairs(path: str, n: int, max_length: int) -> None:
             out += rng.choice(words) + " "
         return out[:chars]
 
-    prompt, response = max_length // 8, max_length - max_length // 8 - 4  # BOS, EOS and margin
     with open(path, "w") as f:
-        for _ in range(n):
+        for prompt, chosen, rejected in sizes:
             row = {
                 "prompt": text(prompt),
-                "chosen": " " + text(response - 1),
-                "rejected": " " + text(response - 1),
+                "chosen": " " + text(chosen - 1),
+                "rejected": " " + text(rejected - 1),
             }
             f.write(json.dumps(row) + "\n")
 
 
-def _trl_step_time(model_dir, data_path, batch_size, max_length, warmup, steps, out_dir) -> float:
+def _trl_timing(model_dir, data_path, batch_size, max_length, warmup, steps, out_dir) -> tuple[float, float]:
+    """(seconds per timed step, non-padding tokens per second) of TRL's DPOTrainer."""
     import datasets
     import torch
     import transformers
     import trl
 
-    times = []
+    times, seen = [], []
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -85,6 +121,7 @@ def _trl_step_time(model_dir, data_path, batch_size, max_length, warmup, steps, 
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
+            seen.append(state.num_input_tokens_seen)
 
     args = trl.DPOConfig(
         output_dir=out_dir,
@@ -96,7 +133,14 @@ def _trl_step_time(model_dir, data_path, batch_size, max_length, warmup, steps, 
         per_device_train_batch_size=batch_size,
         max_steps=warmup + steps,
         max_length=max_length,
+        # Each batch is padded to its longest sequence; `padding_free=True` warns and falls
+        # back to this in TRL 1.x's DPOTrainer.
+        padding_free=False,
+        # DPOConfig's default recomputes the forward in the backward; alignjax keeps the
+        # activations (model.remat_policy: none), so TRL does too.
+        gradient_checkpointing=False,
         train_sampling_strategy="sequential",
+        include_num_input_tokens_seen="non_padding",  # the attention mask's sum
         logging_steps=warmup + steps,
         save_strategy="no",
         report_to=[],
@@ -117,10 +161,14 @@ def _trl_step_time(model_dir, data_path, batch_size, max_length, warmup, steps, 
         callbacks=[Timer()],
     )
     trainer.train()
-    return sum(times[warmup:]) / len(times[warmup:])
+    timed_s = sum(times[warmup:])
+    return timed_s / len(times[warmup:]), (seen[-1] - seen[warmup - 1]) / timed_s
 
 
-def _alignjax_step_time(model_dir, data_path, batch_size, max_length, warmup, steps, run_dir) -> float:
+def _alignjax_timing(
+    model_dir, data_path, batch_size, max_length, warmup, steps, run_dir, packing
+) -> tuple[float, float, float]:
+    """(seconds per timed step, non-padding tokens per second, padding fraction) of alignjax."""
     import yaml
 
     from alignjax.train.config import load_config
@@ -128,16 +176,18 @@ def _alignjax_step_time(model_dir, data_path, batch_size, max_length, warmup, st
 
     # Two logging windows: the first (`warmup` steps) includes compilation, the second is timed.
     assert warmup == steps, "alignjax times whole logging windows: warmup and steps must be equal"
+    data = {
+        "train": data_path,
+        "shuffle": False,
+        "max_length": max_length,
+        "max_prompt_length": max_length // 2,
+    }
+    # Packed rows of 2 * max_length: a step holds as many token slots as a full-length batch.
+    data.update({"packing": True} if packing else {"buckets": [max_length]})
     config = {
         "run_dir": run_dir,
         "model": {"hf_path": model_dir},
-        "data": {
-            "train": data_path,
-            "shuffle": False,
-            "max_length": max_length,
-            "max_prompt_length": max_length // 2,
-            "buckets": [max_length],
-        },
+        "data": data,
         "loss": {"type": "sigmoid", "beta": BETA},
         "optim": {"name": "adamw", "lr": LR, "schedule": "linear"},
         "train": {"steps": warmup + steps, "batch_size": batch_size, "log_every": steps, "save_every": 10**6},
@@ -148,27 +198,43 @@ def _alignjax_step_time(model_dir, data_path, batch_size, max_length, warmup, st
         yaml.safe_dump(config, f)
     run(load_config(path))
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f][-1]["step_time_s"]
+        last = [json.loads(line) for line in f][-1]
+    return last["step_time_s"], last["tokens_per_sec"], last["data/padding_fraction"]
 
 
-def bench_vs_trl(batch_size: int = 4, max_length: int = 512, steps: int = 5) -> dict:
+def bench_vs_trl(batch_size: int = 4, max_length: int = 512, steps: int = 5, lengths: str = "full") -> dict:
+    """full: both trainers on batches of `batch_size` full-length pairs. ragged: alignjax packs
+    `batch_size` rows of 2 * max_length tokens per step, TRL takes `batch_size` pairs padded
+    to the longest; compare their tokens/s."""
+    ragged = lengths == "ragged"
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
         n_params = _build_model(model_dir)
         data_path = os.path.join(tmp, "pairs.jsonl")
-        _write_pairs(data_path, 4 * batch_size * steps, max_length)
-        ours = _alignjax_step_time(
-            model_dir, data_path, batch_size, max_length, steps, steps, os.path.join(tmp, "run")
+        # A packed row holds about 1.6 ragged pairs: enough pairs for both windows.
+        sizes = pair_lengths((8 if ragged else 4) * batch_size * steps, max_length, lengths)
+        write_pairs(data_path, sizes)
+        ours_s, ours_tps, ours_padding = _alignjax_timing(
+            model_dir, data_path, batch_size, max_length, steps, steps, os.path.join(tmp, "run"), ragged
         )
-        theirs = _trl_step_time(
+        theirs_s, theirs_tps = _trl_timing(
             model_dir, data_path, batch_size, max_length, steps, steps, os.path.join(tmp, "trl")
         )
-    return {
+    out = {
         "model_params": n_params,
         "batch_pairs": batch_size,
         "max_length": max_length,
         "timed_steps": steps,
-        "alignjax_step_s": ours,
-        "trl_step_s": theirs,
-        "trl_over_alignjax": theirs / ours,
+        "lengths": lengths,
+        "alignjax_step_s": ours_s,
+        "trl_step_s": theirs_s,
+        "alignjax_tokens_per_s": ours_tps,
+        "trl_tokens_per_s": theirs_tps,
+        "alignjax_over_trl_tokens_per_s": ours_tps / theirs_tps,
+        # Over all the steps each side ran, warm-up included.
+        "alignjax_padding_fraction": ours_padding,
+        "trl_padding_fraction": trl_padding_fraction(sizes[: 2 * steps * batch_size], batch_size),
     }
+    if not ragged:  # a ragged step holds different pairs on each side: compare tokens/s
+        out["trl_over_alignjax"] = theirs_s / ours_s
+    return out

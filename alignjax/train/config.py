@@ -110,7 +110,10 @@ def data_config(
         if f.name not in _NOT_DATA_KEYS
     }
     values["templates"] = configlib.to_dict(values["templates"])
-    values.update(methods.method_for(stage_cfg.loss).data_options(stage_cfg.loss))
+    method = methods.method_for(stage_cfg.loss)
+    values.update(method.data_options(stage_cfg.loss))
+    if values["over_length"] == "auto":
+        values["over_length"] = method.over_length
     values.update(changes)
     return DataConfig(sources=sources, batch_size=batch_size, **values)
 

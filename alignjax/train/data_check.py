@@ -69,6 +69,7 @@ def _fingerprint(cfg: DataConfig, tokenizer, per_host_batch_size: int) -> str:
         "seed": cfg.seed,
         "cut_positive_score": cfg.cut_positive_score,  # which CUT records carry a second view
         "margin_field": cfg.margin_field,  # a record without a valid margin is a bad record
+        "over_length": cfg.over_length,  # whether an over-long record is cut or dropped
     }
     blob = {"version": SUMMARY_VERSION, "data": data_identity(cfg, tokenizer), "batching": batching}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -80,6 +80,9 @@ def model_identity(hf_config: dict, model_cfg, params, mesh) -> dict:
 
 def _source_identity(source) -> dict:
     out = {"records": len(source)}
+    column_map = getattr(source, "column_map", None)
+    if column_map is not None:  # other columns are other records
+        out["columns"] = column_map.columns
     path = getattr(source, "path", None)
     if path is None or not paths.exists(path):  # TFDS: a dataset name, not a path
         return {

@@ -27,12 +27,18 @@ def export_and_push(
     revision_key: str = "--revision",
 ) -> tuple[list[str], str | None]:
     """Exports `ckpt` to `out_dir` (`orbax_to_hf`); with `repo`, writes its model card there
-    and pushes the directory. Returns (the files written, the commit URL or None)."""
+    and pushes the directory from process 0. Returns (the files written, the commit URL or
+    None)."""
     repo_id = check_can_push(repo, key) if repo else None  # before the export, which may be long
     written = orbax_to_hf(ckpt, out_dir, max_shard_bytes=max_shard_bytes, merge=merge)
     if repo_id is None:
         return written, None
-    atomic_write_text(paths.join(out_dir, "README.md"), model_card(ckpt, repo_id, written))
+    # Reading the checkpoint's metadata is collective over processes: every process builds the
+    # card, process 0 alone writes and pushes it.
+    card = model_card(ckpt, repo_id, written)
+    if jax.process_index() != 0:
+        return written, None
+    atomic_write_text(paths.join(out_dir, "README.md"), card)
     url = push_folder(
         out_dir,
         repo_id,
@@ -56,7 +62,7 @@ def push_finished_run(cfg) -> None:
         export_and_push(
             paths.join(cfg.run_dir, "checkpoints"),
             out_dir,
-            section.push_to_hub if jax.process_index() == 0 else None,
+            section.push_to_hub,
             private=section.push_private,
             revision=section.push_revision,
             key="logging.push_to_hub",

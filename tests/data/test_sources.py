@@ -9,6 +9,7 @@ import pytest
 from datatest_helpers import run, write_jsonl
 
 from alignjax.data.config import DataConfig, SourceConfig
+from alignjax.data.formats import decode
 from alignjax.data.records import DataError
 from alignjax.data.sources import JsonlSource, open_sources, write_array_record
 
@@ -23,7 +24,7 @@ RECORDS = [
 ]
 
 
-def _cfg(path, fmt="auto", data_dir=None):
+def _cfg(path, fmt="auto", data_dir=None, **data):
     return DataConfig(
         sources=[SourceConfig(path=path, format=fmt, data_dir=data_dir)],
         max_length=96,
@@ -32,6 +33,7 @@ def _cfg(path, fmt="auto", data_dir=None):
         seed=3,
         buckets=[64, 96],
         num_epochs=2,
+        **data,
     )
 
 
@@ -234,3 +236,61 @@ def test_a_glob_in_a_bucket(tmp_path, gcs):
     assert [(s.name, len(s)) for s in sources] == [(f"{url}/a.jsonl", 4), (f"{url}/b.jsonl", 9)]
     with pytest.raises(DataError, match="does not exist"):
         open_sources(SourceConfig(path=f"{url}/missing.jsonl"), "k")
+
+
+RENAMED = [
+    {"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"], "system": r["system"]}
+    for r in RECORDS
+]
+COLUMNS = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+
+
+def test_data_columns_map_a_local_files_columns_onto_the_record_keys(tmp_path, byte_tok, reference):
+    renamed = write_jsonl(tmp_path / "renamed.jsonl", RENAMED)
+    assert _flatten(run(_cfg(renamed, columns=COLUMNS), byte_tok)[0]) == reference
+
+    # A source's own columns override data.columns key by key; a mapping swaps at once.
+    plain = write_jsonl(tmp_path / "plain.jsonl", RECORDS)
+    cfg = DataConfig(
+        sources=[renamed, {"path": plain, "columns": {k: k for k in COLUMNS}}, {"path": plain}],
+        columns=COLUMNS,
+    )
+    opened = [open_sources(s, f"data.train[{i}]") for i, s in enumerate(cfg.sources[:2])]
+    assert [[decode(s[i]) for i in range(len(s))] for (s,) in opened] == [RECORDS, RECORDS]
+    (swapped,) = open_sources(
+        SourceConfig(path=plain, columns={"chosen": "rejected", "rejected": "chosen"}), "k"
+    )
+    assert decode(swapped[0])["chosen"] == RECORDS[0]["rejected"] == swapped[0].value["chosen"]
+    assert str(swapped[0].origin) == f"{plain}:1"
+
+    # A mapped column that is not there stops the run at once, naming the key that mapped it.
+    with pytest.raises(DataError) as e:
+        open_sources(cfg.sources[2], "data.train[2]")
+    assert str(e.value).startswith(
+        f"data.columns: {plain} has no column 'question', 'good', 'bad'; its columns"
+    )
+    parquet = _write_parquet(str(tmp_path / "d.parquet"))
+    with pytest.raises(DataError) as e:
+        open_sources(SourceConfig(path=parquet, columns={"chosen": "better"}), "data.train[0]")
+    assert str(e.value).startswith(f"data.train[0].columns: {parquet} has no column 'better'; its columns")
+    # A later record of a JSON file without its column has no value for that key (missing_field).
+    write_jsonl(tmp_path / "gap.jsonl", [RENAMED[0], {"question": "q", "chosen": "c", "bad": "b"}])
+    (gap,) = open_sources(SourceConfig(path=str(tmp_path / "gap.jsonl"), columns=COLUMNS), "k")
+    assert decode(gap[1]) == {"prompt": "q", "rejected": "b"}
+
+
+def test_a_streaming_source_must_be_a_hub_dataset_read_alone(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    for sources, message in [
+        ([{"path": path, "streaming": True}], r"data.sources\[0\].streaming: .* only a Hub dataset"),
+        ([{"hub": "org/a", "streaming": True}, path], r"data.sources\[0\].streaming: .* the only source"),
+        ([{"hub": "org/a", "streaming": True, "weight": 2.0}], r"data.sources\[0\].weight"),
+        (
+            [{"path": path, "shuffle_window": 8}],
+            r"data.sources\[0\].shuffle_window: .* streaming source only",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DataConfig(sources=sources).validate()
+    with pytest.raises(ValueError, match=r"data.condition_field: reads every record up front"):
+        DataConfig(sources=[{"hub": "org/a", "streaming": True}], condition_field="system").validate()

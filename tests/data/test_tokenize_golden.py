@@ -153,6 +153,25 @@ def test_implicit_prompt_is_common_prefix_of_conversations(tmp_path, byte_tok):
     assert row(b, 0) == ([BOS, USR, H, I_, END, AST, Y, O_, EOS], [0] * 6 + [1, 1, 1])
 
 
+def test_implicit_plain_text_prompt_is_trls_common_prefix(tmp_path, byte_tok):
+    """Anthropic/hh-rlhf's form: plain-text chosen / rejected sharing the dialogue so far; the
+    split is TRL's extract_prompt (the space before the first difference starts the responses)."""
+    from trl.data_utils import extract_prompt
+
+    pair = {
+        "chosen": "\n\nHuman: Is tea hot?\n\nAssistant: Yes, usually.",
+        "rejected": "\n\nHuman: Is tea hot?\n\nAssistant: No.",
+    }
+    path = write_jsonl(tmp_path / "d.jsonl", [pair])
+    b = one_batch(path, byte_tok, max_length=64, max_prompt_length=48, buckets=[64])
+    want = extract_prompt(pair)
+    assert want["chosen"] == " Yes, usually." and want["rejected"] == " No."
+    prompt = [BOS, *want["prompt"].encode()]
+    for i, side in enumerate(("chosen", "rejected")):
+        response = [*want[side].encode(), EOS]
+        assert row(b, i) == (prompt + response, [0] * len(prompt) + [1] * len(response))
+
+
 def test_sft_messages_trains_on_last_assistant_turn(tmp_path, byte_tok):
     path = write_jsonl(
         tmp_path / "d.jsonl",

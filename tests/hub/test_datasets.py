@@ -10,10 +10,13 @@ import pytest
 import yaml
 from hub_helpers import losses, run_config, train, upload
 
-from alignjax.data.config import SourceConfig
+from alignjax.data.byte_tokenizer import make_byte_tokenizer
+from alignjax.data.config import DataConfig, SourceConfig
 from alignjax.data.formats import decode
+from alignjax.data.pipeline import make_pipeline
 from alignjax.data.records import DataError
 from alignjax.data.sources import open_sources
+from alignjax.data.stream_order import open_stream_order
 
 
 @pytest.fixture
@@ -92,6 +95,103 @@ def test_columns_map_other_names_onto_the_record_keys(hub, prefs, tmp_path):
     )
     evals = [_final_eval(tmp_path / name) for name in ("local", "hub")]
     assert "eval/loss" in evals[0] and evals[1] == pytest.approx(evals[0], abs=1e-6)
+
+
+@pytest.fixture
+def stream_set(hub):
+    """org/stream: 12 pairs in two data files (5 + 7), which `datasets` streams file by file."""
+    from trl_harness import random_pairs
+
+    rows = [dict(r, prompt=f"q{i} {r['prompt']}") for i, r in enumerate(random_pairs(12, seed=5))]
+    files = {
+        f"data/train-{i}.jsonl": "".join(json.dumps(r) + "\n" for r in part).encode()
+        for i, part in enumerate((rows[:5], rows[5:]))
+    }
+    commit = hub.put("org/stream", files, repo_type="dataset")
+    return rows, commit
+
+
+def _stream_cfg(streaming=True, **data):
+    source = (
+        {"hub": "org/stream", "streaming": True, "shuffle_window": 5} if streaming else {"hub": "org/stream"}
+    )
+    return DataConfig(
+        sources=[source], max_length=96, max_prompt_length=64, batch_size=2, buckets=[96], seed=1, **data
+    )
+
+
+def _batches(pipeline, n=None):
+    batches = pipeline if n is None else (next(pipeline) for _ in range(n))
+    return [(b.tokens_BxL.tolist(), b.loss_mask_BxL.tolist()) for b in batches]
+
+
+def test_a_streaming_hub_dataset_gives_the_batches_of_the_downloaded_one(stream_set):
+    rows, commit = stream_set
+    tok = make_byte_tokenizer()
+    # Unshuffled, both orders are the files' order: the same records in the same batches.
+    got = [_batches(make_pipeline(_stream_cfg(s, shuffle=False, num_epochs=2), tok)) for s in (True, False)]
+    assert len(got[0]) == 12 and got[0] == got[1]  # two epochs of 12 records, 2 per batch
+
+    # What reads by index (the data check, the data fingerprint) reads the stream's first records.
+    (prefix,) = open_sources(SourceConfig(hub="org/stream", streaming=True, check_records=7), "data.train[0]")
+    assert len(prefix) == 7 and [decode(prefix[i]) for i in range(7)] == rows[:7]
+    assert str(prefix[6].origin) == "hf:org/stream[train]:6"
+    with open(prefix.path) as f:
+        assert json.load(f)["commit"] == commit
+
+
+def _read(order, n):
+    it = iter(order)
+    return [(g, str(r.origin), r.epoch, decode(r)) for g, r in (next(it) for _ in range(n))]
+
+
+def test_a_stream_is_window_shuffled_sharded_by_position_and_resumes_exactly(stream_set):
+    rows, _ = stream_set
+    order = open_stream_order(_stream_cfg(shuffle=True, num_epochs=None))
+    whole = _read(order.lane(0, 1), 36)  # three epochs
+    assert [g for g, *_ in whole] == list(range(36))
+    assert [e for _, _, e, _ in whole] == [0] * 12 + [1] * 12 + [2] * 12
+    row_of = [int(name.rsplit(":", 1)[1]) for _, name, _, _ in whole]
+    assert all(decode_row == rows[r] for (_, _, _, decode_row), r in zip(whole, row_of))
+    for epoch in range(3):  # each window of 5 (the last of an epoch: 2) is a permutation of its rows
+        rows_e = row_of[12 * epoch : 12 * epoch + 12]
+        assert [sorted(rows_e[a:b]) for a, b in ((0, 5), (5, 10), (10, 12))] == [
+            [0, 1, 2, 3, 4],
+            [5, 6, 7, 8, 9],
+            [10, 11],
+        ]
+    assert row_of[:12] != list(range(12)) and row_of[:12] != row_of[12:24]  # shuffled, afresh per epoch
+    assert _read(open_stream_order(_stream_cfg(shuffle=True, num_epochs=None)).lane(0, 1), 36) == whole
+
+    # Process p of 2 reads positions p, p + 2, ...: disjoint shares of the one order.
+    shares = [_read(order.lane(p, 2), 18) for p in range(2)]
+    assert shares[0] == whole[0::2] and shares[1] == whole[1::2]
+    worker = order.lane(1, 2)
+    worker.set_slice(slice(1, None, 3))  # a data worker's slice of process 1's lane
+    assert _read(worker, 5) == whole[3::6][:5]
+
+    # Resume: a state recorded mid-window, loaded into a fresh iterator, continues exactly.
+    it = iter(order.lane(1, 2))
+    head = [next(it) for _ in range(4)]
+    state = json.loads(json.dumps(it.get_state()))
+    resumed = iter(order.lane(1, 2))
+    resumed.set_state(state)
+    rest = [(g, str(r.origin), r.epoch, decode(r)) for g, r in (next(resumed) for _ in range(10))]
+    assert [g for g, _ in head] == [1, 3, 5, 7] and rest == shares[1][4:14]
+    with pytest.raises(ValueError, match="revision"):
+        resumed.set_state({**state, "commit": "0" * 40})
+
+
+def test_a_streaming_pipeline_resumes_exactly_from_its_state(stream_set):
+    tok = make_byte_tokenizer()
+    cfg = _stream_cfg(shuffle=True, num_epochs=None)
+    straight = _batches(make_pipeline(cfg, tok), 10)  # 20 records: across an epoch's end
+    first = make_pipeline(cfg, tok)
+    assert _batches(first, 3) == straight[:3]
+    state = json.loads(json.dumps(first.get_state()))
+    resumed = make_pipeline(cfg, tok)
+    resumed.set_state(state)
+    assert _batches(resumed, 7) == straight[3:]
 
 
 def _final_eval(run_dir) -> dict:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import subprocess
 
 import huggingface_hub.constants as hf_constants
 import numpy as np
@@ -115,6 +117,71 @@ def test_a_push_without_a_token_stops_before_training(hub, tiny_model, tmp_path,
         "access; set HF_TOKEN (or run hf auth login)"
     )
     assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_hub_model_and_process_0_pushes_when_it_ends(
+    hub, tiny_model, tmp_path, token
+):
+    """As on a pod of two hosts sharing one cache: both processes resolve org/tiny and
+    hf:org/prefs (each file downloaded once), train over fsdp=2 like one process on the local
+    copies, and the finished run is pushed once, as its local export."""
+    import portpicker
+    import train_helpers as th
+    import yaml
+    from huggingface_hub import hf_hub_download
+
+    upload(tiny_model, "org/tiny")
+    pairs = write_pairs(tmp_path / "prefs" / "train.jsonl")
+    upload(str(tmp_path / "prefs"), "org/prefs", repo_type="dataset")
+    assert train(run_config(tmp_path / "local", {"hf_path": tiny_model}, pairs)) == 0
+
+    tree = run_config(
+        tmp_path / "pod", {"hf_path": "org/tiny"}, "hf:org/prefs", logging={"push_to_hub": "org/out"}
+    )
+    config = str(tmp_path / "pod.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(tree, f)
+    port = portpicker.pick_unused_port()
+    procs = [
+        th.start(
+            config,
+            ["mesh.fsdp=2"],
+            log_path=str(tmp_path / f"process{i}.log"),
+            env={
+                "ALIGNJAX_COORDINATOR": f"127.0.0.1:{port}",
+                "ALIGNJAX_NUM_PROCESSES": "2",
+                "ALIGNJAX_PROCESS_ID": str(i),
+                "PYTHONFAULTHANDLER": "1",
+            },
+        )
+        for i in range(2)
+    ]
+    for i, proc in enumerate(procs):
+        try:
+            proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack to the log
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, f"process {i}:\n{th.log_text(proc)[-8000:]}"
+
+    np.testing.assert_allclose(
+        list(losses(tmp_path / "pod").values()), list(losses(tmp_path / "local").values()), rtol=1e-5
+    )
+    assert hub.downloads("/model.safetensors") == 1  # one shared cache, no two writers
+    assert hub.downloads("/train.jsonl") == 1
+    commits = [path for method, path in hub.requests if method == "POST" and "/org/out/commit/" in path]
+    assert len(commits) == 1, commits  # process 0 alone pushed
+
+    from alignjax import cli
+
+    export = tmp_path / "export"
+    assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "pod" / "checkpoints"), str(export)]) == 0
+    pushed = load_file(hf_hub_download("org/out", "model.safetensors"))
+    local = load_file(str(export / "model.safetensors"))
+    assert pushed.keys() == local.keys()
+    for name, array in local.items():
+        np.testing.assert_array_equal(pushed[name], array, err_msg=name)
 
 
 @pytest.fixture(autouse=True)

@@ -151,7 +151,9 @@ def test_quantized_base_shards_along_the_kernels_axes():
     shapes = jax.eval_shape(
         lambda: quantize.frozen(decoder.init_params(cfg, jax.random.key(0)), "nf4", jnp.bfloat16)
     )
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES
+    )
     shardings = sharding.tree_shardings(axes, shapes, mesh)
     assert jax.tree.structure(shardings) == jax.tree.structure(shapes)
     assert shapes["embedding"].dtype == jnp.bfloat16
@@ -225,3 +227,73 @@ def test_kv_cache_decoding_on_a_quantized_base_equals_the_dequantized_weights(sc
         h, _ = decoder.apply_with_cache(lora.Adapted(base, adapters), cfg, tokens, positions, segments, cache)
         hidden.append(h)
     np.testing.assert_allclose(hidden[0], hidden[1], rtol=0, atol=1e-6)
+
+
+def _np_logits_errors(full_BxLxV, quant_BxLxV) -> dict[str, float]:
+    """`alignjax bench quantize`'s numbers in float64 NumPy."""
+    full, quant = (np.asarray(x, np.float64) for x in (full_BxLxV, quant_BxLxV))
+    err = np.abs(quant - full)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    logp_full, logp_quant = log_softmax(full), log_softmax(quant)
+    return {
+        "mean_abs_logit_error": err.mean(),
+        "mean_abs_error_over_logit_std": err.mean() / full.std(),
+        "mean_next_token_kl": (np.exp(logp_full) * (logp_full - logp_quant)).sum(-1).mean(),
+        "top1_agreement": (full.argmax(-1) == quant.argmax(-1)).mean(),
+    }
+
+
+def test_bench_quantize_measures_on_the_tokenized_text_first_then_random_ids():
+    from alignjax.commands.bench_quantize import measure
+    from alignjax.convert.loading import ModelSection, load_model
+    from alignjax.data.byte_tokenizer import BOS_ID, make_byte_tokenizer
+    from alignjax.models import head
+
+    text = "The kettle on the stove began to whistle, so she poured the tea and sat by the window."
+    length, rows = 32, 2
+    section = ModelSection(preset="tiny", preset_overrides={"num_hidden_layers": 2})
+    loaded = load_model(section, jax.random.key(0))
+    report = measure(loaded, make_byte_tokenizer(), text, "--text-file t.txt", ["nf4"], rows, length, seed=0)
+    assert list(report) == ["text", "random_ids"]
+    assert report["text"]["tokens_from"] == "--text-file t.txt"
+    assert report["random_ids"]["tokens_from"].startswith("uniformly random token ids")
+
+    # The same measurement made directly: a preset reads text with the byte tokenizer, which
+    # puts BOS first; random ids are drawn from the seed over the model's vocabulary.
+    cfg, params = loaded.cfg, loaded.params
+    text_1xL = np.asarray([make_byte_tokenizer()(text)["input_ids"][:length]])
+    assert text_1xL[0, 0] == BOS_ID and bytes(text_1xL[0, 1:].astype(np.uint8)).decode() == text[: length - 1]
+    random_BxL = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(rows, length))
+    frozen = jax.jit(lambda p: quantize.frozen(p, "nf4", jnp.float32))(params)
+    logits = jax.jit(lambda p, t: head.logits_BxLxV(p, cfg, decoder.apply(p, cfg, t, *_positions(t))))
+    for line, tokens_BxL in ((report["text"], text_1xL), (report["random_ids"], random_BxL)):
+        (got,) = line["results"]
+        assert got["kind"] == "nf4" and got["tokens"] == tokens_BxL.size
+        want = _np_logits_errors(logits(params, tokens_BxL), logits(frozen, tokens_BxL))
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, err_msg=name)
+
+
+def _positions(tokens_BxL):
+    b, length = tokens_BxL.shape
+    return jnp.broadcast_to(jnp.arange(length), (b, length)), jnp.ones((b, length), jnp.int32)
+
+
+def test_bench_quantize_names_an_unreadable_or_too_short_text_file(tmp_path, capsys):
+    from alignjax import cli
+
+    base = ["bench", "quantize", "--preset", "tiny", "--override", "num_hidden_layers=1", "--kinds", "nf4"]
+    missing = tmp_path / "missing.txt"
+    assert cli.main([*base, "--text-file", str(missing)]) == 2
+    assert f"--text-file {missing}: cannot be read as UTF-8 text" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.")
+    assert cli.main([*base, "--text-file", str(short), "--length", "64"]) == 2
+    assert (
+        f"--text-file {short} is 11 tokens long under the model's tokenizer, too short for --length 64"
+        in (capsys.readouterr().err)
+    )

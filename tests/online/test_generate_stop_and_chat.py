@@ -1,5 +1,6 @@
 """Stop ids from generation_config.json and `alignjax generate`'s chat rendering, against
-transformers' greedy `generate` on a tiny Gemma-3-style model."""
+transformers' greedy `generate` + `decode(skip_special_tokens=True)` on a tiny Gemma-3-style
+model: texts equal, an ordinary stop token kept in them as transformers keeps it."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import yaml
 
 from alignjax import cli
 from alignjax.data.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, make_byte_tokenizer
-from alignjax.generation.stop_ids import stop_ids
+from alignjax.generation.stop_ids import response_text, stop_ids
 from hf_models import build_hf_model
 
 END_ID = 262  # the byte tokenizer's <|end|>: its end of turn, as <end_of_turn> is Gemma 3's
@@ -80,13 +81,14 @@ def _hf_greedy(hf_dir: str, ids: list[int]) -> list[int]:
 
 
 def _hf_text(hf_dir: str, new_ids: list[int]) -> str:
-    """The answer without the stop id it ended on, as `alignjax generate` prints it."""
-    with open(os.path.join(hf_dir, "generation_config.json")) as f:
-        eos = json.load(f)["eos_token_id"]
-    eos = eos if isinstance(eos, list) else [eos]
-    if new_ids and new_ids[-1] in eos:
-        new_ids = new_ids[:-1]
+    """The answer as transformers returns it: special tokens dropped, ordinary ones kept."""
     return _tokenizer(hf_dir).decode(new_ids, skip_special_tokens=True)
+
+
+def _ordinary_stop(free: list[int]) -> int:
+    """Where the model first emits a printable byte a few tokens in: as an extra stop id, that
+    ordinary token cuts the answer there and ends the text."""
+    return next(i for i in range(2, len(free)) if free[i] not in free[:i] and 32 < free[i] < 127)
 
 
 def _cli(capsys, *argv: str) -> str:
@@ -100,18 +102,52 @@ def test_generate_stops_at_generation_config_ids(gemma_dir, tmp_path, capsys):
     assert ids[0] == BOS_ID
     free = _hf_greedy(gemma_dir, ids)
     assert EOS_ID not in free[:3]
-    # An id the model first emits a few tokens in: as an extra stop id, it cuts the answer there.
-    stop_at = next(i for i in range(2, len(free)) if free[i] not in free[:i])
+    stop_at = _ordinary_stop(free)
     extra = free[stop_at]
     stop_dir = _with_stop_ids(gemma_dir, str(tmp_path / "stop"), [EOS_ID, extra])
 
     stopped = _hf_greedy(stop_dir, ids)
     assert stopped == free[: stop_at + 1]
-    assert _cli(capsys, stop_dir, "--raw", "--prompt", PROMPT) == _hf_text(stop_dir, stopped) + "\n"
+    expected = _hf_text(stop_dir, stopped)
+    assert expected.endswith(chr(extra))  # transformers keeps the ordinary stop token
+    assert _cli(capsys, stop_dir, "--raw", "--prompt", PROMPT) == expected + "\n"
     # Without the extra id both go on: the stop above came from generation_config.json.
     longer = _cli(capsys, gemma_dir, "--raw", "--prompt", PROMPT)
     assert longer == _hf_text(gemma_dir, free) + "\n"
     assert len(longer) > len(_hf_text(stop_dir, stopped)) + 1
+
+
+def test_online_rollout_texts_keep_an_ordinary_stop_token(gemma_dir, tmp_path):
+    """The texts rewards and judges score are transformers' texts of the same greedy answers."""
+    from alignjax.data.config import DataConfig
+    from alignjax.generation.policy import load_policy
+    from alignjax.generation.responses import sampling_config
+    from alignjax.online.rollout import Roller
+
+    data_cfg = DataConfig(record_type="prompt", max_length=64, max_prompt_length=48)
+    records = [{"prompt": PROMPT}]
+    ids = Roller(data_cfg, _tokenizer(gemma_dir), None, None, seed=0).prompt_ids(records)[0]
+    free = _hf_greedy(gemma_dir, ids)
+    extra = free[_ordinary_stop(free)]
+    stop_dir = _with_stop_ids(gemma_dir, str(tmp_path / "stop"), [EOS_ID, extra])
+    expected = _hf_text(stop_dir, _hf_greedy(stop_dir, ids))
+    assert expected.endswith(chr(extra))
+
+    policy = load_policy(stop_dir)
+    greedy = sampling_config(policy, max_new_tokens=MAX_NEW, temperature=0.0)
+    roller = Roller(data_cfg, policy.tokenizer, policy.cfg, greedy, seed=0)
+    rollout = roller.sample(policy.params, records, num_samples=1, draw=0)
+    assert rollout.texts == [expected]
+    assert rollout.hit_eos.tolist() == [True]
+
+
+def test_response_text_drops_special_stop_tokens_and_keeps_ordinary_ones():
+    tokenizer = make_byte_tokenizer()
+    hi = list(b"hi")
+    assert response_text(tokenizer, [*hi, EOS_ID]) == "hi"
+    assert response_text(tokenizer, [*hi, END_ID]) == "hi"  # <|end|>: special, as Gemma's <end_of_turn>
+    assert response_text(tokenizer, [*hi, ord(".")]) == "hi."
+    assert response_text(tokenizer, [*hi, ord("."), PAD_ID]) == "hi."
 
 
 def test_converted_checkpoint_keeps_the_generation_config_stop_ids(gemma_dir, tmp_path):

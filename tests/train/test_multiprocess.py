@@ -16,18 +16,14 @@ from alignjax.data.pipeline import make_pipeline
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["local", "bucket"])
-def test_two_processes_match_one_process(
-    reference_run, config_for, log_path, compile_cache, tmp_path, request, where
-):
+def test_two_processes_match_one_process(reference_run, log_path, compile_cache, tmp_path, gcs):
     """Each process reads its own shard of the shuffled data ([process_index::2]) and
     numbers its pairs from 0; the global batch must still be the one-process batch.
-    In a bucket (as on a pod: run_dir=gs://...), both processes write their checkpoint
-    shards there and Orbax commits each step with its marker file."""
-    config, run_dir = config_for("two_processes")
-    if where == "bucket":
-        run_dir = f"{request.getfixturevalue('gcs')}/two-processes-{tmp_path.name}"
-        config = th.write_config(str(tmp_path / "bucket.yaml"), run_dir)
+    The run directory is in a bucket, as on a pod (run_dir=gs://...): both processes write
+    their checkpoint shards there and Orbax commits each step with its marker file. (Two
+    processes sharing a local run directory: test_shared_run_dir.py, test_resume_resize.py.)"""
+    run_dir = f"{gcs}/two-processes-{tmp_path.name}"
+    config = th.write_config(str(tmp_path / "bucket.yaml"), run_dir)
     port = portpicker.pick_unused_port()
     procs = [
         th.start(

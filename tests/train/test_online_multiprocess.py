@@ -122,8 +122,9 @@ def test_each_process_samples_what_one_device_samples_for_its_rows(
         assert runs[0][meshes[0]]["greedy"] != runs[1][meshes[0]]["greedy"]
 
 
-def _mo_odpo_config(tmp_path, name, steps, save_every=100) -> tuple[str, str]:
-    """MO-ODPO from a fresh tiny model (the reference is the initial policy)."""
+def _mo_odpo_config(tmp_path, name, steps, save_every=100, sft_steps=0) -> tuple[str, str]:
+    """MO-ODPO from a fresh tiny model (the reference is the initial policy), or after
+    `sft_steps` of SFT (the reference is the SFT policy) when that is not 0."""
     run_dir = str(tmp_path / name)
     cfg = th.tiny_config(run_dir)
     cfg["data"] = {
@@ -146,8 +147,14 @@ def _mo_odpo_config(tmp_path, name, steps, save_every=100) -> tuple[str, str]:
             "grid": 4,
         },
     }
-    cfg["train"].update(steps=steps, save_every=save_every, batch_size=4)
+    cfg["train"].update(steps=sft_steps + steps, save_every=save_every, batch_size=4)
     del cfg["stages"]
+    if sft_steps:
+        sft = {"loss.type": "sft", "data.record_type": "sft", "data.train": "builtin:sft"}
+        cfg["stages"] = [
+            {"name": "sft", **sft, "train.steps": sft_steps},
+            {"name": "mo_odpo", "train.steps": steps},
+        ]
     path = str(tmp_path / f"{name}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -156,26 +163,29 @@ def _mo_odpo_config(tmp_path, name, steps, save_every=100) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_mo_odpo_on_two_processes_killed_mid_stage_resumes_to_the_same_parameters(tmp_path, compile_cache):
-    """Two processes (one device each, fsdp=2) train MO-ODPO to the end; killed after its
-    first checkpoint and restarted, the same run reaches the same parameters."""
-    steps, fsdp = 4, ["mesh.fsdp=2"]
-    reference, reference_dir = _mo_odpo_config(tmp_path, "uninterrupted", steps, save_every=2)
+    """Two processes (one device each, fsdp=2) train SFT then MO-ODPO to the end; killed
+    after the first checkpoint of the online stage and restarted, the same run samples,
+    scores and trains on what the uninterrupted run did, to the same parameters."""
+    sft_steps, steps, fsdp = 2, 4, ["mesh.fsdp=2"]
+    total = sft_steps + steps
+    reference, reference_dir = _mo_odpo_config(tmp_path, "uninterrupted", steps, 2, sft_steps)
     _wait(_train_two(reference, fsdp, 1, compile_cache, tmp_path, "uninterrupted"), 300)
-    config, run_dir = _mo_odpo_config(tmp_path, "killed", steps, save_every=2)
+    config, run_dir = _mo_odpo_config(tmp_path, "killed", steps, 2, sft_steps)
     procs = _train_two(config, fsdp, 1, compile_cache, tmp_path, "killed")
-    th.wait_for_checkpoint(procs[0], run_dir, 2, timeout=240)
+    th.wait_for_checkpoint(procs[0], run_dir, sft_steps + 2, timeout=240)
     for proc in procs:
         th.kill(proc, signal.SIGKILL)
-    assert steps not in th.finalized_steps(run_dir)
+    assert total not in th.finalized_steps(run_dir)
     _wait(_train_two(config, fsdp, 1, compile_cache, tmp_path, "resumed"), 300)
 
     expected, losses = th.losses(reference_dir), th.losses(run_dir)
-    assert sorted(expected) == sorted(losses) == list(range(1, steps + 1))
-    th.assert_losses_match(losses, expected, range(1, steps + 1), 1e-6, "resumed 2-process MO-ODPO")
+    assert sorted(expected) == sorted(losses) == list(range(1, total + 1))
+    th.assert_losses_match(losses, expected, range(1, total + 1), 1e-6, "resumed 2-process SFT + MO-ODPO")
     step, params = th.final_params(run_dir)
     _, expected_params = th.final_params(reference_dir)
-    assert step == steps
-    th.assert_trees_close(params, expected_params, 1e-6, "2-process MO-ODPO after a kill")
+    assert step == total
+    th.assert_trees_close(params, expected_params, 1e-6, "2-process MO-ODPO after a kill in the online stage")
+    assert os.path.isdir(os.path.join(run_dir, "reference", "mo_odpo"))  # the SFT policy, frozen
     pairs = [r["online/pairs"] for r in th.metrics(reference_dir) if "online/pairs" in r]
     assert len(pairs) == steps and min(pairs) > 0
 

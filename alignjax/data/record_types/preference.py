@@ -127,11 +127,15 @@ def parse(row: dict, cond: Conditioning, cfg) -> PreferenceExample:
 
 
 def _implicit_prompt(chosen: Text, rejected: Text):
-    """TRL's implicit prompt: the longest common prefix of the two conversations."""
+    """TRL's implicit prompt: the longest common prefix of the two conversations, or of the two
+    texts (as in Anthropic/hh-rlhf), where a space before the first difference stays with the
+    responses."""
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        return _implicit_text_prompt(chosen, rejected)
     if not (isinstance(chosen, list) and isinstance(rejected, list)):
         raise BadRecord(
             "missing_field",
-            "field 'prompt' is missing; an implicit prompt needs conversational chosen/rejected",
+            "field 'prompt' is missing; an implicit prompt needs chosen/rejected of one form",
         )
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -143,6 +147,20 @@ def _implicit_prompt(chosen: Text, rejected: Text):
             "identical_responses" if len(chosen) == len(rejected) else "empty_response",
             "after the common prompt, chosen or rejected has no messages left",
         )
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _implicit_text_prompt(chosen: str, rejected: str):
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if n == len(chosen) or n == len(rejected):
+        raise BadRecord(
+            "identical_responses" if len(chosen) == len(rejected) else "empty_response",
+            "after the common prompt, chosen or rejected has no text left",
+        )
+    if n > 0 and chosen[n - 1] == " ":
+        n -= 1
     return chosen[:n], chosen[n:], rejected[n:]
 
 

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from alignjax.data import ops as data_ops
-from alignjax.losses import token_logps
 from alignjax.losses.dpo_pair_losses import PairLogps
 from alignjax.losses.length_desensitised import length_desensitised_sums
 from alignjax.losses.logps import token_log_sum_sq_probs
+from alignjax.losses.logps_kernel import label_logps, require_full_distribution
 from alignjax.models import decoder, head
 from alignjax.models.config import ModelConfig
 from alignjax.models.lora import Adapted
@@ -49,15 +49,17 @@ def scored_at_next(values_BxL):
 def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, tokens_BxL):
     """log p(tokens[t] | tokens[<t]) at column t (0 at t = 0): the batches' mask convention.
 
-    `loss` supplies the vocabulary chunking (`token_chunk`, `vocab_chunk`).
+    `loss` supplies the vocabulary chunking (`token_chunk`, `vocab_chunk`); `model.logps_kernel`
+    picks the kernel.
     """
     unembed_DxV = head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype)
     # The last column has no next token: an id outside the vocabulary scores 0.
     next_tokens_BxL = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, 1)), constant_values=-1)
-    logps_BxL = token_logps(
+    logps_BxL = label_logps(
         hidden_BxLxD,
         unembed_DxV,
         next_tokens_BxL,
+        kernel=cfg.logps_kernel,
         final_logit_softcap=cfg.final_logit_softcap,
         token_chunk=loss.token_chunk,
         vocab_chunk=loss.vocab_chunk,
@@ -68,6 +70,7 @@ def logps_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD, toke
 def log_sum_sq_from_hidden(decoder_params, cfg: ModelConfig, loss, hidden_BxLxD):
     """log sum_v p(v)^2 of the distribution that scores column t (0 at t = 0), no gradient:
     aligned with `logps_from_hidden` (WPO's weights)."""
+    require_full_distribution(cfg.logps_kernel, "WPO's weights (loss.use_weighting)")
     unembed_DxV = head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype)
     log_sum_sq_BxL = token_log_sum_sq_probs(
         hidden_BxLxD,

@@ -65,6 +65,9 @@ class Method:
     # user-token slots, SparsePO's given token weights): the data pipeline tokenises with
     # them, and a method that declares none gets DataConfig's defaults.
     data_options: Callable[[Any], dict[str, Any]] = lambda loss: {}
+    # What `data.over_length: auto` means for its records: truncate (TRL's DPOTrainer cuts
+    # over-long sequences) or drop (TRL's RewardTrainer filters over-long pairs out).
+    over_length: str = "truncate"
 
 
 _METHODS: list[Method] = []

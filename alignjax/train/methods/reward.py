@@ -5,7 +5,10 @@ from a `*ForSequenceClassification` checkpoint or, from a causal LM or a preset,
 new as transformers draws it. A sequence's reward is its score at the token that
 transformers' sequence classifier reads: the rightmost token of the sequence whose id
 is not config.json's pad_token_id (the sequence's last token without a pad id). The
-loss is Bradley-Terry on each pair's rewards; there is no reference model.
+loss is Bradley-Terry on each pair's rewards; there is no reference model. As
+RewardTrainer filters its data, a pair whose chosen or rejected sequence is longer than
+data.max_length is dropped rather than scored at a cut-off token (`over_length` below:
+what data.over_length: auto means here).
 """
 
 from __future__ import annotations
@@ -128,4 +131,5 @@ METHOD = Method(
     no_precomputed_reference="a reward model has no reference model",
     check=check,
     data_options=data_options,
+    over_length="drop",  # RewardTrainer drops a pair whose chosen or rejected exceeds max_length
 )

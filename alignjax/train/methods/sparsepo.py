@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from alignjax.losses import token_kl
 from alignjax.losses.activation_masks import activation_mask
+from alignjax.losses.logps_kernel import require_full_distribution
 from alignjax.losses.token_weighted import SparsePOConfig, TokenPairLogps, TokenWeights, sparsepo_loss
 from alignjax.models import decoder, head
 from alignjax.models.mask_head import MASK_HEAD_KEY, MaskHead, mask_head_optimizer
@@ -64,6 +65,7 @@ def data_options(loss) -> dict[str, bool]:
 
 def _kl_BxL(policy_hidden, ref_hidden, decoder_params, ref_params, cfg, loss):
     """The token-level KL of policy from reference at each scored column (0 at t = 0)."""
+    require_full_distribution(cfg.logps_kernel, "the token KL (loss.sparsepo.kl)")
     kl_BxL = token_kl(
         policy_hidden,
         head.unembedding_DxV(decoder_params, cfg).astype(cfg.dtype),
