@@ -5,16 +5,15 @@ import os
 import subprocess
 import sys
 
+from xla_flags import with_fast_compile
+
 
 def run_on_8_devices(argv: list[str], python_path: list[str], timeout: int) -> subprocess.CompletedProcess:
     """`python *argv` with 8 CPU devices and `python_path` ahead of the inherited PYTHONPATH;
     output captured as text, the exit status left to the caller."""
     env = dict(
         os.environ,
-        # The scripts compare programs against each other under one compiler, and compiling
-        # dominates their time: the CPU backend's optimisation passes (not what is computed)
-        # are turned off, which compiles about a third faster.
-        XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+        XLA_FLAGS=with_fast_compile("--xla_force_host_platform_device_count=8"),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([*python_path, os.environ.get("PYTHONPATH", "")]),
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 import grain
 
-from alignjax.data.records import Skipped
+from alignjax.data.records import DataError, Skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,13 @@ class _BatchDatasetIterator(grain.DatasetIterator):
             if element is None:  # consumed before a resume: counted there already
                 continue
             if isinstance(element, Skipped):
+                if builder.empty and skipped and element.epoch > min(e for e, _ in skipped) + 1:
+                    # A whole epoch went by without one example: every later one would too.
+                    reasons = sorted({r for _, r in skipped})
+                    raise DataError(
+                        f"no record of the data is left to batch: every record of an epoch was "
+                        f"skipped or dropped ({', '.join(reasons)}; e.g. {origins[reasons[0]]})"
+                    )
                 skipped[(element.epoch, element.reason)] += 1
                 origins.setdefault(element.reason, element.origin)
                 epoch = max(epoch, element.epoch)

@@ -147,6 +147,15 @@ def check_stage_data(run: RunSetup, stage: Stage, data: StageData) -> None:
                 f"{sum(summary.bad.values())} of its {summary.records} records are bad ({counts}); "
                 f"`alignjax data check {_argv(run.cfg)}` lists them."
             )
+        if summary.records and not summary.n_examples:  # the pipeline would search forever
+            lost = {**summary.bad, **summary.dropped}
+            raise DataError(
+                f"data check of {what}: none of its {summary.records} records is left to train on "
+                f"({summary.reason_counts(lost)}); over-long records are dropped under "
+                f"data.over_length: drop (reward models' default): raise data.max_length / "
+                f"data.max_prompt_length or set data.over_length: truncate. "
+                f"`alignjax data check {_argv(run.cfg)}` lists them."
+            )
         if summary.bad:
             log.warning(
                 "data check of %s: %d of %d records will be skipped: %s",

@@ -2,6 +2,7 @@
 rows with no response left are dropped and counted; under `data.over_length: drop` a
 record that a limit would cut is dropped and counted instead. Byte tokenizer: id == byte."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from datatest_helpers import one_batch, row, run, write_jsonl
 from alignjax.data.check import check_data
 from alignjax.data.config import DataConfig
 from alignjax.data.pipeline import make_pipeline
-from alignjax.data.records import split_record_key
+from alignjax.data.records import DataError, split_record_key
 
 BOS, EOS = 257, 258
 
@@ -130,6 +131,18 @@ def test_drop_drops_over_long_pairs_and_counts_them(tmp_path, byte_tok):
     assert p.skipped_counts() == {"over_length": 2}
     assert p.skipped_examples() == {"over_length": [f"{path}:1"]}  # the first of each reason
     assert p.metrics()["data/skipped/over_length"] == 2
+
+
+def test_a_repeating_pipeline_with_every_record_dropped_stops_with_an_error(tmp_path, byte_tok):
+    """With the data check off, nothing else would stop it: it would read epoch after epoch."""
+    path = write_jsonl(tmp_path / "d.jsonl", OVER_LONG[:2])
+    cfg = dataclasses.replace(_over_long_cfg(path, over_length="drop"), num_epochs=None)
+    with make_pipeline(cfg, byte_tok) as pipeline:
+        with pytest.raises(
+            DataError,
+            match=rf"every record of an epoch was skipped or dropped \(over_length; e\.g\. {path}:1\)",
+        ):
+            next(pipeline)
 
 
 def test_the_data_check_counts_over_long_drops_and_truncations(tmp_path, byte_tok):

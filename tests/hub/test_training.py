@@ -123,30 +123,46 @@ def test_a_push_without_a_token_stops_before_training(hub, tiny_model, tmp_path,
 def test_two_processes_train_one_hub_model_and_process_0_pushes_when_it_ends(
     hub, tiny_model, tmp_path, token
 ):
-    """As on a pod of two hosts sharing one cache: both processes resolve org/tiny and
-    hf:org/prefs (each file downloaded once), train over fsdp=2 like one process on the local
-    copies, and the finished run is pushed once, as its local export."""
+    """As on a pod of two hosts sharing one cache, the README's command: configs/dpo.yaml with
+    a Hub model and a Hub dataset. Both processes resolve org/tiny and hf:org/prefs (each file
+    downloaded once), train over fsdp=2 like one process on the local copies, and the
+    finished run is pushed once, as its local export."""
     import portpicker
     import train_helpers as th
-    import yaml
     from huggingface_hub import hf_hub_download
+    from trl_harness import MAX_LENGTH, MAX_PROMPT_LENGTH
+
+    from alignjax import cli
 
     upload(tiny_model, "org/tiny")
     pairs = write_pairs(tmp_path / "prefs" / "train.jsonl")
     upload(str(tmp_path / "prefs"), "org/prefs", repo_type="dataset")
-    assert train(run_config(tmp_path / "local", {"hf_path": tiny_model}, pairs)) == 0
-
-    tree = run_config(
-        tmp_path / "pod", {"hf_path": "org/tiny"}, "hf:org/prefs", logging={"push_to_hub": "org/out"}
-    )
-    config = str(tmp_path / "pod.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump(tree, f)
+    config = os.path.join(th.REPO, "configs", "dpo.yaml")
+    small = [
+        f"data.max_length={MAX_LENGTH}",
+        f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.log_every=1",
+        "train.save_every=2",
+        "optim.lr=3.0e-3",
+        "logging.tensorboard=false",
+        "logging.progress_bar=false",
+    ]
+    local = [f"run_dir={tmp_path / 'local'}", f"model.hf_path={tiny_model}", f"data.train={pairs}"]
+    assert cli.main(["train", config, *local, *small]) == 0
+    by_name = [
+        f"run_dir={tmp_path / 'pod'}",
+        "model.hf_path=org/tiny",
+        "data.train=hf:org/prefs",
+        "logging.push_to_hub=org/out",
+        "mesh.fsdp=2",
+    ]
     port = portpicker.pick_unused_port()
     procs = [
         th.start(
             config,
-            ["mesh.fsdp=2"],
+            [*by_name, *small],
             log_path=str(tmp_path / f"process{i}.log"),
             env={
                 "ALIGNJAX_COORDINATOR": f"127.0.0.1:{port}",
@@ -172,8 +188,6 @@ def test_two_processes_train_one_hub_model_and_process_0_pushes_when_it_ends(
     assert hub.downloads("/train.jsonl") == 1
     commits = [path for method, path in hub.requests if method == "POST" and "/org/out/commit/" in path]
     assert len(commits) == 1, commits  # process 0 alone pushed
-
-    from alignjax import cli
 
     export = tmp_path / "export"
     assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "pod" / "checkpoints"), str(export)]) == 0

@@ -116,6 +116,27 @@ def test_a_bad_last_line_stops_training_before_step_1(tmp_path, capsys):
     assert th.finalized_steps(run_dir) == []
 
 
+def test_data_with_no_record_left_stops_before_step_1(tmp_path, capsys):
+    """Every pair over-long under over_length: drop (as reward models have it): the run
+    stops naming the keys to change instead of searching the data forever."""
+    data_path = _write_data(tmp_path / "train.jsonl", {})
+    config, run_dir = _write_config(
+        tmp_path, data_path, over_length="drop", max_length=8, max_prompt_length=4
+    )
+
+    assert cli.main(["train", config]) == 2
+
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("alignjax train:")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(
+        "alignjax train: error: data check of stage train data.train: none of its 200 records is left "
+        f"to train on (over_length=200 (e.g. {data_path}:1, "
+    ), errors[0]
+    assert "set data.over_length: truncate" in errors[0]
+    assert _logged_steps(run_dir) == []
+
+
 def test_skip_mode_reports_counts_before_step_1_and_a_resume_reuses_the_check(tmp_path, caplog, monkeypatch):
     bad = {57: "not json", 120: json.dumps({"prompt": "q", "chosen": "c"}), N_RECORDS: "[1, 2]"}
     data_path = _write_data(tmp_path / "train.jsonl", bad)

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import yaml
+from xla_flags import with_fast_compile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,7 +97,7 @@ def train_env(devices: int, cache_dir: str | None, extra: dict | None = None) ->
     env = dict(os.environ)
     env.pop("ALIGNJAX_COORDINATOR", None)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = with_fast_compile(f"--xla_force_host_platform_device_count={devices}")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     if cache_dir is not None:
@@ -213,8 +214,8 @@ def eval_metrics(run_dir: str) -> dict[str, float]:
 
 def final_params(run_dir: str, step: int | None = None):
     """Parameters of the newest (or the given) checkpoint, as NumPy."""
-    from alignjax.core import paths
     from alignjax.convert import model_checkpoint as mc
+    from alignjax.core import paths
 
     root = paths.join(run_dir, "checkpoints")
     if step is None:
