@@ -7,7 +7,7 @@ generate  sampler throughput (prefill and decode tokens/s) on a tiny model; --mi
 train     training-step throughput of a config (tokens/s, step time, model FLOPs by term, MFU
           where the chip's peak is known or given)
 trl       step time and tokens/s of alignjax and of TRL's DPOTrainer on the same ~100M model
-          and data; --lengths ragged: sequences of mixed lengths
+          (or --preset) and data; --lengths ragged: sequences of mixed lengths
 quantize  logits error of an NF4 / int8 base (QLoRA) against the full-precision base, on
           English text, then on random token ids
 """
@@ -18,6 +18,7 @@ import argparse
 import json
 
 from alignjax.core.errors import run_command
+from alignjax.models.config import ATTENTION_BACKENDS
 
 
 def _logps(args) -> dict:
@@ -62,7 +63,16 @@ def _train(args) -> dict:
 def _trl(args) -> dict:
     from alignjax.train.bench_trl import bench_vs_trl
 
-    return bench_vs_trl(args.batch_size, args.max_length, args.steps, args.lengths)
+    return bench_vs_trl(
+        args.batch_size,
+        args.max_length,
+        args.steps,
+        args.lengths,
+        preset=args.preset,
+        preset_overrides=args.preset_override,
+        dtype=args.dtype,
+        attention_backend=args.attention_backend,
+    )
 
 
 def _quantize(args) -> dict:
@@ -108,21 +118,7 @@ def main(argv: list[str]) -> int:
     )
     _json_flag(p)
     p.set_defaults(fn=_train)
-    p = sub.add_parser(
-        "trl", help="step time of alignjax vs TRL's DPOTrainer on one ~100M model (needs the test extra)"
-    )
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument(
-        "--lengths",
-        choices=["full", "ragged"],
-        default="full",
-        help="full: every sequence max_length - 2 tokens; ragged: each drawn uniformly from 25%% to 100%% "
-        "of it (seed 0), alignjax packing rows, TRL padding each batch to its longest",
-    )
-    _json_flag(p)
-    p.set_defaults(fn=_trl)
+    _add_trl(sub)
     p = sub.add_parser("quantize", help="logits error of an NF4 / int8 base against the full-precision one")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hf-path", help="a Hugging Face model directory (local or gs://), or a Hub name")
@@ -143,6 +139,49 @@ def main(argv: list[str]) -> int:
     p.set_defaults(fn=_quantize)
     args = parser.parse_args(argv)
     return run_command("bench", _print_report, args)
+
+
+def _add_trl(sub) -> None:
+    p = sub.add_parser(
+        "trl", help="step time of alignjax vs TRL's DPOTrainer on one model (needs the test extra)"
+    )
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument(
+        "--lengths",
+        choices=["full", "ragged"],
+        default="full",
+        help="full: every sequence max_length - 2 tokens; ragged: each drawn uniformly from 25%% to 100%% "
+        "of it (seed 0), alignjax packing rows, TRL padding each batch to its longest",
+    )
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="an alignjax model preset (model.preset), initialised once and read by both trainers "
+        "(default: the built-in ~100M Llama)",
+    )
+    p.add_argument(
+        "--preset-override",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a config.json key of --preset, the value parsed as YAML (model.preset_overrides); repeatable",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="compute dtype over float32 parameters: alignjax's model.dtype, TRL's bf16 autocast",
+    )
+    p.add_argument(
+        "--attention-backend",
+        choices=ATTENTION_BACKENDS,
+        default="xla",
+        help="alignjax's model.attention_backend (TRL uses PyTorch's sdpa)",
+    )
+    _json_flag(p)
+    p.set_defaults(fn=_trl)
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:

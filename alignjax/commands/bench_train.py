@@ -31,7 +31,7 @@ def flops_terms(cfg) -> dict:
     from alignjax.train.config import data_config
     from alignjax.train.datasets import micro_batch_size, model_for_rows
     from alignjax.train.methods import method_for
-    from alignjax.train.reference import uses_table
+    from alignjax.train.reference import runs_reference_forward
 
     model_cfg = model_config(cfg)
     dcfg = data_config(cfg, [], micro_batch_size(cfg))
@@ -39,7 +39,7 @@ def flops_terms(cfg) -> dict:
     sizes = {"num_conditions": 0, "num_users": 1, "n_user_tokens": dcfg.n_user_tokens}
     objective = method.build(model_for_rows(model_cfg, dcfg), cfg.loss, sizes)
     rows, length = largest_batch(dcfg, dcfg.batch_size, method.batch_record_type).tokens_BxL.shape
-    reference = objective.needs_reference and not uses_table(cfg.loss)
+    reference = runs_reference_forward(objective, cfg.loss)
     flops = step_flops(model_cfg, rows * jax.process_count(), length, with_reference=reference)
     micro = cfg.train.grad_accum
     per_token = dict(

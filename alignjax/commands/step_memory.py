@@ -32,7 +32,7 @@ from alignjax.models.flops import step_flops
 from alignjax.models.parts import policy_decoder
 from alignjax.train.config import Stage, data_config
 from alignjax.train.datasets import micro_batch_size
-from alignjax.train.reference import abstract_arrays
+from alignjax.train.reference import abstract_arrays, runs_reference_forward
 from alignjax.train.stage import plan_stage
 from alignjax.train.step import fused_step
 
@@ -176,7 +176,8 @@ def check_stage(stage: Stage, devices: list, model_cfg: ModelConfig) -> StageRep
     entry = chip(devices[0].device_kind)
     hbm = entry.hbm_bytes if entry and platform != "cpu" else None
     n = len(devices)
-    flops = step_flops(model_cfg, *host_batch.tokens_BxL.shape, with_reference=ref is not None)
+    reference = runs_reference_forward(plan.objective, scfg.loss)
+    flops = step_flops(model_cfg, *host_batch.tokens_BxL.shape, with_reference=reference)
     sized = dict(
         stage=stage.name,
         chip=entry.name if entry else devices[0].device_kind,

@@ -1,12 +1,18 @@
 """`alignjax bench trl`: training-step time and tokens/s of alignjax and of TRL's DPOTrainer
-on the same Hugging Face model, data and settings (sigmoid DPO, AdamW, float32).
+on the same Hugging Face model, data and settings (sigmoid DPO, AdamW).
 
-Needs PyTorch, transformers and TRL (the test extra). The model is a random Llama of
-about 100M parameters built here and saved as a Hugging Face checkpoint with the byte
-tokenizer, so both trainers read the same files and see the same token ids. Each side
-runs `warmup` steps, then `steps` timed ones; compilation (alignjax) and the first
-steps' allocations (PyTorch) are left out. Tokens/s counts the tokens of the sequences,
-padding left out, on both sides.
+Needs PyTorch, transformers and TRL (the test extra). The model is random: by default a
+Llama of about 100M parameters (`MODEL`), else an alignjax preset with its overrides,
+initialised here once and saved as a Hugging Face checkpoint with the byte tokenizer, so
+both trainers read the same weights and see the same token ids. Each side runs `warmup`
+steps, then `steps` timed ones; compilation (alignjax) and the first steps' allocations
+(PyTorch) are left out. Tokens/s counts the tokens of the sequences, padding left out, on
+both sides.
+
+Precision: float32 everywhere, or bfloat16 compute over float32 parameters (alignjax's
+`model.dtype`; TRL's `bf16=True` autocast), each reference in the compute dtype (alignjax's
+`model.reference_dtype` default). TRL runs on CUDA when PyTorch sees a GPU, else on the
+CPU, and first: its cached GPU memory is returned before JAX allocates.
 
 Ragged lengths (`lengths="ragged"`) compare each trainer's way past padding: alignjax packs
 sequences into rows, TRL's DPOTrainer pads each batch to its longest sequence (its
@@ -15,6 +21,7 @@ sequences into rows, TRL's DPOTrainer pads each batch to its longest sequence (i
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -36,21 +43,61 @@ MODEL = {
 BETA, LR = 0.1, 1e-6
 
 
-def _build_model(out_dir: str) -> int:
+def hf_config(preset: str | None, overrides: list[str]) -> dict:
+    """The config.json of the benchmark's model: `MODEL`, or `preset` with its KEY=VALUE
+    overrides (YAML values, as `model.preset_overrides`), with the byte tokenizer's
+    special tokens."""
+    from alignjax.core.configlib import apply_override
+    from alignjax.data.byte_tokenizer import make_byte_tokenizer
+    from alignjax.models.presets import preset_config
+
+    if preset is None and overrides:
+        raise ValueError("--preset-override changes a --preset: name one")
+    tree: dict = {}
+    for kv in overrides:
+        apply_override(tree, kv)
+    cfg = dict(MODEL) if preset is None else preset_config(preset, **tree)
+    cfg.pop("dtype", None)  # the checkpoint is float32; each trainer picks its compute dtype
+    tokenizer = make_byte_tokenizer()
+    if cfg["vocab_size"] < len(tokenizer):
+        raise ValueError(
+            f"--preset {preset}: vocab_size {cfg['vocab_size']} is below the byte tokenizer's "
+            f"{len(tokenizer)} tokens; raise it with --preset-override vocab_size=N"
+        )
+    cfg.update(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return cfg
+
+
+def _build_model(out_dir: str, cfg: dict) -> int:
     import torch
     import transformers
 
     from alignjax.data.byte_tokenizer import make_byte_tokenizer
 
-    tokenizer = make_byte_tokenizer()
-    cfg = dict(MODEL, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    cfg["pad_token_id"] = tokenizer.pad_token_id
     config = transformers.AutoConfig.for_model(**cfg)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    make_byte_tokenizer().save_pretrained(out_dir)
     return sum(p.numel() for p in model.parameters())
+
+
+def alignjax_params(model_dir: str) -> int:
+    """The parameters alignjax builds from the checkpoint's config.json (shapes only)."""
+    import math
+
+    import jax
+
+    from alignjax.models import decoder
+    from alignjax.models.families import load_hf_config_dict, model_config_from_hf
+
+    cfg = model_config_from_hf(load_hf_config_dict(model_dir))
+    shapes = jax.eval_shape(lambda: decoder.init_params(cfg, jax.random.key(0)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
 def pair_lengths(n: int, max_length: int, lengths: str, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -106,20 +153,27 @@ def write_pairs(path: str, sizes: list[tuple[int, int, int]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _trl_timing(model_dir, data_path, batch_size, max_length, warmup, steps, out_dir) -> tuple[float, float]:
-    """(seconds per timed step, non-padding tokens per second) of TRL's DPOTrainer."""
+def _trl_timing(
+    model_dir, data_path, batch_size, max_length, warmup, steps, out_dir, dtype
+) -> tuple[float, float, str]:
+    """(seconds per timed step, non-padding tokens per second, device) of TRL's DPOTrainer."""
     import datasets
     import torch
     import transformers
     import trl
 
+    cuda = torch.cuda.is_available()
+    # CUDA kernels run asynchronously: a step ends when the GPU has finished it.
+    sync = torch.cuda.synchronize if cuda else lambda: None
     times, seen = [], []
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            sync()
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            sync()
             times.append(time.perf_counter() - self.start)
             seen.append(state.num_input_tokens_seen)
 
@@ -145,28 +199,35 @@ def _trl_timing(model_dir, data_path, batch_size, max_length, warmup, steps, out
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not cuda,
+        bf16=dtype == "bfloat16",
         seed=0,
     )
     with open(data_path) as f:
         rows = [json.loads(line) for line in f]
-    load = lambda: transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # noqa: E731
+    # PyTorch's attention with a padding mask; the policy's parameters float32 (the optimizer's).
+    load = lambda dt: transformers.AutoModelForCausalLM.from_pretrained(  # noqa: E731
+        model_dir, dtype=dt, attn_implementation="sdpa"
+    )
     trainer = trl.DPOTrainer(
-        model=load(),
-        ref_model=load(),
+        model=load(torch.float32),
+        ref_model=load(getattr(torch, dtype)),
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=transformers.AutoTokenizer.from_pretrained(model_dir),
         callbacks=[Timer()],
     )
     trainer.train()
+    del trainer
+    gc.collect()
+    if cuda:  # the models and optimizer state are gone: hand their cached memory back
+        torch.cuda.empty_cache()
     timed_s = sum(times[warmup:])
-    return timed_s / len(times[warmup:]), (seen[-1] - seen[warmup - 1]) / timed_s
+    return timed_s / len(times[warmup:]), (seen[-1] - seen[warmup - 1]) / timed_s, "cuda" if cuda else "cpu"
 
 
 def _alignjax_timing(
-    model_dir, data_path, batch_size, max_length, warmup, steps, run_dir, packing
+    model_dir, data_path, batch_size, max_length, warmup, steps, run_dir, packing, model
 ) -> tuple[float, float, float]:
     """(seconds per timed step, non-padding tokens per second, padding fraction) of alignjax."""
     import yaml
@@ -186,7 +247,7 @@ def _alignjax_timing(
     data.update({"packing": True} if packing else {"buckets": [max_length]})
     config = {
         "run_dir": run_dir,
-        "model": {"hf_path": model_dir},
+        "model": {"hf_path": model_dir, **model},
         "data": data,
         "loss": {"type": "sigmoid", "beta": BETA},
         "optim": {"name": "adamw", "lr": LR, "schedule": "linear"},
@@ -202,26 +263,53 @@ def _alignjax_timing(
     return last["step_time_s"], last["tokens_per_sec"], last["data/padding_fraction"]
 
 
-def bench_vs_trl(batch_size: int = 4, max_length: int = 512, steps: int = 5, lengths: str = "full") -> dict:
+def bench_vs_trl(
+    batch_size: int = 4,
+    max_length: int = 512,
+    steps: int = 5,
+    lengths: str = "full",
+    preset: str | None = None,
+    preset_overrides: list[str] = (),
+    dtype: str = "float32",
+    attention_backend: str = "xla",
+) -> dict:
     """full: both trainers on batches of `batch_size` full-length pairs. ragged: alignjax packs
     `batch_size` rows of 2 * max_length tokens per step, TRL takes `batch_size` pairs padded
-    to the longest; compare their tokens/s."""
+    to the longest; compare their tokens/s. `attention_backend` is alignjax's; TRL's is
+    PyTorch's sdpa."""
     ragged = lengths == "ragged"
+    cfg = hf_config(preset, list(preset_overrides))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
-        n_params = _build_model(model_dir)
+        n_params = _build_model(model_dir, cfg)
         data_path = os.path.join(tmp, "pairs.jsonl")
         # A packed row holds about 1.6 ragged pairs: enough pairs for both windows.
         sizes = pair_lengths((8 if ragged else 4) * batch_size * steps, max_length, lengths)
         write_pairs(data_path, sizes)
+        theirs_s, theirs_tps, trl_device = _trl_timing(
+            model_dir, data_path, batch_size, max_length, steps, steps, os.path.join(tmp, "trl"), dtype
+        )
+        model = {"dtype": dtype, "attention_backend": attention_backend}
         ours_s, ours_tps, ours_padding = _alignjax_timing(
-            model_dir, data_path, batch_size, max_length, steps, steps, os.path.join(tmp, "run"), ragged
+            model_dir,
+            data_path,
+            batch_size,
+            max_length,
+            steps,
+            steps,
+            os.path.join(tmp, "run"),
+            ragged,
+            model,
         )
-        theirs_s, theirs_tps = _trl_timing(
-            model_dir, data_path, batch_size, max_length, steps, steps, os.path.join(tmp, "trl")
-        )
+        ours_params = alignjax_params(model_dir)
     out = {
+        "model": preset or "bench_trl.MODEL",
+        "preset_overrides": list(preset_overrides),
         "model_params": n_params,
+        "alignjax_model_params": ours_params,
+        "dtype": dtype,
+        "attention_backend": attention_backend,
+        "trl_device": trl_device,
         "batch_pairs": batch_size,
         "max_length": max_length,
         "timed_steps": steps,

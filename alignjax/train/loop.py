@@ -32,6 +32,7 @@ from alignjax.train.log_record import PendingLog, resolve
 from alignjax.train.metrics import MetricsWriter, ProgressBar
 from alignjax.train.multihost import everywhere, gather_states, global_batch
 from alignjax.train.preemption import Preempted, Stopper
+from alignjax.train.reference import runs_reference_forward
 from alignjax.train.reference_sync import syncs_after
 from alignjax.train.resume import initial_params, restore
 from alignjax.train.stage import StageRun, start_stage
@@ -137,12 +138,13 @@ def _micro_batches(running: _Running, state: TrainState, loop: LoopState):
     them had anything to learn from."""
     run, started = running.run, running.started
     grad_accum = running.stage.config.train.grad_accum
+    reference = runs_reference_forward(started.plan.objective, running.stage.config.loss)
     acc = None
     for micro in range(grad_accum):
         local = _next_batch(started.source, state, loop.step * grad_accum + micro)
         if local is None:
             continue  # an online source found nothing to learn from (all samples tied)
-        _count(run, loop.window, local, with_reference=state.reference is not None)
+        _count(run, loop.window, local, with_reference=reference)
         if started.tables:
             local = started.tables["data.train"].attach(local)
         batch = global_batch(local, run.mesh, run.pad_id)

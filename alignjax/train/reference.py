@@ -22,7 +22,7 @@ from alignjax.train.bootstrap import RunSetup
 from alignjax.train.config import LossSection, Stage
 from alignjax.train.datasets import StageData
 from alignjax.train.fingerprints import data_identity, model_identity
-from alignjax.train.methods import method_for
+from alignjax.train.methods import Objective, method_for
 from alignjax.train.multihost import primary_decides
 from alignjax.train.reference_table import TABLE_DIR, ReferenceTable, load_table, write_json
 
@@ -30,6 +30,13 @@ from alignjax.train.reference_table import TABLE_DIR, ReferenceTable, load_table
 def uses_table(loss: LossSection) -> bool:
     """Whether a stage with this loss reads precomputed reference log-probs."""
     return loss.reference == "precomputed" and method_for(loss).reads_reference_table(loss)
+
+
+def runs_reference_forward(objective: Objective, loss: LossSection) -> bool:
+    """Whether a step of this objective runs a frozen reference's forward (its model FLOPs
+    count one): the loss needs reference log-probs and reads no precomputed table. A LoRA
+    step holds its frozen base either way; that base's forward is the policy's own."""
+    return objective.needs_reference and not uses_table(loss)
 
 
 def abstract_arrays(shapes, shardings):
