@@ -22,8 +22,8 @@ benchmarks import beyond those, at the versions its tests run with:
 
 Each is fetched with --no-deps for CPython 3.12 on manylinux x86-64, one version
 of each, so the folder installs without an index. The folder (default .whl, which
-.gitignore ignores) must stay under 64 MiB, what a device run carries: the script
-fails when the total is over.
+.gitignore ignores) travels with the checkout to the GPU machine and must stay under
+64 MiB: the script fails when the total is over.
 
 Options:
   --dest DIR         where the wheels go (default: .whl in the checkout)
@@ -79,4 +79,4 @@ duplicates=$(sort <<<"$names" | uniq -d)
 total=$(cat "$dest"/*.whl | wc -c)
 printf '%s: %d wheels, %d bytes (%.1f MiB) in %s\n' "$PROG" "$(ls "$dest"/*.whl | wc -l)" "$total" \
   "$(awk -v b="$total" 'BEGIN { print b / 1048576 }')" "$dest"
-((total <= LIMIT_BYTES)) || die "the wheels take $total bytes, over the 64 MiB a device run carries"
+((total <= LIMIT_BYTES)) || die "the wheels take $total bytes, over the 64 MiB limit"

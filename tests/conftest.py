@@ -11,10 +11,12 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 # Tests share small helpers (tiny HF model builders) that live next to this file.
 sys.path.insert(0, os.path.dirname(__file__))
 
-from xla_flags import with_fast_compile  # noqa: E402
+from xla_flags import on_cpu_only, with_fast_compile  # noqa: E402
 
 # Before JAX starts in this process; the processes tests start inherit it (tests/xla_flags.py).
-os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
+# A machine with an accelerator (the GPU-only tests of launch/device_check.sh) keeps XLA's defaults.
+if on_cpu_only():
+    os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
 
 from gcs_emulator import gcs  # noqa: E402, F401  (the `gcs` fixture: a bucket on 127.0.0.1, for every test)
 

@@ -8,6 +8,7 @@ with each other and with float64 references under tolerances, never with numbers
 under other flags.
 """
 
+import glob
 import os
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
@@ -26,3 +27,11 @@ def optimised_env(env: dict | None = None) -> dict:
     else:
         env.pop("XLA_FLAGS", None)
     return env
+
+
+def on_cpu_only() -> bool:
+    """Whether this machine has no GPU or TPU driver to offer JAX (asked without starting JAX)."""
+    accelerators = (
+        glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/accel[0-9]*") + glob.glob("/dev/vfio/[0-9]*")
+    )
+    return os.environ.get("JAX_PLATFORMS", "") == "cpu" or not accelerators

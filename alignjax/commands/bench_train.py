@@ -18,6 +18,7 @@ import time
 import jax
 
 from alignjax.core.hardware import peak_flops
+from alignjax.core.sharding import maybe_initialize_distributed
 from alignjax.models.flops import FORMULA, step_flops
 
 _TERMS = ("policy", "reference", "attention")
@@ -40,7 +41,7 @@ def flops_terms(cfg) -> dict:
     objective = method.build(model_for_rows(model_cfg, dcfg), cfg.loss, sizes)
     rows, length = largest_batch(dcfg, dcfg.batch_size, method.batch_record_type).tokens_BxL.shape
     reference = runs_reference_forward(objective, cfg.loss)
-    flops = step_flops(model_cfg, rows * jax.process_count(), length, with_reference=reference)
+    flops = step_flops(model_cfg, rows, length, with_reference=reference)  # rows of the global batch
     micro = cfg.train.grad_accum
     per_token = dict(
         zip(_TERMS, (flops.policy_per_token, flops.reference_per_token, flops.attention_per_token))
@@ -95,6 +96,7 @@ def run_train_benchmark(config: str, overrides: list[str], steps: int, peak_tflo
     from alignjax.train.config import load_config
     from alignjax.train.loop import run
 
+    maybe_initialize_distributed()  # before anything starts JAX's backend, as `alignjax train` does
     peak_flops(jax.devices()[0].device_kind, peak_tflops)  # a bad --peak-tflops fails before training
     with tempfile.TemporaryDirectory() as run_dir:
         overrides = [

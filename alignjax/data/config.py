@@ -255,6 +255,20 @@ class DataConfig:
             bad("worker_count", "must be >= 0")
 
 
+def check_source_mapping(source: SourceConfig, key: str) -> None:
+    """What one source's own keys must be before it is opened (its `columns`, and a stream's
+    `shuffle_window` / `check_records`); ValueError naming `key`.<name>."""
+
+    def bad(name, msg):
+        raise ValueError(f"{key}.{name}: {msg}")
+
+    _check_columns("columns", source.columns, bad)
+    for name in ("shuffle_window", "check_records"):
+        value = getattr(source, name)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            bad(name, f"must be a whole number >= 1, got {value!r}")
+
+
 def _check_columns(key: str, columns: Any, bad) -> None:
     if columns is not None and not (
         isinstance(columns, dict) and all(isinstance(v, str) for v in [*columns, *columns.values()])

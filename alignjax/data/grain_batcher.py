@@ -58,6 +58,7 @@ class _BatchDatasetIterator(grain.DatasetIterator):
         self._held = None  # Positioned example read but not placed: it opens the next batch
         self._held_state = None  # parent state before `_held` was read
         self._exhausted = False
+        self._produced = False  # whether this iterator has placed any example yet
 
     def __next__(self) -> BatchElement:
         if self._exhausted:
@@ -84,8 +85,9 @@ class _BatchDatasetIterator(grain.DatasetIterator):
             if element is None:  # consumed before a resume: counted there already
                 continue
             if isinstance(element, Skipped):
-                if builder.empty and skipped and element.epoch > min(e for e, _ in skipped) + 1:
-                    # A whole epoch went by without one example: every later one would too.
+                if not self._produced and skipped and element.epoch > min(e for e, _ in skipped) + 1:
+                    # A whole epoch went by and this share of the data has never held an
+                    # example: the later ones will not either.
                     reasons = sorted({r for _, r in skipped})
                     raise DataError(
                         f"no record of the data is left to batch: every record of an epoch was "
@@ -103,6 +105,7 @@ class _BatchDatasetIterator(grain.DatasetIterator):
             positions.append(positioned.position)
         if builder.empty and not skipped:
             raise StopIteration
+        self._produced = self._produced or not builder.empty
         batch = None if builder.empty else builder.build()
         tokens = getattr(batch, "segment_ids_BxL", None)
         return BatchElement(

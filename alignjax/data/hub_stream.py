@@ -132,7 +132,9 @@ class StreamPrefix:
         )
         if not os.path.exists(self.path):
             rows = stream.cursor(renamed=False).take(stream.check_records)
-            atomic_write_json(self.path, {**identity, "rows": rows})
+            # Columns JSON has no type for (timestamps, bytes) are kept as text: the record
+            # keys the check reads are text or messages.
+            atomic_write_json(self.path, {**identity, "rows": rows}, default=str)
             log.info(
                 "%s streams: the data check reads its first %d records (%s), not the whole stream",
                 self.name,

@@ -36,10 +36,10 @@ def logits_errors(
         full_BxLxV = logits(params, tokens_BxL)
         quant_BxLxV = logits(quantized, tokens_BxL)
         err_BxLxV = jnp.abs(quant_BxLxV - full_BxLxV)
-        logp_full = jax.nn.log_softmax(full_BxLxV, -1)
-        logp_quant = jax.nn.log_softmax(quant_BxLxV, -1)
-        kl_BxL = jnp.sum(jnp.exp(logp_full) * (logp_full - logp_quant), -1)
-        top1 = jnp.argmax(full_BxLxV, -1) == jnp.argmax(quant_BxLxV, -1)
+        logp_full_BxLxV = jax.nn.log_softmax(full_BxLxV, -1)
+        logp_quant_BxLxV = jax.nn.log_softmax(quant_BxLxV, -1)
+        kl_BxL = jnp.sum(jnp.exp(logp_full_BxLxV) * (logp_full_BxLxV - logp_quant_BxLxV), -1)
+        top1_BxL = jnp.argmax(full_BxLxV, -1) == jnp.argmax(quant_BxLxV, -1)
         out.append(
             {
                 "kind": kind,
@@ -49,7 +49,7 @@ def logits_errors(
                 "logit_std": float(jnp.std(full_BxLxV)),
                 "mean_abs_error_over_logit_std": float(jnp.mean(err_BxLxV) / jnp.std(full_BxLxV)),
                 "mean_next_token_kl": float(jnp.mean(kl_BxL)),
-                "top1_agreement": float(jnp.mean(top1)),
+                "top1_agreement": float(jnp.mean(top1_BxL)),
                 "base_bytes": int(base_bytes),
                 "quantized_bytes": int(quant_bytes),
             }

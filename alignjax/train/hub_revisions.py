@@ -21,6 +21,7 @@ import jax
 from alignjax.convert.loading import LoadedModel, ModelSection
 from alignjax.core import hub, paths
 from alignjax.core.fileio import atomic_write_json
+from alignjax.data.config import check_source_mapping
 from alignjax.data.hub_source import is_hub_source
 from alignjax.data.sources import open_sources
 from alignjax.train.config import sources_from, stages
@@ -120,4 +121,5 @@ def open_hub_datasets(cfg) -> None:
         for key, value in named:
             for i, source in enumerate(sources_from(value, key)):
                 if is_hub_source(source):
+                    check_source_mapping(source, f"{key}[{i}]")
                     open_sources(source, f"{key}[{i}]")

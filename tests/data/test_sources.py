@@ -294,3 +294,21 @@ def test_a_streaming_source_must_be_a_hub_dataset_read_alone(tmp_path):
             DataConfig(sources=sources).validate()
     with pytest.raises(ValueError, match=r"data.condition_field: reads every record up front"):
         DataConfig(sources=[{"hub": "org/a", "streaming": True}], condition_field="system").validate()
+
+
+@pytest.mark.parametrize(
+    "mapping, error",
+    [
+        ({"columns": ["chosen"]}, r"data\.train\[0\]\.columns: \['chosen'\]: use a mapping"),
+        (
+            {"streaming": True, "check_records": 0},
+            r"data\.train\[0\]\.check_records: must be a whole number >= 1",
+        ),
+    ],
+)
+def test_a_sources_own_keys_are_checked_before_it_is_opened(mapping, error):
+    """A Hub source is fetched before the data section is validated as a whole."""
+    from alignjax.data.config import SourceConfig, check_source_mapping
+
+    with pytest.raises(ValueError, match=error):
+        check_source_mapping(SourceConfig(path="hf:org/prefs", **mapping), "data.train[0]")

@@ -75,6 +75,9 @@ def test_dry_run_prints_every_row(tmp_path):
     for bench in ("train DPO Llama-3.2-1B", "train DPO Llama-3-8B LoRA r16"):
         assert float(rows[f"{bench}: tokens/s"].replace(",", "")) > 0
         assert float(rows[f"{bench}: step time (s)"]) > 0
+    # TRL's DPOTrainer on the same preset, against alignjax: numbers too.
+    for field in ("TRL tokens/s", "TRL step time (s)", "alignjax / TRL tokens/s"):
+        assert float(rows[f"bench trl, DPO Llama-3.2-1B: {field}"].replace(",", "")) > 0, field
     assert rows[ROWS[0]] == "skipped: needs an NVIDIA GPU"
     assert rows[ROWS[1]].startswith("passed 2 of 4")  # float32 runs on the CPU, bf16 needs a GPU
     assert (tmp_path / "out" / "table.md").read_text().strip() in result.stdout
