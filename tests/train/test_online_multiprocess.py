@@ -216,25 +216,3 @@ def test_online_cut_trains_on_two_processes_of_two_devices(tmp_path, compile_cac
     assert all(0 <= r["online/judged_negative"] <= 1 for r in records)
     step, _ = th.final_params(run_dir)
     assert step == 2
-
-
-@pytest.mark.slow
-def test_mo_odpo_on_8_devices_has_the_one_device_losses(tmp_path, compile_cache):
-    """fsdp=4 x tensor=2 on 8 simulated devices samples and trains as one device does."""
-    steps = 3
-    one, one_dir = _mo_odpo_config(tmp_path, "one_device", steps)
-    th.run(one, devices=1, cache_dir=compile_cache, log_path=str(tmp_path / "one.log"))
-    eight, eight_dir = _mo_odpo_config(tmp_path, "eight_devices", steps)
-    th.run(
-        eight,
-        ["mesh.fsdp=4", "mesh.tensor=2"],
-        devices=8,
-        cache_dir=compile_cache,
-        log_path=str(tmp_path / "eight.log"),
-    )
-    expected, losses = th.losses(one_dir), th.losses(eight_dir)
-    assert sorted(losses) == list(range(1, steps + 1))
-    th.assert_losses_match(losses, expected, range(1, steps + 1), 1e-5, "8 devices vs 1 device")
-    texts = [r["online/response_chars"] for r in th.metrics(eight_dir) if "online/response_chars" in r]
-    expected_texts = [r["online/response_chars"] for r in th.metrics(one_dir) if "online/response_chars" in r]
-    assert texts == expected_texts  # the same samples, not just similar losses
