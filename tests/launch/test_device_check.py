@@ -175,4 +175,4 @@ def test_wheels_are_fetched_for_the_device_python_without_dependencies(tmp_path)
 def test_wheels_over_64_mib_fail(tmp_path):
     result = _wheels(tmp_path, 9 * 2**20)  # 8 wheels of 9 MiB
     assert result.returncode == 2
-    assert "over the 64 MiB a device run carries" in result.stderr
+    assert "over the 64 MiB limit" in result.stderr
